@@ -1,0 +1,77 @@
+"""Refusals: typed outcomes of a domain call that did not happen, each with a sentence for a person."""
+
+from __future__ import annotations
+
+
+class Refusal(Exception):
+    """The request was understood and refused; nothing was written (except, for clicks, the audit)."""
+
+    code = "refused"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(Refusal):
+    code = "bad_input"
+
+
+class InvalidSubscriptionId(Refusal):
+    code = "invalid_subscription_id"
+
+
+class InvalidPartnerId(Refusal):
+    code = "invalid_partner_id"
+
+
+class UnknownSubscription(Refusal):
+    code = "unknown_subscription"
+
+
+class UnknownRequest(Refusal):
+    code = "unknown_request"
+
+
+class PartnerAlreadySet(Refusal):
+    code = "partner_already_set"
+
+
+class OpenRequestExists(Refusal):
+    code = "open_request_exists"
+
+    def __init__(self, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class NotAuthorised(Refusal):
+    """The user holds no role that allows this on that subscription."""
+
+    code = "not_authorised"
+
+
+class NotOwner(Refusal):
+    code = "not_owner"
+
+
+class SelfApproval(Refusal):
+    code = "self_approval"
+
+
+class AlreadyDecided(Refusal):
+    code = "already_decided"
+
+
+class RequestExpired(Refusal):
+    code = "expired"
+
+
+class WrongTeam(Refusal):
+    code = "wrong_team"
+
+
+class Conflict(Refusal):
+    """The record exists already in another shape (an alias taken, a duplicate ID)."""
+
+    code = "conflict"
