@@ -170,7 +170,7 @@ async def verify(db: Database) -> Verification:
             return Verification(
                 count,
                 event.seq,
-                "prev_hash does not match the previous event's hash (an event was removed, reordered or edited)",
+                "prev_hash does not match the previous event's hash (an event was removed or reordered)",
             )
         body = canonical(
             event.seq,

@@ -1,0 +1,77 @@
+"""Read-only queries the Slack surface and the CLI share (lists are paged: Slack shows only so much)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import OPEN_STATUSES, ChangeRequest, Partner, Subscription
+
+
+@dataclass(frozen=True)
+class Page[T]:
+    items: list[T]
+    total: int
+    offset: int
+
+    @property
+    def more(self) -> int:
+        return max(0, self.total - self.offset - len(self.items))
+
+
+async def open_request(session: AsyncSession, subscription_id: str) -> ChangeRequest | None:
+    return (
+        await session.scalars(
+            select(ChangeRequest).where(
+                ChangeRequest.subscription_id == subscription_id, ChangeRequest.status.in_(OPEN_STATUSES)
+            )
+        )
+    ).first()
+
+
+async def partner_name(session: AsyncSession, partner_id: str | None) -> str | None:
+    if not partner_id:
+        return None
+    return await session.scalar(select(Partner.name).where(Partner.partner_id == partner_id))
+
+
+async def subscriptions_page(session: AsyncSession, *, limit: int, offset: int = 0) -> Page[Subscription]:
+    total = await session.scalar(select(func.count()).select_from(Subscription)) or 0
+    items = (
+        await session.scalars(
+            select(Subscription).order_by(Subscription.name, Subscription.id).limit(limit).offset(offset)
+        )
+    ).all()
+    return Page(list(items), total, offset)
+
+
+async def requests_page(
+    session: AsyncSession,
+    *,
+    statuses: tuple[str, ...] | None = None,
+    subscription_id: str | None = None,
+    limit: int,
+    offset: int = 0,
+) -> Page[ChangeRequest]:
+    """Requests, newest first, optionally filtered by status and subscription."""
+    where = []
+    if statuses:
+        where.append(ChangeRequest.status.in_(statuses))
+    if subscription_id:
+        where.append(ChangeRequest.subscription_id == subscription_id)
+    total = await session.scalar(select(func.count()).select_from(ChangeRequest).where(*where)) or 0
+    items = (
+        await session.scalars(
+            select(ChangeRequest).where(*where).order_by(ChangeRequest.id.desc()).limit(limit).offset(offset)
+        )
+    ).all()
+    return Page(list(items), total, offset)
+
+
+async def subscriptions_by_id(session: AsyncSession, ids: set[str]) -> dict[str, Subscription]:
+    if not ids:
+        return {}
+    rows = await session.scalars(select(Subscription).where(Subscription.id.in_(ids)))
+    return {s.id: s for s in rows}
