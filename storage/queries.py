@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import OPEN_STATUSES, ChangeRequest, Partner, Subscription
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
-class Page[T]:
+class Page(Generic[T]):
     items: list[T]
     total: int
     offset: int
