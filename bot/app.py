@@ -2,12 +2,181 @@
 
 from __future__ import annotations
 
-from bot.settings import Settings
+import asyncio
+import contextlib
+import logging
+import signal
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.context import BotContext
+from bot.policy import Policy
+from bot.providers import provider_for
+from bot.settings import ConfigError, Settings
+from bot.worker import OutboxWorker
+from handlers import register_listeners
+from storage.db import Database
+from storage.migrate import is_current, upgrade
+
+log = logging.getLogger("dpor")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def require(settings: Settings, *names: str) -> None:
+    """Stop start-up with one line when a variable the mode needs is missing."""
+    fields = {
+        "SLACK_BOT_TOKEN": "slack_bot_token",
+        "SLACK_SIGNING_SECRET": "slack_signing_secret",
+        "SLACK_APP_TOKEN": "slack_app_token",
+    }
+    missing = [n for n in names if getattr(settings, fields[n]) is None]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} must be set: copy them from your Slack app's settings "
+            "(Basic Information and OAuth & Permissions); see the README."
+        )
+
+
+class Bot:
+    """The running bot: database, Slack client, Bolt app and outbox worker, started and stopped together."""
+
+    def __init__(
+        self, settings: Settings, *, worker_poll_interval: float = 1.0, expire_interval: float = 30.0
+    ) -> None:
+        if settings.provider != "ledger":
+            raise ConfigError(
+                f"DPOR_PROVIDER: {settings.provider} is not available in this version; use ledger"
+            )
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.policy = Policy.from_settings(settings)
+        self.ctx = BotContext(settings=settings, db=self.db, policy=self.policy)
+        self.http: aiohttp.ClientSession | None = None
+        self.client: AsyncWebClient | None = None
+        self.app: AsyncApp | None = None
+        self.worker: OutboxWorker | None = None
+        self._poll = worker_poll_interval
+        self._expire = expire_interval
+
+    async def start(self) -> None:
+        await self.prepare_database()
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        token = self.settings.slack_bot_token.get_secret_value() if self.settings.slack_bot_token else None
+        self.client = AsyncWebClient(
+            token=token,
+            base_url=self.settings.slack_api_url,
+            session=self.http,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=1),
+            ],
+        )
+        secret = self.settings.slack_signing_secret
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=secret.get_secret_value() if secret else "",
+            process_before_response=True,
+            logger=logging.getLogger("dpor.bolt"),
+        )
+        self.worker = OutboxWorker(
+            self.db,
+            self.policy,
+            self.client,
+            provider_for(self.settings, self.db),
+            poll_interval=self._poll,
+            expire_interval=self._expire,
+        )
+        self.ctx.wake_worker = self.worker.wake
+        register_listeners(self.app, self.ctx)
+        self.worker.start()
+
+    async def prepare_database(self) -> None:
+        if self.db.is_sqlite:
+            await upgrade(self.db)
+        elif not await is_current(self.db):
+            raise ConfigError("the database schema is not current: run `dpor-bot db upgrade`")
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.http is not None:
+            await self.http.close()
+        await self.db.dispose()
+
+    async def slack_events(self, request: web.Request) -> web.Response:
+        assert self.app is not None
+        response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        if await self.db.ping():
+            return web.json_response({"ok": True})
+        return web.json_response({"ok": False, "error": "database unreachable"}, status=503)
+
+
+def web_app(bot: Bot) -> web.Application:
+    """The HTTP surface: Slack's events endpoint and a health check; starts and stops the bot with it."""
+    app = web.Application(client_max_size=1024**2)
+    app.router.add_post("/slack/events", bot.slack_events)
+    app.router.add_get("/healthz", bot.healthz)
+
+    async def lifecycle(_app: web.Application):  # aiohttp cleanup context
+        await bot.start()
+        yield
+        await bot.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 async def run_http(settings: Settings, port: int) -> None:
-    raise NotImplementedError
+    require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
+    configure_logging()
+    runner = web.AppRunner(web_app(Bot(settings)), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host="0.0.0.0", port=port)
+    await site.start()
+    log.info("dpor-bot listening on http://0.0.0.0:%s (POST /slack/events, GET /healthz)", port)
+    try:
+        await _until_signalled()
+    finally:
+        log.info("dpor-bot shutting down")
+        await runner.cleanup()
 
 
 async def run_socket(settings: Settings) -> None:
-    raise NotImplementedError
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    require(settings, "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN")
+    configure_logging()
+    bot = Bot(settings)
+    await bot.start()
+    assert bot.app is not None and settings.slack_app_token is not None
+    handler = AsyncSocketModeHandler(bot.app, settings.slack_app_token.get_secret_value())
+    try:
+        await handler.connect_async()
+        log.info("dpor-bot connected to Slack in Socket Mode")
+        await _until_signalled()
+    finally:
+        await handler.close_async()
+        await bot.stop()

@@ -1,0 +1,11 @@
+"""Slack listeners: parse a payload, call a bot service, answer. Wired by `register_listeners`."""
+
+from slack_bolt.async_app import AsyncApp
+
+from bot.context import BotContext
+from handlers import actions, commands
+
+
+def register_listeners(app: AsyncApp, ctx: BotContext) -> None:
+    commands.register(app, ctx)
+    actions.register(app, ctx)

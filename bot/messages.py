@@ -1,0 +1,227 @@
+"""Block Kit builders: pure functions from domain objects to Slack messages (cards, notices, replies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from storage.models import ChangeRequest, Subscription
+
+SECTION_LIMIT = 3000
+MAX_BLOCKS = 50
+APPROVE, REJECT, RETRY = "dpor_approve", "dpor_reject", "dpor_retry"
+
+
+def escape(text: str | None) -> str:
+    """Slack's own escaping for echoed text: no mentions, channel pings or links can be smuggled in."""
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int = SECTION_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def when(at: datetime | None) -> str:
+    """A timestamp each reader sees in their own time zone, with a UTC fallback."""
+    if at is None:
+        return "-"
+    return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{at:%Y-%m-%d %H:%M} UTC>"
+
+
+def user(user_id: str | None) -> str:
+    if not user_id or user_id == "dpor-bot":
+        return "dpor-bot"
+    return f"<@{escape(user_id)}>"
+
+
+def subscription_label(sub: Subscription) -> str:
+    alias = f" ({escape(sub.alias)})" if sub.alias else ""
+    return f"*{escape(sub.name)}*{alias}\n`{sub.id}`"
+
+
+def partner_label(partner_id: str | None, name: str | None, *, new: bool = False) -> str:
+    if not partner_id:
+        return "_none_"
+    if name:
+        return f"*{escape(name)}* (`{partner_id}`)"
+    warning = (
+        ":warning: *not in the partner directory*: verify the partner's name before approving"
+        if new
+        else "_not in the partner directory_"
+    )
+    return f"`{partner_id}`\n{warning}"
+
+
+@dataclass(frozen=True)
+class CardView:
+    """Everything a card shows, loaded by the worker at delivery time."""
+
+    request: ChangeRequest
+    subscription: Subscription
+    current_name: str | None
+    new_name: str | None
+    approvers: list[str]
+    required: int
+
+
+STATUS_LINE = {
+    "pending": ":hourglass_flowing_sand: *Pending approval*",
+    "approved": ":white_check_mark: *Approved*: applying now",
+    "applying": ":gear: *Applying*",
+    "applied": ":white_check_mark: *Applied*",
+    "failed": ":x: *Apply failed*",
+    "rejected": ":no_entry: *Rejected*",
+    "cancelled": ":heavy_multiplication_x: *Cancelled*",
+    "expired": ":alarm_clock: *Expired*",
+}
+
+
+def _status_detail(view: CardView) -> str:
+    req = view.request
+    status = STATUS_LINE.get(req.status, req.status)
+    if req.status == "pending":
+        approved = ", ".join(user(a) for a in view.approvers)
+        progress = f"{len(view.approvers)} of {view.required} approvals"
+        return f"{status}: {progress}" + (f" ({approved})" if approved else "")
+    if req.status in ("approved", "applying", "rejected", "cancelled"):
+        return f"{status} by {user(req.decided_by)} at {when(req.decided_at)}"
+    if req.status == "applied":
+        detail = ""
+        result = req.result or {}
+        returned = result.get("partner_name")
+        if returned and returned != view.new_name:
+            detail = (
+                f"\n:warning: The provider names partner `{req.partner_id}` *{escape(returned)}*, "
+                f"not *{escape(view.new_name or 'unknown')}* as in the directory."
+            )
+        return f"{status} at {when(req.applied_at)} (approved by {user(req.decided_by)}){detail}"
+    if req.status == "failed":
+        return f"{status}: {escape(req.error or 'unknown error')}\nAn owner can retry."
+    if req.status == "expired":
+        return f"{status} at {when(req.expires_at)} without a decision"
+    return status
+
+
+def card_blocks(view: CardView) -> list[Block]:
+    req, sub = view.request, view.subscription
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=f"DPOR change request #{req.id}")),
+        SectionBlock(
+            fields=[
+                MarkdownTextObject(text=f"*Subscription*\n{subscription_label(sub)}"),
+                MarkdownTextObject(text=f"*Requested by*\n{user(req.requester_id)}"),
+                MarkdownTextObject(
+                    text=f"*Current partner*\n{partner_label(req.previous_partner_id, view.current_name)}"
+                ),
+                MarkdownTextObject(
+                    text=f"*New partner*\n{partner_label(req.partner_id, view.new_name, new=True)}"
+                ),
+            ]
+        ),
+        SectionBlock(text=MarkdownTextObject(text=clip(f"*Reason*\n{escape(req.reason) or '_none given_'}"))),
+        ContextBlock(elements=[MarkdownTextObject(text=f"Expires {when(req.expires_at)}")]),
+        DividerBlock(),
+        SectionBlock(text=MarkdownTextObject(text=clip(_status_detail(view)))),
+    ]
+    if req.status == "pending":
+        new = escape(view.new_name) if view.new_name else f"{req.partner_id} (not in the partner directory)"
+        blocks.append(
+            ActionsBlock(
+                block_id=f"dpor_request_{req.id}",
+                elements=[
+                    ButtonElement(
+                        text="Approve",
+                        action_id=APPROVE,
+                        value=str(req.id),
+                        style="primary",
+                        confirm=ConfirmObject(
+                            title="Approve this change?",
+                            text=MarkdownTextObject(
+                                text=clip(
+                                    f"Set the partner of record of *{escape(sub.name)}* to *{new}* "
+                                    f"(`{req.partner_id}`). Check the partner's name first.",
+                                    300,
+                                )
+                            ),
+                            confirm="Approve",
+                            deny="Cancel",
+                        ),
+                    ),
+                    ButtonElement(text="Reject", action_id=REJECT, value=str(req.id), style="danger"),
+                ],
+            )
+        )
+    elif req.status == "failed":
+        blocks.append(
+            ActionsBlock(
+                block_id=f"dpor_request_{req.id}",
+                elements=[ButtonElement(text="Retry", action_id=RETRY, value=str(req.id))],
+            )
+        )
+    return blocks
+
+
+def card_text(view: CardView) -> str:
+    """The notification fallback for the card (what push notifications and screen readers show)."""
+    req = view.request
+    return (
+        f"DPOR change request #{req.id} for {escape(view.subscription.name)}: "
+        f"partner {req.partner_id}, {req.status}"
+    )
+
+
+EVENT_SENTENCES = {
+    "approved": "was approved by {decider}; it is being applied now.",
+    "rejected": "was rejected by {decider}.",
+    "cancelled": "was cancelled by {decider}.",
+    "expired": "expired without a decision.",
+    "applied": "was applied: the partner of record is now {new}.",
+    "failed": "could not be applied: {error}",
+}
+
+
+def event_text(view: CardView, event: str) -> str:
+    """One sentence about what happened to a request, for a DM or a channel notification."""
+    req, sub = view.request, view.subscription
+    new = f"{escape(view.new_name)} ({req.partner_id})" if view.new_name else req.partner_id
+    sentence = EVENT_SENTENCES.get(event, event).format(
+        decider=user(req.decided_by), new=new, error=escape(req.error or "unknown error")
+    )
+    return f"Request #{req.id} to set the DPOR of *{escape(sub.name)}* to {new} {sentence}"
+
+
+def notification_blocks(view: CardView, event: str) -> list[Block]:
+    req = view.request
+    old = partner_label(req.previous_partner_id, view.current_name)
+    new = partner_label(req.partner_id, view.new_name)
+    return [
+        SectionBlock(text=MarkdownTextObject(text=clip(event_text(view, event)))),
+        ContextBlock(
+            elements=[
+                MarkdownTextObject(
+                    text=clip(
+                        f"{escape(view.subscription.id)} · {old.splitlines()[0]} → {new.splitlines()[0]} · "
+                        f"requested by {user(req.requester_id)}",
+                        2000,
+                    )
+                )
+            ]
+        ),
+    ]
+
+
+def to_dicts(blocks: list[Block]) -> list[dict]:
+    return [b.to_dict() for b in blocks]

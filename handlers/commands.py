@@ -1,0 +1,168 @@
+"""The `/dpor` slash command: parse, call a bot service, answer ephemerally in the ack."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from bot import access, directory, lifecycle
+from bot.context import BotContext
+from bot.errors import Refusal
+from handlers import replies
+from handlers.grammar import Command, UsageError, parse
+from handlers.replies import PAGE_SIZE, Reply
+from storage import queries
+
+log = logging.getLogger("dpor.commands")
+
+Body = dict[str, Any]
+Subcommand = Callable[[BotContext, Command, Body], Awaitable[Reply]]
+
+
+async def _set(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    req = await lifecycle.create_request(
+        ctx.db,
+        ctx.policy,
+        team_id=body["team_id"],
+        user_id=body["user_id"],
+        subscription=cmd.args[0],
+        partner=cmd.args[1],
+        reason=cmd.rest,
+        channel_id=body.get("channel_id"),
+    )
+    where = f" in <#{req.card_channel}>" if req.card_channel else ""
+    return Reply(
+        f":inbox_tray: Request #{req.id} is open: set partner `{req.partner_id}` on this subscription. "
+        f"An owner approves it on the card{where}; it expires {replies.when(req.expires_at)}."
+    )
+
+
+async def _show(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    async with ctx.db.read() as session:
+        sub = await directory.resolve_subscription(session, cmd.args[0])
+        name = await queries.partner_name(session, sub.partner_id)
+        open_request = await queries.open_request(session, sub.id)
+    return replies.show(sub, name, open_request)
+
+
+async def _list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    async with ctx.db.read() as session:
+        page = await queries.subscriptions_page(session, limit=PAGE_SIZE, offset=(cmd.page - 1) * PAGE_SIZE)
+        names = await directory.partner_names(session, [s.partner_id for s in page.items])
+    return replies.subscriptions(page, names)
+
+
+async def _history(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    async with ctx.db.read() as session:
+        sub = await directory.resolve_subscription(session, cmd.args[0])
+        page = await queries.requests_page(
+            session, subscription_id=sub.id, limit=PAGE_SIZE, offset=(cmd.page - 1) * PAGE_SIZE
+        )
+    return replies.history(sub, page, f"/dpor history {sub.alias or sub.id}")
+
+
+async def _pending(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    async with ctx.db.read() as session:
+        page = await queries.requests_page(
+            session, statuses=queries.OPEN_STATUSES, limit=PAGE_SIZE, offset=(cmd.page - 1) * PAGE_SIZE
+        )
+        subs = await queries.subscriptions_by_id(session, {r.subscription_id for r in page.items})
+    return replies.pending(page, subs)
+
+
+async def _cancel(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    req = await lifecycle.cancel(
+        ctx.db, ctx.policy, request_id=cmd.args[0], team_id=body["team_id"], user_id=body["user_id"]
+    )
+    return Reply(f":heavy_multiplication_x: Request #{req.id} is cancelled.")
+
+
+async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    target, role = cmd.args[0], cmd.args[1]
+    subscription = cmd.args[2] if len(cmd.args) > 2 else None
+    await access.require_owner(ctx.db, body["user_id"], subscription)
+    where = f"`{replies.escape(subscription)}`" if subscription else "every subscription"
+    if cmd.name == "role grant":
+        changed = await directory.grant_role(ctx.db, target, role, subscription, actor=body["user_id"])
+        verb = "is now" if changed else "already was"
+    else:
+        changed = await directory.revoke_role(ctx.db, target, role, subscription, actor=body["user_id"])
+        verb = "is no longer" if changed else "was not"
+    return Reply(f"<@{target}> {verb} {role} of {where}.")
+
+
+async def _role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    assignments = await directory.list_roles(ctx.db, cmd.args[0] if cmd.args else None)
+    async with ctx.db.read() as session:
+        subs = await queries.subscriptions_by_id(session, {a.scope for a in assignments} - {"*"})
+    return replies.roles(assignments, subs)
+
+
+async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    target = cmd.args[0]
+    await access.require_any_role(ctx.db, body["user_id"], target)
+    added = await directory.watch(
+        ctx.db,
+        team_id=body["team_id"],
+        channel_id=body["channel_id"],
+        subscription=target,
+        user_id=body["user_id"],
+    )
+    what = "every subscription" if target.lower() == "all" else f"`{replies.escape(target)}`"
+    state = "will now get" if added else "already gets"
+    return Reply(f":bell: This channel {state} DPOR change notifications for {what}.")
+
+
+async def _unsubscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    await access.require_any_role(ctx.db, body["user_id"], None)
+    removed = await directory.unwatch(ctx.db, channel_id=body["channel_id"])
+    if not removed:
+        return Reply("This channel gets no DPOR change notifications from `/dpor subscribe`.")
+    return Reply(":no_bell: This channel no longer gets DPOR change notifications.")
+
+
+async def _help(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    return replies.help_reply()
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "set": _set,
+    "show": _show,
+    "list": _list,
+    "history": _history,
+    "pending": _pending,
+    "cancel": _cancel,
+    "role grant": _role_change,
+    "role revoke": _role_change,
+    "role list": _role_list,
+    "subscribe": _subscribe,
+    "unsubscribe": _unsubscribe,
+    "help": _help,
+}
+
+
+async def answer(ctx: BotContext, body: Body) -> Reply:
+    """The reply to one `/dpor` invocation; never raises."""
+    try:
+        cmd = parse(body.get("text", ""))
+        return await SUBCOMMANDS[cmd.name](ctx, cmd, body)
+    except UsageError as exc:
+        return replies.usage(exc.problem, exc.subcommand)
+    except Refusal as exc:
+        return replies.refusal(exc.message)
+    except Exception:
+        ref = uuid.uuid4().hex[:8]
+        log.exception("/dpor failed (ref %s)", ref)
+        return replies.internal_error(ref)
+
+
+def register(app: AsyncApp, ctx: BotContext) -> None:
+    @app.command("/dpor")
+    async def dpor_command(ack: AsyncAck, body: Body) -> None:
+        reply = await answer(ctx, body)
+        await ack(**reply.to_ack())
+        ctx.wake_worker()

@@ -1,0 +1,113 @@
+"""The `/dpor` slash-command grammar: text in, a parsed command or a usage error out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+USAGE = {
+    "set": (
+        "/dpor set SUBSCRIPTION PARTNER_ID [reason...]",
+        "/dpor set prod-eu 4977985 Contoso now runs our support",
+    ),
+    "show": ("/dpor show SUBSCRIPTION", "/dpor show prod-eu"),
+    "list": ("/dpor list [PAGE]", "/dpor list 2"),
+    "history": ("/dpor history SUBSCRIPTION [PAGE]", "/dpor history prod-eu"),
+    "pending": ("/dpor pending [PAGE]", "/dpor pending"),
+    "cancel": ("/dpor cancel REQUEST_ID", "/dpor cancel 42"),
+    "role": (
+        "/dpor role grant|revoke @user owner|admin [SUBSCRIPTION]  or  /dpor role list [SUBSCRIPTION]",
+        "/dpor role grant @alex owner prod-eu",
+    ),
+    "subscribe": ("/dpor subscribe SUBSCRIPTION|all", "/dpor subscribe all"),
+    "unsubscribe": ("/dpor unsubscribe", "/dpor unsubscribe"),
+    "help": ("/dpor help", "/dpor help"),
+}
+USER = re.compile(r"^(?:<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
+
+
+class UsageError(Exception):
+    def __init__(self, problem: str, subcommand: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.subcommand = subcommand
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...] = ()
+    rest: str = ""  # free text after the fixed arguments (the reason of `set`)
+    page: int = 1
+
+
+def parse_user(token: str) -> str:
+    match = USER.match(token.strip())
+    if not match:
+        raise UsageError(f"`{token}` is not a Slack user: mention them, like @alex.", "role")
+    return match.group(1) or match.group(2)
+
+
+def _page(tokens: list[str], name: str) -> int:
+    if not tokens:
+        return 1
+    if len(tokens) == 1 and tokens[0].isdigit() and 1 <= int(tokens[0]) <= 100_000:
+        return int(tokens[0])
+    raise UsageError(f"`{' '.join(tokens)}` is not a page number.", name)
+
+
+def parse(text: str) -> Command:
+    text = (text or "").strip()
+    if not text:
+        return Command("help")
+    head, _, tail = text.partition(" ")
+    name = head.lower()
+    tokens = tail.split()
+    if name in ("help", "-h", "--help", "?"):
+        return Command("help")
+    if name == "set":
+        parts = tail.strip().split(None, 2)
+        if len(parts) < 2:
+            raise UsageError("`set` needs a subscription and a partner ID.", "set")
+        return Command("set", (parts[0], parts[1]), rest=parts[2].strip() if len(parts) > 2 else "")
+    if name in ("show", "cancel"):
+        if len(tokens) != 1:
+            what = "a subscription ID or alias" if name == "show" else "a request number"
+            raise UsageError(f"`{name}` takes one argument: {what}.", name)
+        return Command(name, (tokens[0],))
+    if name in ("list", "pending"):
+        return Command(name, page=_page(tokens, name))
+    if name == "history":
+        if not tokens:
+            raise UsageError("`history` needs a subscription ID or alias.", name)
+        return Command(name, (tokens[0],), page=_page(tokens[1:], name))
+    if name == "subscribe":
+        if len(tokens) != 1:
+            raise UsageError("`subscribe` takes a subscription ID or alias, or `all`.", name)
+        return Command(name, (tokens[0],))
+    if name == "unsubscribe":
+        if tokens:
+            raise UsageError("`unsubscribe` takes no arguments; it stops all notifications here.", name)
+        return Command(name)
+    if name == "role":
+        return _parse_role(tokens)
+    raise UsageError(f"`{head}` is not a /dpor command.")
+
+
+def _parse_role(tokens: list[str]) -> Command:
+    if not tokens:
+        raise UsageError("`role` needs `grant`, `revoke` or `list`.", "role")
+    verb = tokens[0].lower()
+    if verb == "list":
+        if len(tokens) > 2:
+            raise UsageError("`role list` takes at most a subscription.", "role")
+        return Command("role list", tuple(tokens[1:2]))
+    if verb in ("grant", "revoke"):
+        if len(tokens) not in (3, 4):
+            raise UsageError(f"`role {verb}` needs a user and a role (owner or admin).", "role")
+        user = parse_user(tokens[1])
+        role = tokens[2].lower()
+        if role not in ("owner", "admin"):
+            raise UsageError(f"`{tokens[2]}` is not a role: use `owner` or `admin`.", "role")
+        return Command(f"role {verb}", (user, role, *tokens[3:4]))
+    raise UsageError(f"`role {tokens[0]}` is not a /dpor command.", "role")
