@@ -13,7 +13,7 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from bot import lifecycle, outbox
@@ -213,7 +213,7 @@ class OutboxWorker:
             return
         try:
             if row.kind == outbox.CARD:
-                await self._card(payload["request_id"])
+                await self._card(row)
             elif row.kind == outbox.DM:
                 await self._dm(payload["user_id"], payload["request_id"], payload["event"])
             elif row.kind == outbox.NOTIFY:
@@ -252,8 +252,15 @@ class OutboxWorker:
                 required=self.policy.required_approvals,
             )
 
-    async def _card(self, request_id: int) -> None:
-        view = await self.card_view(request_id)
+    async def _card(self, row: OutboxMessage) -> None:
+        """Render the card from the database now; later card rows already committed are covered by it."""
+        async with self.db.read() as session:
+            covered = await session.scalar(
+                select(func.max(OutboxMessage.id)).where(
+                    OutboxMessage.key == row.key, OutboxMessage.status == "pending"
+                )
+            )
+        view = await self.card_view(row.payload["request_id"])
         req = view.request
         blocks, text = to_dicts(card_blocks(view)), card_text(view)
         if req.card_ts is None:
@@ -266,6 +273,18 @@ class OutboxWorker:
                 )
         else:
             await self.client.chat_update(channel=req.card_channel, ts=req.card_ts, blocks=blocks, text=text)
+        if covered is not None and covered > row.id:
+            async with self.db.write(chain=False) as session:
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(
+                        OutboxMessage.key == row.key,
+                        OutboxMessage.id > row.id,
+                        OutboxMessage.id <= covered,
+                        OutboxMessage.status == "pending",
+                    )
+                    .values(status="done", delivered_at=utcnow(), last_error=f"covered by row {row.id}")
+                )
 
     async def _dm(self, user_id: str, request_id: int, event: str) -> None:
         view = await self.card_view(request_id)
