@@ -13,7 +13,8 @@ DEFAULT_DATABASE_URL = "sqlite:///dpor-bot.db"
 
 _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_HELP = "a duration such as 72h, 30m, 2d, 1h30m or a number of seconds"
+_DURATION_EXAMPLES = "such as 72h, 30m, 2d, 1h30m or a number of seconds"
+_DURATION_HELP = f"a duration {_DURATION_EXAMPLES}"
 
 
 class ConfigError(Exception):
@@ -34,7 +35,7 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
         else:
             raise ValueError(f"expected {_DURATION_HELP}")
     if seconds <= 0:
-        raise ValueError(f"must be positive: expected {_DURATION_HELP}")
+        raise ValueError(f"expected a duration above zero, {_DURATION_EXAMPLES}")
     return timedelta(seconds=seconds)
 
 
@@ -52,7 +53,9 @@ def normalise_database_url(url: str) -> str:
     if base in ("postgres", "postgresql"):
         host = rest.rsplit("@", 1)[-1]
         if not host or host.startswith("/"):
-            raise ValueError("a postgresql:// URL needs a host, e.g. postgresql://user@host:5432/db")
+            raise ValueError(
+                "expected a postgresql:// URL with a host, such as postgresql://user@host:5432/db"
+            )
         return f"postgresql+asyncpg://{rest}"
     raise ValueError("expected sqlite:///path/to/file.db or postgresql://user:password@host:5432/database")
 
@@ -106,6 +109,9 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
+# The password in a URL's user part (scheme://user:password@host).
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/]*@")
+
 _FIELD_HINTS = {
     "DPOR_REQUIRED_APPROVALS": "a whole number from 1 to 10",
     "DPOR_PROVIDER": "one of ledger, azure, webhook",
@@ -124,6 +130,8 @@ def load_settings(**overrides: object) -> Settings:
         alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
         name = alias or field.upper()
         got = error.get("input")
+        if isinstance(got, str):
+            got = _URL_PASSWORD.sub(r"\1***@", got)
         hint = _FIELD_HINTS.get(name) or error["msg"].removeprefix("Value error, ")
         shown = "" if "TOKEN" in name or "SECRET" in name else f" (got {got!r})"
         hint = hint.removeprefix("expected ")

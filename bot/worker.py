@@ -174,7 +174,7 @@ class OutboxWorker:
             log.exception("outbox row %s (%s) failed unexpectedly", row.id, row.kind)
             await self._failed(row, f"{type(exc).__name__}: {exc}", permanent=False, retry_after=None)
         else:
-            await self._finish(row, status="done")
+            await self._finish(row, status="done", delivered_at=utcnow())
 
     async def _finish(self, row: OutboxMessage, *, status: str, **values: Any) -> None:
         async with self.db.write(chain=False) as session:
