@@ -1,0 +1,72 @@
+"""The /dpor grammar: every subcommand parses, and every mistake is a usage error naming its subcommand."""
+
+import pytest
+
+from handlers.grammar import Command, UsageError, parse, parse_user
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", Command("help")),
+        ("help", Command("help")),
+        ("set prod 4977985", Command("set", ("prod", "4977985"))),
+        ("set prod 4977985  new MSP, see ticket 12", Command("set", ("prod", "4977985"), rest="new MSP, see ticket 12")),
+        ("SHOW prod", Command("show", ("prod",))),
+        ("list", Command("list")),
+        ("list 3", Command("list", page=3)),
+        ("history prod", Command("history", ("prod",))),
+        ("history prod 2", Command("history", ("prod",), page=2)),
+        ("pending", Command("pending")),
+        ("cancel 42", Command("cancel", ("42",))),
+        ("role grant <@U123ABC|alex> owner prod", Command("role grant", ("U123ABC", "owner", "prod"))),
+        ("role revoke U123ABC admin", Command("role revoke", ("U123ABC", "admin"))),
+        ("role list", Command("role list")),
+        ("role list prod", Command("role list", ("prod",))),
+        ("subscribe all", Command("subscribe", ("all",))),
+        ("unsubscribe", Command("unsubscribe")),
+    ],
+)
+def test_parses(text: str, expected: Command) -> None:
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "subcommand"),
+    [
+        ("set", "set"),
+        ("set prod", "set"),
+        ("show", "show"),
+        ("show a b", "show"),
+        ("cancel", "cancel"),
+        ("list two", "list"),
+        ("list 0", "list"),
+        ("history", "history"),
+        ("history prod x", "history"),
+        ("pending 1 2", "pending"),
+        ("subscribe", "subscribe"),
+        ("unsubscribe now", "unsubscribe"),
+        ("role", "role"),
+        ("role grant @alex owner", "role"),
+        ("role grant <@U123ABC> king", "role"),
+        ("role grant <@U123ABC>", "role"),
+        ("role dance", "role"),
+        ("frobnicate", None),
+    ],
+)
+def test_mistakes_name_their_subcommand(text: str, subcommand: str | None) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(text)
+    assert caught.value.subcommand == subcommand
+    assert caught.value.problem
+
+
+@pytest.mark.parametrize("token", ["<@U123ABC>", "<@U123ABC|alex>", "U123ABC", "<@W0ENTERPRISE>"])
+def test_users(token: str) -> None:
+    assert parse_user(token) in ("U123ABC", "W0ENTERPRISE")
+
+
+@pytest.mark.parametrize("token", ["@alex", "<!channel>", "<#C123>", "u123", ""])
+def test_not_users(token: str) -> None:
+    with pytest.raises(UsageError):
+        parse_user(token)
