@@ -1,0 +1,550 @@
+"""A local stand-in for Slack's Web API and response URLs: keeps conversation state, records every call."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+JSONDict = dict[str, Any]
+
+RESPONSE_URL = "response_url"
+"""The method name under which posts to a response URL are recorded, failed and waited for."""
+
+
+class _SlackError(Exception):
+    """An answer of HTTP 200 with `{"ok": false, "error": error}`."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as received: `params` merges query and body, with blocks parsed and the token removed."""
+
+    method: str
+    params: JSONDict
+    at: float
+    status: int = 200
+    error: str | None = None
+    injected: bool = False
+    response_token: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def summary(self) -> str:
+        outcome = "ok" if self.ok else f"error={self.error}"
+        if self.status != 200:
+            outcome += f" (HTTP {self.status})"
+        if self.injected:
+            outcome += " [injected]"
+        shown = [
+            f"{k}=[{len(v)} blocks]" if k == "blocks" and isinstance(v, list) else f"{k}={_short(v)}"
+            for k, v in self.params.items()
+        ]
+        return " ".join([self.method, outcome, *shown])
+
+
+@dataclass
+class Message:
+    """A message the bot posted, as it stands now; `updated` counts the edits."""
+
+    channel: str
+    ts: str
+    text: str
+    blocks: list[JSONDict]
+    user: str
+    thread_ts: str | None = None
+    updated: int = 0
+
+
+@dataclass(frozen=True)
+class Ephemeral:
+    """A message only `user` sees, from chat.postEphemeral or an ephemeral response."""
+
+    channel: str
+    user: str
+    message_ts: str
+    text: str
+    blocks: list[JSONDict]
+    thread_ts: str | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    real_name: str
+    tz: str = "UTC"
+    is_bot: bool = False
+
+
+@dataclass
+class _Failure:
+    status: int
+    error: str
+    retry_after: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class _ResponseTarget:
+    channel: str | None
+    user: str | None
+    message_ts: str | None
+
+
+class SlackStandin:
+    """Slack's Web API on a local port: `async with SlackStandin() as slack:`; clients use `.base_url`."""
+
+    def __init__(
+        self, *, team_id: str = "T0DPOR", bot_user_id: str = "UDPORBOT", bot_token: str = "xoxb-test"
+    ) -> None:
+        self.team_id = team_id
+        self.team_domain = "dpor"
+        self.bot_user_id = bot_user_id
+        self.bot_id = "B" + bot_user_id[1:]
+        self.app_id = "A0DPOR"
+        self._bot_token = bot_token
+        self.calls: list[Call] = []
+        self._messages: dict[str, list[Message]] = {}
+        self._ephemerals: list[Ephemeral] = []
+        self._failures: dict[str, deque[_Failure]] = {}
+        self._opened: set[str] = set()
+        self._targets: dict[str, _ResponseTarget] = {}
+        self._users: dict[str, User] = {bot_user_id: User(bot_user_id, "dpor", "DPOR", is_bot=True)}
+        self._last_ts_us = 0
+        self._changed = asyncio.Condition()
+        self._methods: dict[str, Callable[[JSONDict], JSONDict]] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": self._post_ephemeral,
+            "conversations.open": self._open,
+            "users.info": self._users_info,
+        }
+        self.app = web.Application()
+        self.app.router.add_get("/api/{method}", self._api)
+        self.app.router.add_post("/api/{method}", self._api)
+        self.app.router.add_post("/response/{token}", self._response)
+        self._runner: web.AppRunner | None = None
+        self._root: str | None = None
+
+    # lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0 picks a free port); returns the Web API base URL."""
+        if self._runner is not None:
+            raise RuntimeError("the Slack stand-in is already running")
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_port = runner.addresses[0][1]
+        self._root = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner = None
+        self._root = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        """The server's root URL, e.g. http://127.0.0.1:54321."""
+        if self._root is None:
+            raise RuntimeError("the Slack stand-in is not running: await start() first")
+        return self._root
+
+    @property
+    def base_url(self) -> str:
+        """The Web API base URL for AsyncWebClient(base_url=...) and SLACK_API_URL."""
+        return f"{self.url}/api/"
+
+    # set-up and inspection
+
+    def add_user(
+        self, user_id: str, *, name: str | None = None, real_name: str | None = None, tz: str = "UTC"
+    ) -> None:
+        """Describe a user for users.info; users not added get a profile made up from their ID."""
+        ZoneInfo(tz)  # an unknown zone fails here, not inside users.info
+        self._users[user_id] = User(user_id, name or user_id.lower(), real_name or f"User {user_id}", tz)
+
+    def response_url(
+        self,
+        token: str,
+        *,
+        channel: str | None = None,
+        user: str | None = None,
+        message_ts: str | None = None,
+    ) -> str:
+        """A response URL served here. Given the context, posts to it act as Slack's do: `replace_original`
+        and `delete_original` change the message at `message_ts`, `response_type: in_channel` posts to
+        `channel`, anything else is an ephemeral message to `user`."""
+        self._targets[token] = _ResponseTarget(channel, user, message_ts)
+        return f"{self.url}/response/{token}"
+
+    def fail(
+        self,
+        method: str,
+        *,
+        status: int = 429,
+        retry_after: int = 1,
+        error: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Fail the next `times` calls to `method` (after the token check). 429 answers with `Retry-After`
+        and error `ratelimited`; another status answers `{"ok": false, "error": error}` with that status
+        (error defaults to `internal_error`), so `status=200, error="channel_not_found"` is a refusal."""
+        if method not in self._methods and method != RESPONSE_URL:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join([*self._methods, RESPONSE_URL])}")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        default = "ratelimited" if status == 429 else "internal_error"
+        failure = _Failure(status, error or default, retry_after, times)
+        self._failures.setdefault(method, deque()).append(failure)
+
+    def calls_to(self, method: str) -> list[Call]:
+        """Every call to `method`, failed ones included (see Call.ok)."""
+        return [c for c in self.calls if c.method == method]
+
+    def responses(self, token: str | None = None) -> list[Call]:
+        """Posts to response URLs, optionally only to the one made for `token`."""
+        return [c for c in self.calls_to(RESPONSE_URL) if token is None or c.response_token == token]
+
+    def messages(self, channel: str) -> list[Message]:
+        """The bot's messages in `channel` (a user ID means the bot's DM with that user), oldest first."""
+        return list(self._messages.get(self._resolve(channel), []))
+
+    def message(self, channel: str, ts: str) -> Message:
+        found = self._find(self._resolve(channel), ts)
+        if found is None:
+            raise KeyError(f"no message {ts} in {channel}")
+        return found
+
+    def ephemerals(self, user: str | None = None) -> list[Ephemeral]:
+        return [e for e in self._ephemerals if user is None or e.user == user]
+
+    def dm_channel(self, user: str) -> str:
+        """The ID of the bot's DM with `user`, the same every time (as conversations.open answers)."""
+        return "D" + user[1:]
+
+    def clear(self) -> None:
+        """Forget calls, messages, ephemerals, open DMs, response URLs and pending failures."""
+        self.calls.clear()
+        self._messages.clear()
+        self._ephemerals.clear()
+        self._failures.clear()
+        self._opened.clear()
+        self._targets.clear()
+
+    async def wait_for(self, method: str, count: int = 1, timeout: float = 5.0) -> list[Call]:  # noqa: ASYNC109
+        """Wait until at least `count` successful calls to `method` were recorded; return all of them."""
+
+        def succeeded() -> list[Call]:
+            return [c for c in self.calls_to(method) if c.ok]
+
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: len(succeeded()) >= count)
+        except TimeoutError:
+            seen = "\n".join(f"  {c.summary()}" for c in self.calls) or "  (none)"
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {count} successful {method} call(s); "
+                f"got {len(succeeded())}. Calls seen:\n{seen}"
+            ) from None
+        return succeeded()
+
+    # HTTP
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params: JSONDict = dict(request.query)
+        body_error: str | None = None
+        try:
+            params.update(await _read_body(request))
+            _parse_blocks(params)
+        except _SlackError as e:
+            body_error = e.error
+        token = _bearer(request) or params.get("token")
+        params.pop("token", None)
+        handler = self._methods.get(method)
+        if handler is None:
+            return await self._answer(Call(method, params, time.time(), error="unknown_method"))
+        if not token:
+            return await self._answer(Call(method, params, time.time(), error="not_authed"))
+        if token != self._bot_token:
+            return await self._answer(Call(method, params, time.time(), error="invalid_auth"))
+        if failed := await self._fail_if_injected(method, params):
+            return failed
+        if body_error is not None:
+            return await self._answer(Call(method, params, time.time(), error=body_error))
+        try:
+            body = handler(params)
+        except _SlackError as e:
+            return await self._answer(Call(method, params, time.time(), error=e.error))
+        return await self._answer(Call(method, params, time.time()), body)
+
+    async def _response(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            _parse_blocks(body)
+        except (ValueError, _SlackError):
+            await self._record(
+                Call(RESPONSE_URL, {}, time.time(), 400, "invalid_payload", response_token=token)
+            )
+            return web.Response(status=400, text="invalid_payload")
+        if failed := await self._fail_if_injected(RESPONSE_URL, body, token):
+            return failed
+        target = self._targets.get(token)
+        if target is not None:
+            self._apply_response(target, body)
+        return await self._answer(Call(RESPONSE_URL, body, time.time(), response_token=token))
+
+    async def _fail_if_injected(
+        self, method: str, params: JSONDict, token: str | None = None
+    ) -> web.Response | None:
+        queue = self._failures.get(method)
+        if not queue:
+            return None
+        failure = queue[0]
+        failure.remaining -= 1
+        if failure.remaining == 0:
+            queue.popleft()
+        call = Call(method, params, time.time(), failure.status, failure.error, True, token)
+        headers = {"Retry-After": str(failure.retry_after)} if failure.status == 429 else None
+        return await self._answer(call, headers=headers)
+
+    async def _answer(
+        self, call: Call, body: JSONDict | None = None, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        await self._record(call)
+        answer = {"ok": True, **(body or {})} if call.ok else {"ok": False, "error": call.error}
+        return web.json_response(answer, status=call.status, headers=headers)
+
+    async def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        async with self._changed:
+            self._changed.notify_all()
+
+    # Web API methods: each takes the params and returns the answer's fields besides "ok"
+
+    def _auth_test(self, params: JSONDict) -> JSONDict:
+        return {
+            "url": f"https://{self.team_domain}.slack.com/",
+            "team": "DPOR",
+            "user": self._users[self.bot_user_id].name,
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _post_message(self, params: JSONDict) -> JSONDict:
+        channel = self._channel(params)
+        text, blocks = str(params.get("text") or ""), params.get("blocks") or []
+        if not text and not blocks and not params.get("attachments"):
+            raise _SlackError("no_text")
+        message = Message(channel, self._next_ts(), text, blocks, self.bot_user_id, params.get("thread_ts"))
+        self._messages.setdefault(channel, []).append(message)
+        return {"channel": channel, "ts": message.ts, "message": self._payload(message)}
+
+    def _update(self, params: JSONDict) -> JSONDict:
+        channel = self._channel(params)
+        message = self._find(channel, str(params.get("ts") or ""))
+        if message is None:
+            raise _SlackError("message_not_found")
+        if "text" in params:
+            message.text = str(params["text"])
+        if "blocks" in params:
+            message.blocks = params["blocks"]
+        message.updated += 1
+        return {"channel": channel, "ts": message.ts, "text": message.text, "message": self._payload(message)}
+
+    def _post_ephemeral(self, params: JSONDict) -> JSONDict:
+        channel = self._channel(params)
+        user = str(params.get("user") or "")
+        if not user:
+            raise _SlackError("user_not_found")
+        text, blocks = str(params.get("text") or ""), params.get("blocks") or []
+        if not text and not blocks and not params.get("attachments"):
+            raise _SlackError("no_text")
+        ephemeral = Ephemeral(channel, user, self._next_ts(), text, blocks, params.get("thread_ts"))
+        self._ephemerals.append(ephemeral)
+        return {"message_ts": ephemeral.message_ts}
+
+    def _open(self, params: JSONDict) -> JSONDict:
+        users = params.get("users") or ""
+        user_ids = sorted(u.strip() for u in (users if isinstance(users, list) else str(users).split(",")))
+        user_ids = [u for u in user_ids if u]
+        if params.get("channel"):
+            channel = str(params["channel"])
+        elif len(user_ids) == 1:
+            channel = self.dm_channel(user_ids[0])
+        elif user_ids:
+            channel = "G" + hashlib.sha1(",".join(user_ids).encode()).hexdigest()[:10].upper()
+        else:
+            raise _SlackError("users_list_not_supplied")
+        if channel in self._opened:
+            return {"no_op": True, "already_open": True, "channel": {"id": channel}}
+        self._opened.add(channel)
+        return {"channel": {"id": channel}}
+
+    def _users_info(self, params: JSONDict) -> JSONDict:
+        user_id = str(params.get("user") or "")
+        if not user_id:
+            raise _SlackError("user_not_found")
+        user = self._users.get(user_id) or User(user_id, user_id.lower(), f"User {user_id}")
+        now = datetime.now(ZoneInfo(user.tz))
+        offset = now.utcoffset()
+        profile: JSONDict = {
+            "real_name": user.real_name,
+            "real_name_normalized": user.real_name,
+            "display_name": user.name,
+            "display_name_normalized": user.name,
+            "team": self.team_id,
+        }
+        if user.is_bot:
+            profile["bot_id"] = self.bot_id
+        return {
+            "user": {
+                "id": user.id,
+                "team_id": self.team_id,
+                "name": user.name,
+                "deleted": False,
+                "real_name": user.real_name,
+                "tz": user.tz,
+                "tz_label": now.tzname(),
+                "tz_offset": int(offset.total_seconds()) if offset is not None else 0,
+                "profile": profile,
+                "is_admin": False,
+                "is_owner": False,
+                "is_bot": user.is_bot,
+                "is_app_user": False,
+                "updated": int(time.time()),
+            }
+        }
+
+    # state
+
+    def _apply_response(self, target: _ResponseTarget, body: JSONDict) -> None:
+        text, blocks = str(body.get("text") or ""), body.get("blocks") or []
+        original = None
+        if target.channel and target.message_ts:
+            original = self._find(target.channel, target.message_ts)
+        if original is not None and _truthy(body.get("delete_original")):
+            self._messages[original.channel].remove(original)
+        elif original is not None and _truthy(body.get("replace_original")):
+            original.text, original.blocks = text, blocks
+            original.updated += 1
+        elif target.channel and body.get("response_type") == "in_channel":
+            message = Message(target.channel, self._next_ts(), text, blocks, self.bot_user_id)
+            self._messages.setdefault(target.channel, []).append(message)
+        elif target.channel and target.user:
+            self._ephemerals.append(Ephemeral(target.channel, target.user, self._next_ts(), text, blocks))
+
+    def _payload(self, message: Message) -> JSONDict:
+        payload: JSONDict = {
+            "type": "message",
+            "user": message.user,
+            "bot_id": self.bot_id,
+            "app_id": self.app_id,
+            "text": message.text,
+            "blocks": message.blocks,
+            "team": self.team_id,
+            "ts": message.ts,
+        }
+        if message.thread_ts:
+            payload["thread_ts"] = message.thread_ts
+        return payload
+
+    def _channel(self, params: JSONDict) -> str:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            raise _SlackError("channel_not_found")
+        return self._resolve(channel)
+
+    def _resolve(self, channel: str) -> str:
+        return self.dm_channel(channel) if channel[:1] in ("U", "W") else channel
+
+    def _find(self, channel: str, ts: str) -> Message | None:
+        return next((m for m in self._messages.get(channel, []) if m.ts == ts), None)
+
+    def _next_ts(self) -> str:
+        """Like Slack's: seconds.microseconds of now, unique and increasing."""
+        self._last_ts_us = max(time.time_ns() // 1000, self._last_ts_us + 1)
+        seconds, micros = divmod(self._last_ts_us, 1_000_000)
+        return f"{seconds}.{micros:06d}"
+
+
+async def _read_body(request: web.Request) -> JSONDict:
+    if not request.can_read_body:
+        return {}
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _SlackError("invalid_json") from None
+        if not isinstance(body, dict):
+            raise _SlackError("invalid_json")
+        return body
+    form = await request.post()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _parse_blocks(params: JSONDict) -> None:
+    """Blocks come as a JSON string in form bodies and as a list in JSON bodies: make them a list."""
+    blocks = params.get("blocks")
+    if isinstance(blocks, str):
+        try:
+            blocks = json.loads(blocks) if blocks.strip() else []
+        except ValueError:
+            raise _SlackError("invalid_blocks_format") from None
+        params["blocks"] = blocks
+    if blocks is not None and not (isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks)):
+        raise _SlackError("invalid_blocks_format")
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "1")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

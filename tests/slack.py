@@ -1,0 +1,194 @@
+"""Test helpers that build Slack's requests to the bot (slash commands, clicks) and sign them like Slack."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlencode
+
+import aiohttp
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+API_APP_ID = "A0DPOR"
+TEAM_DOMAIN = "dpor"
+LEGACY_TOKEN = "legacy-verification-token"
+"""Slack still sends its deprecated verification token in every payload; Bolt ignores it."""
+
+_serial = itertools.count(1)
+
+
+def sign(signing_secret: str, body: str | bytes, timestamp: int | None = None) -> dict[str, str]:
+    """Slack's signature headers: `v0=` + hex HMAC-SHA256 of `v0:{timestamp}:{body}` under the secret."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    raw = body.encode() if isinstance(body, str) else body
+    digest = hmac.new(signing_secret.encode(), b"v0:%d:%s" % (ts, raw), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": f"v0={digest}"}
+
+
+def slash_command_body(
+    text: str,
+    *,
+    user_id: str,
+    team_id: str = "T0DPOR",
+    channel_id: str = "C0APPROVALS",
+    command: str = "/dpor",
+    response_url: str | None = None,
+    user_name: str | None = None,
+    channel_name: str | None = None,
+) -> str:
+    """A slash command's form-encoded body, field for field as Slack posts it."""
+    return urlencode(
+        {
+            "token": LEGACY_TOKEN,
+            "team_id": team_id,
+            "team_domain": TEAM_DOMAIN,
+            "channel_id": channel_id,
+            "channel_name": channel_name or _channel_name(channel_id),
+            "user_id": user_id,
+            "user_name": user_name or user_id.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": API_APP_ID,
+            "is_enterprise_install": "false",
+            "response_url": response_url or _hook_url("commands", team_id),
+            "trigger_id": _trigger_id(),
+        }
+    )
+
+
+def block_actions_body(
+    action_id: str,
+    value: str,
+    *,
+    user_id: str,
+    team_id: str = "T0DPOR",
+    channel_id: str,
+    message_ts: str,
+    response_url: str | None = None,
+    message: Mapping[str, Any] | None = None,
+    user_name: str | None = None,
+    channel_name: str | None = None,
+) -> str:
+    """A button click's body: form-encoded `payload=<json>` of type block_actions, as Slack posts it.
+
+    `message` is the clicked message as posted (for example from chat.postMessage's answer); when its
+    blocks hold the button, the action carries that button's block_id and text, as Slack's does."""
+    msg: dict[str, Any] = {"type": "message", "ts": message_ts, "text": "", "blocks": [], **(message or {})}
+    block_id, button = _find_button(msg["blocks"], action_id)
+    action = {
+        "action_id": action_id,
+        "block_id": block_id,
+        "text": button.get("text", {"type": "plain_text", "text": action_id, "emoji": True}),
+        "value": value,
+        "type": "button",
+        "action_ts": f"{time.time():.6f}",
+    }
+    username = user_name or user_id.lower()
+    payload = {
+        "type": "block_actions",
+        "user": {"id": user_id, "username": username, "name": username, "team_id": team_id},
+        "api_app_id": API_APP_ID,
+        "token": LEGACY_TOKEN,
+        "container": {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel_id,
+            "is_ephemeral": False,
+        },
+        "trigger_id": _trigger_id(),
+        "team": {"id": team_id, "domain": TEAM_DOMAIN},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "channel": {"id": channel_id, "name": channel_name or _channel_name(channel_id)},
+        "message": msg,
+        "state": {"values": {}},
+        "response_url": response_url or _hook_url("actions", team_id),
+        "actions": [action],
+    }
+    return urlencode({"payload": json.dumps(payload, separators=(",", ":"))})
+
+
+class SignedSlackClient:
+    """Posts signed slash commands and clicks to the bot's `/slack/events` URL, as Slack does."""
+
+    def __init__(self, signing_secret: str, session: aiohttp.ClientSession | None = None) -> None:
+        self.signing_secret = signing_secret
+        self._session = session
+        self._owns_session = session is None
+
+    async def post(
+        self,
+        url: str,
+        body: str,
+        *,
+        content_type: str = FORM_CONTENT_TYPE,
+        timestamp: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """Sign and post `body`; `headers` are applied last (to tamper with a signature, say).
+        Returns the status and the JSON answer, or its text when it is not JSON."""
+        if self._session is None:
+            self._session, self._owns_session = aiohttp.ClientSession(), True
+        all_headers = {
+            "Content-Type": content_type,
+            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+            **sign(self.signing_secret, body, timestamp),
+            **(headers or {}),
+        }
+        async with self._session.post(url, data=body.encode(), headers=all_headers) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.text()
+
+    async def command(self, url: str, text: str, user_id: str, **kw: Any) -> tuple[int, Any]:
+        """Post `/dpor text` from `user_id`; `kw` goes to slash_command_body."""
+        return await self.post(url, slash_command_body(text, user_id=user_id, **kw))
+
+    async def click(self, url: str, action_id: str, value: str, user_id: str, **kw: Any) -> tuple[int, Any]:
+        """Post a click on button `action_id`; `kw` goes to block_actions_body (channel_id, message_ts...)."""
+        return await self.post(url, block_actions_body(action_id, value, user_id=user_id, **kw))
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _find_button(blocks: list[dict[str, Any]], action_id: str) -> tuple[str, dict[str, Any]]:
+    for block in blocks:
+        elements = [*block.get("elements", []), *([block["accessory"]] if "accessory" in block else [])]
+        for element in elements:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return str(block.get("block_id") or secrets.token_hex(3)), element
+    return secrets.token_hex(3), {}
+
+
+def _channel_name(channel_id: str) -> str:
+    if channel_id.startswith("D"):
+        return "directmessage"
+    if channel_id.startswith("G"):
+        return "privategroup"
+    return channel_id.lower()
+
+
+def _hook_url(kind: str, team_id: str) -> str:
+    return f"https://hooks.slack.com/{kind}/{team_id}/{next(_serial)}/{secrets.token_urlsafe(18)}"
+
+
+def _trigger_id() -> str:
+    return f"{next(_serial)}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
