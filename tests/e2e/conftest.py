@@ -42,10 +42,13 @@ class Harness:
         return await self.client.command(self.url, text, user_id, team_id=kw.pop("team_id", TEAM), **kw)
 
     async def click(self, action_id: str, request_id: int | str, user_id: str, **kw: Any) -> tuple[int, Any]:
-        card = await self.card(int(request_id)) if str(request_id).isdigit() else None
+        if "message_ts" not in kw:
+            kw["message_ts"] = (await self.card(int(request_id))).ts
         kw.setdefault("channel_id", APPROVALS)
-        kw.setdefault("message_ts", card.ts if card else "1.000001")
-        kw.setdefault("response_url", self.slack.response_url(f"click-{user_id}", channel=kw["channel_id"], user=user_id))
+        kw.setdefault(
+            "response_url",
+            self.slack.response_url(f"click-{user_id}", channel=kw["channel_id"], user=user_id),
+        )
         return await self.client.click(
             self.url, action_id, str(request_id), user_id, team_id=kw.pop("team_id", TEAM), **kw
         )
@@ -78,28 +81,31 @@ class Harness:
         async with self.bot.db.read() as session:
             return list((await session.scalars(select(AuditEvent.action).order_by(AuditEvent.seq))).all())
 
-    async def settle(self, timeout: float = 10.0) -> None:
+    async def settle(self, within: float = 10.0) -> None:
         """Wait until the worker has delivered every outbox row that is due."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while loop.time() < deadline:
             async with self.bot.db.read() as session:
                 waiting = await session.scalar(
-                    select(func.count()).select_from(OutboxMessage).where(
-                        OutboxMessage.status == "pending", OutboxMessage.available_at <= utcnow()
-                    )
+                    select(func.count())
+                    .select_from(OutboxMessage)
+                    .where(OutboxMessage.status == "pending", OutboxMessage.available_at <= utcnow())
                 )
             if not waiting:
                 return
             await asyncio.sleep(0.02)
-        raise AssertionError(f"{waiting} outbox rows still undelivered after {timeout}s")
+        raise AssertionError(f"{waiting} outbox rows still undelivered after {within}s")
 
 
 async def seed(bot: Bot) -> None:
     db = bot.db
     await directory.upsert_subscriptions(
         db,
-        [directory.SubscriptionRow(PROD, "Production EU", "prod"), directory.SubscriptionRow(DEV, "Dev", "dev")],
+        [
+            directory.SubscriptionRow(PROD, "Production EU", "prod"),
+            directory.SubscriptionRow(DEV, "Dev", "dev"),
+        ],
         actor="test",
     )
     await directory.add_partner(db, OLD_PARTNER, "Fabrikam Consulting", actor="test")

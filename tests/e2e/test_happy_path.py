@@ -42,6 +42,18 @@ async def test_set_approve_applied(harness: Harness) -> None:
     status, body = await harness.command("show prod", ADMIN)
     assert NEW_PARTNER in json.dumps(body) and "Contoso MSP" in json.dumps(body)
     assert await harness.audit_actions() == [
-        *["subscription.added"] * 2, *["partner.added"] * 2, *["role.granted"] * 4,
-        "request.created", "request.approved", "apply.started", "apply.succeeded",
+        *["subscription.added"] * 2,
+        *["partner.added"] * 2,
+        *["role.granted"] * 4,
+        "request.created",
+        "request.approved",
+        "apply.started",
+        "apply.succeeded",
     ]
+
+
+async def test_reason_mentioning_payload_reaches_the_bot(harness: Harness) -> None:
+    # Bolt reads any form body containing "payload" as an interaction; the bot re-reads such commands.
+    status, body = await harness.command(f"set prod {NEW_PARTNER} payload team migration", ADMIN)
+    assert status == 200 and "Request #1" in body["text"], body
+    assert (await harness.request(1)).reason == "payload team migration"
