@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from bot.directory import resolve_subscription, roles_for
 from bot.errors import NotAuthorised, NotOwner
 from storage.db import Database
-from storage.models import ALL_SUBSCRIPTIONS
+from storage.models import ALL_SUBSCRIPTIONS, RoleAssignment
 
 
 async def require_owner(db: Database, user_id: str, subscription: str | None) -> None:
@@ -34,3 +36,13 @@ async def require_any_role(db: Database, user_id: str, subscription: str | None)
             where = sub.name
     if not roles:
         raise NotAuthorised(f"Only an owner or admin of {where} can do that.")
+
+
+async def require_some_role(db: Database, user_id: str) -> None:
+    """Stopping a channel's notifications needs a role on some subscription: it only removes noise."""
+    async with db.read() as session:
+        held = await session.scalar(
+            select(RoleAssignment.id).where(RoleAssignment.user_id == user_id).limit(1)
+        )
+    if held is None:
+        raise NotAuthorised("Only an owner or admin of a subscription can do that.")

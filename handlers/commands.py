@@ -118,7 +118,7 @@ async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
 
 
 async def _unsubscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
-    await access.require_any_role(ctx.db, body["user_id"], None)
+    await access.require_some_role(ctx.db, body["user_id"])
     removed = await directory.unwatch(ctx.db, channel_id=body["channel_id"])
     if not removed:
         return Reply("This channel gets no DPOR change notifications from `/dpor subscribe`.")

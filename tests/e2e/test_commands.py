@@ -1,0 +1,186 @@
+"""Every /dpor subcommand over signed HTTP: answers, refusals with usage, escaping, and Slack's limits."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from bot import directory
+from storage.db import Database
+from tests.e2e.conftest import ADMIN, BYSTANDER, NEW_PARTNER, NOTIFY, OWNER, OWNER2, PROD, Harness
+
+WRONG = [
+    "frobnicate",
+    "set",
+    "set prod",
+    "set prod 12345",
+    "set prod 12345678",
+    "set prod abcdefg",
+    "set nowhere 4977985",
+    "set 11111111-2222-3333-4444-55555555555Z 4977985",
+    "set 99999999-2222-3333-4444-555555555555 4977985",
+    "show",
+    "show nowhere",
+    "show a b",
+    "history",
+    "history nowhere",
+    "list x",
+    "pending -1",
+    "cancel",
+    "cancel abc",
+    "cancel 999",
+    "role",
+    "role grant",
+    "role grant @alex owner",
+    "role grant <@U0NEW> emperor",
+    "role revoke <@U0NEW>",
+    "role dance",
+    "subscribe",
+    "subscribe nowhere",
+    "unsubscribe please",
+    f"set prod {NEW_PARTNER} " + "x" * 501,
+]
+
+
+@pytest.mark.parametrize("text", WRONG)
+async def test_wrong_arguments_get_help_and_write_nothing(harness: Harness, text: str) -> None:
+    before = await harness.counts()
+    status, body = await harness.command(text, OWNER)
+    assert status == 200
+    assert body["response_type"] == "ephemeral"
+    answer = body["text"]
+    assert answer.startswith((":warning:", ":no_entry:")), answer
+    assert "Traceback" not in answer and "ref " not in answer
+    if answer.startswith(":warning:"):
+        assert "Usage:" in answer or "/dpor help" in answer
+    await harness.settle()
+    assert await harness.counts() == before
+
+
+async def test_help_lists_every_subcommand(harness: Harness) -> None:
+    _, body = await harness.command("help", BYSTANDER)
+    shown = json.dumps(body)
+    for word in ("set", "show", "list", "history", "pending", "cancel", "role", "subscribe", "unsubscribe"):
+        assert f"/dpor {word}" in shown
+
+
+async def test_bystander_cannot_request(harness: Harness) -> None:
+    before = await harness.counts()
+    _, body = await harness.command(f"set prod {NEW_PARTNER}", BYSTANDER)
+    assert "not an admin or owner" in body["text"]
+    assert await harness.counts() == before
+
+
+async def test_second_open_request_is_refused_naming_the_first(harness: Harness) -> None:
+    await harness.command(f"set prod {NEW_PARTNER}", ADMIN)
+    _, body = await harness.command("set prod 1234566", OWNER)
+    assert "Request #1" in body["text"] and "/dpor cancel 1" in body["text"]
+
+
+async def test_cancel_by_requester(harness: Harness) -> None:
+    await harness.command(f"set prod {NEW_PARTNER}", ADMIN)
+    await harness.card(1)
+    _, body = await harness.command("cancel 1", ADMIN)
+    assert "cancelled" in body["text"]
+    await harness.settle()
+    assert (await harness.request(1)).status == "cancelled"
+    card = await harness.card(1)
+    assert "Cancelled" in json.dumps(card.blocks)
+
+
+async def test_show_list_history_pending(harness: Harness) -> None:
+    await harness.command(f"set prod {NEW_PARTNER} because", ADMIN)
+    _, body = await harness.command("pending", BYSTANDER)
+    assert "#1" in json.dumps(body)
+    _, body = await harness.command("history prod", BYSTANDER)
+    assert "#1" in json.dumps(body) and "pending" in json.dumps(body)
+    _, body = await harness.command("list", BYSTANDER)
+    assert "Production EU" in json.dumps(body) and "Dev" in json.dumps(body)
+    _, body = await harness.command(f"show {PROD}", BYSTANDER)
+    assert "Open request #1" in json.dumps(body)
+
+
+async def test_role_grant_and_revoke_from_slack(harness: Harness) -> None:
+    _, body = await harness.command("role grant <@U0NEWBIE|newbie> admin prod", BYSTANDER)
+    assert "Only an owner" in body["text"]
+    _, body = await harness.command("role grant <@U0NEWBIE|newbie> admin prod", OWNER)
+    assert "<@U0NEWBIE> is now admin" in body["text"]
+    _, body = await harness.command("role list prod", OWNER)
+    assert "U0NEWBIE" in json.dumps(body)
+    _, body = await harness.command(f"set prod {NEW_PARTNER}", "U0NEWBIE")
+    assert "Request #1" in body["text"]
+    _, body = await harness.command("role revoke U0NEWBIE admin prod", OWNER)
+    assert "no longer" in body["text"]
+    assert (await harness.audit_actions()).count("role.revoked") == 1
+
+
+async def test_subscribed_channel_gets_notifications(harness: Harness) -> None:
+    _, body = await harness.command("subscribe prod", OWNER, channel_id="C0WATCHERS")
+    assert "will now get" in body["text"]
+    await harness.command(f"set prod {NEW_PARTNER}", ADMIN)
+    await harness.click("dpor_approve", 1, OWNER2)
+    await harness.settle()
+    watched = harness.slack.messages("C0WATCHERS")
+    assert len(watched) == 1 and "Contoso MSP" in watched[0].text
+    assert len(harness.slack.messages(NOTIFY)) == 1
+    _, body = await harness.command("unsubscribe", OWNER, channel_id="C0WATCHERS")
+    assert "no longer" in body["text"]
+
+
+INJECTIONS = "<!channel> <!here> <@U0VICTIM> <http://evil.example|click me> & more"
+
+
+async def test_echoed_text_is_escaped_everywhere(harness: Harness) -> None:
+    await directory.upsert_subscriptions(
+        harness.bot.db, [directory.SubscriptionRow(PROD, "Prod <!everyone>", "<!here>")], actor="test"
+    )
+    _, body = await harness.command(f"set <!here> {NEW_PARTNER} {INJECTIONS}", ADMIN)
+    assert "Request #1" in body["text"], body
+    await harness.click("dpor_approve", 1, OWNER)
+    await harness.settle()
+    sent = json.dumps([c.params for c in harness.slack.calls]) + json.dumps(body)
+    for raw in ("<!channel>", "<!here>", "<!everyone>", "<@U0VICTIM>", "<http://evil.example"):
+        assert raw not in sent, raw
+    assert "&lt;!channel&gt;" in sent and "&lt;@U0VICTIM&gt;" in sent and "&amp; more" in sent
+    _, body = await harness.command("show <!here>", ADMIN)
+    assert "<!here>" not in json.dumps(body) and "&lt;!here&gt;" in json.dumps(body)
+    _, body = await harness.command("show <!channel>", ADMIN)
+    assert "<!channel>" not in body["text"]
+
+
+async def test_lists_stay_within_slack_limits(harness: Harness) -> None:
+    rows = [
+        directory.SubscriptionRow(
+            f"{i:08x}-0000-4000-8000-{i:012x}", f"Subscription {i} " + "n" * 150, f"s{i}"
+        )
+        for i in range(1, 501)
+    ]
+    await directory.upsert_subscriptions(harness.bot.db, rows, actor="test")
+    for text in ("list", "list 3", "list 26"):
+        _, body = await harness.command(text, BYSTANDER)
+        assert len(body.get("blocks", [])) <= 50
+        for block in body.get("blocks", []):
+            assert len(block.get("text", {}).get("text", "")) <= 3000
+    _, body = await harness.command("list", BYSTANDER)
+    assert "1-20 of 502" in json.dumps(body) and "/dpor list 2" in json.dumps(body)
+    _, body = await harness.command("list 99", BYSTANDER)
+    assert "no page 99" in body["text"]
+
+
+async def test_healthz(harness: Harness) -> None:
+    health = harness.url.replace("/slack/events", "/healthz")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(health) as response:
+            assert response.status == 200
+            assert (await response.json())["ok"] is True
+        healthy = harness.bot.db
+        harness.bot.db = Database("sqlite+aiosqlite:////nonexistent-dir/dpor.db")
+        try:
+            async with session.get(health) as response:
+                assert response.status == 503
+                assert (await response.json()) == {"ok": False, "error": "database unreachable"}
+        finally:
+            await harness.bot.db.dispose()
+            harness.bot.db = healthy
