@@ -1,0 +1,136 @@
+"""The operator's path from the README: the CLI seeds data, `dpor-bot serve` runs, Slack talks to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.slack_standin import SlackStandin
+from tests.e2e.conftest import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, OWNER, PROD, SECRET, TEAM, TOKEN
+from tests.slack import SignedSlackClient
+
+DPOR_BOT = str(Path(sys.executable).with_name("dpor-bot"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        DPOR_BOT, *args, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(150):
+            if proc.returncode is not None:
+                raise AssertionError(f"dpor-bot serve exited with {proc.returncode}")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("dpor-bot serve never became healthy")
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DPOR_", "DATABASE_URL"))}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'dpor.db'}"
+    return env
+
+
+async def test_serve_needs_slack_credentials(base_env: dict[str, str], tmp_path: Path) -> None:
+    code, _, err = await cli(base_env, tmp_path, "serve", "--port", str(free_port()))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "SLACK_BOT_TOKEN" in lines[0] and "SLACK_SIGNING_SECRET" in lines[0]
+    assert "Traceback" not in err
+
+
+async def test_operator_flow_against_serve(base_env: dict[str, str], tmp_path: Path) -> None:
+    async with SlackStandin(bot_token=TOKEN) as slack, SignedSlackClient(SECRET) as signed:
+        env = {
+            **base_env,
+            "SLACK_BOT_TOKEN": TOKEN,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.base_url,
+            "DPOR_APPROVAL_CHANNEL": APPROVALS,
+            "DPOR_NOTIFY_CHANNELS": NOTIFY,
+        }
+        for args in (
+            ("subscriptions", "add", PROD, "--name", "Production EU", "--alias", "prod"),
+            ("partners", "add", NEW_PARTNER, "--name", "Contoso MSP"),
+            ("roles", "grant", ADMIN, "admin", "--subscription", "prod"),
+            ("roles", "grant", OWNER, "owner", "--subscription", "prod"),
+        ):
+            code, _, err = await cli(env, tmp_path, *args)
+            assert code == 0, err
+
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            DPOR_BOT,
+            "serve",
+            "--port",
+            str(port),
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+            events = f"http://127.0.0.1:{port}/slack/events"
+            status, body = await signed.command(
+                events, f"set prod {NEW_PARTNER} new MSP", ADMIN, team_id=TEAM
+            )
+            assert status == 200 and "Request #1" in body["text"], body
+            (post,) = await slack.wait_for("chat.postMessage", timeout=10)
+            assert post.params["channel"] == APPROVALS
+            ts = slack.messages(APPROVALS)[0].ts
+
+            status, _ = await signed.click(
+                events,
+                "dpor_approve",
+                "1",
+                OWNER,
+                team_id=TEAM,
+                channel_id=APPROVALS,
+                message_ts=ts,
+                response_url=slack.response_url("serve-click", channel=APPROVALS, user=OWNER),
+            )
+            assert status == 200
+            for _ in range(100):
+                if "Applied" in json.dumps(slack.message(APPROVALS, ts).blocks) and slack.messages(NOTIFY):
+                    break
+                await asyncio.sleep(0.1)
+            assert "Applied" in json.dumps(slack.message(APPROVALS, ts).blocks)
+            assert any("applied" in m.text for m in slack.messages(slack.dm_channel(ADMIN)))
+            assert "Contoso MSP" in slack.messages(NOTIFY)[0].text
+
+            status, body = await signed.command(events, "show prod", ADMIN, team_id=TEAM)
+            assert NEW_PARTNER in json.dumps(body) and "Contoso MSP" in json.dumps(body)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 15)
+        stderr = (await proc.stderr.read()).decode()
+        assert code == 0, stderr
+        assert TOKEN not in stderr and SECRET not in stderr
+        code, out, _ = await cli(env, tmp_path, "audit", "verify")
+        assert code == 0 and "intact" in out
