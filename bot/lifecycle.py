@@ -36,6 +36,7 @@ from bot.outbox import Outbox
 from bot.policy import Policy, allowed
 from storage.db import Database
 from storage.models import OPEN_STATUSES, Approval, ChangeRequest, Subscription, utcnow
+from storage.queries import open_request
 
 SYSTEM_ACTOR = "dpor-bot"
 MAX_REASON = 500
@@ -470,6 +471,15 @@ async def retry(
                 f"Request #{req.id} is {req.status}, not failed, so there is nothing to retry."
             )
         await _require_owner(session, req, user_id, "retry")
+        # A failed request is not open, so a newer one may be; applying this one would make two.
+        newer = await open_request(session, req.subscription_id)
+        if newer is not None:
+            sub = await _sub(session, req)
+            raise OpenRequestExists(
+                f"Request #{newer.id} for {sub.name} is open now, so #{req.id} cannot be retried; "
+                f"decide or cancel #{newer.id} first.",
+                request_id=newer.id,
+            )
         await _transition(session, req, "failed", "applying", error=None)
         await audit.append(
             session,
@@ -604,11 +614,13 @@ async def finish_apply(db: Database, policy: Policy, request_id: int, outcome: A
             **(outcome.detail or {}),
         }
         if outcome.ok:
+            # A provider that does not read the partner back applied the one requested.
+            result["partner_id"] = outcome.partner_id or req.partner_id
             await _transition(session, req, "applying", "applied", applied_at=now, result=result, error=None)
             await session.execute(
                 update(Subscription)
                 .where(Subscription.id == req.subscription_id)
-                .values(partner_id=outcome.partner_id or req.partner_id, partner_set_at=now)
+                .values(partner_id=result["partner_id"], partner_set_at=now)
             )
             action, event = "apply.succeeded", "applied"
             data = {"partner_id": req.partner_id, "previous_partner_id": req.previous_partner_id, **result}
