@@ -22,6 +22,7 @@ from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, RoleAssignm
 
 ROLES = ("owner", "admin")
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+GUID_SHAPE = re.compile(r"^[0-9a-zA-Z]{8}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{12}$")
 PARTNER_ID = re.compile(r"^\d{6,7}$")
 ALIAS = re.compile(r"^\S{1,64}$")
 MAX_NAME = 200
@@ -49,8 +50,10 @@ def partner_id(text: str) -> str:
 
 
 def looks_like_guid(text: str) -> bool:
-    """Hex and dashes only and long enough: meant as an ID, so a mistake is named as a malformed ID."""
-    return len(text) >= 8 and re.fullmatch(r"[0-9a-fA-F-]+", text) is not None and "-" in text
+    """Meant as an ID (hex and dashes, or a GUID's shape with a typo: `O` for `0`): name it malformed."""
+    return GUID_SHAPE.match(text) is not None or (
+        len(text) >= 8 and re.fullmatch(r"[0-9a-fA-F-]+", text) is not None and "-" in text
+    )
 
 
 def _name(text: str, what: str) -> str:
@@ -140,7 +143,8 @@ async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *,
                 select(Subscription.alias, Subscription.id).where(Subscription.alias.is_not(None))
             )
             for alias, owner in taken:
-                if alias in aliases and aliases[alias] != owner:
+                # An owner that is in the input gives the alias up (each alias is unique in the input).
+                if alias in aliases and aliases[alias] != owner and owner not in by_id:
                     raise Conflict(f"Alias `{alias}` already belongs to subscription `{owner}`.")
 
         new = [r for r in by_id.values() if r.id not in existing]
