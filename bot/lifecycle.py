@@ -239,10 +239,6 @@ async def _expire(session: AsyncSession, req: ChangeRequest, policy: Policy) -> 
     await outbox.flush(session)
 
 
-class _Expired(Exception):
-    """Raised inside a click's transaction after expiring the request, so the expiry commits."""
-
-
 def _is_expired(req: ChangeRequest, now: datetime) -> bool:
     return req.status == "pending" and req.expires_at <= now
 
