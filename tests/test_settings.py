@@ -1,0 +1,143 @@
+"""Settings: every variable of the contract is validated at start-up, and a bad one is named in one line."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from bot.settings import ConfigError, Settings, load_settings, normalise_database_url, parse_duration
+
+CONTRACT_VARIABLES = [field.alias for field in Settings.model_fields.values()]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start each test from the defaults, whatever the machine running it has set."""
+    for name in CONTRACT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.provider == "ledger"
+    assert settings.request_ttl == timedelta(hours=72)
+    assert settings.required_approvals == 1
+    assert settings.allow_self_approval is False
+    assert settings.slack_api_url == "https://slack.com/api/"
+    assert settings.database_url == "sqlite+aiosqlite:///dpor-bot.db"
+    assert settings.is_sqlite
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepts"),
+    [
+        ("DPOR_REQUIRED_APPROVALS", "0", "a whole number from 1 to 10"),
+        ("DPOR_REQUIRED_APPROVALS", "two", "a whole number from 1 to 10"),
+        ("DPOR_REQUEST_TTL", "soon", "a duration such as 72h"),
+        ("DPOR_REQUEST_TTL", "0", "a duration above zero"),
+        ("DPOR_REQUEST_TTL", "72x", "a duration such as 72h"),
+        ("DPOR_PROVIDER", "gcp", "one of ledger, azure, webhook"),
+        ("DATABASE_URL", "mysql://x", "sqlite:///path/to/file.db or postgresql://"),
+        ("DATABASE_URL", "nonsense", "sqlite:///path/to/file.db or postgresql://"),
+        ("DATABASE_URL", "postgresql:///db", "a postgresql:// URL with a host"),
+        ("DPOR_ALLOW_SELF_APPROVAL", "maybe", "true or false"),
+        ("PORT", "0", "a port number from 1 to 65535"),
+        ("SLACK_API_URL", "ftp://slack", "an http(s) URL"),
+    ],
+)
+def test_a_wrong_value_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, accepts: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{variable}: expected ")
+    assert accepts in message
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("72h", timedelta(hours=72)),
+        ("30m", timedelta(minutes=30)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("1h 30m", timedelta(hours=1, minutes=30)),
+        ("2d", timedelta(days=2)),
+        ("1w", timedelta(weeks=1)),
+        ("45s", timedelta(seconds=45)),
+        ("3600", timedelta(hours=1)),
+        ("72H", timedelta(hours=72)),
+    ],
+)
+def test_durations_parse(monkeypatch: pytest.MonkeyPatch, text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+    monkeypatch.setenv("DPOR_REQUEST_TTL", text)
+    assert load_settings().request_ttl == expected
+
+
+@pytest.mark.parametrize("text", ["", "h", "-5", "1.5h", "72 hours", "0s"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [
+        ("postgres://bot@db.internal/dpor", "postgresql+asyncpg://bot@db.internal/dpor"),
+        ("postgresql://bot:pw@db:5432/dpor", "postgresql+asyncpg://bot:pw@db:5432/dpor"),
+        ("postgresql+asyncpg://bot@db/dpor", "postgresql+asyncpg://bot@db/dpor"),
+        ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite:////var/lib/dpor/x.db", "sqlite+aiosqlite:////var/lib/dpor/x.db"),
+    ],
+)
+def test_database_urls_normalise_to_async_drivers(
+    monkeypatch: pytest.MonkeyPatch, url: str, normalised: str
+) -> None:
+    assert normalise_database_url(url) == normalised
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database_url == normalised
+    assert settings.is_sqlite == normalised.startswith("sqlite")
+
+
+def test_lists_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DPOR_NOTIFY_CHANNELS", " C1, C2,,C3 ")
+    monkeypatch.setenv("DPOR_ALLOW_SELF_APPROVAL", "true")
+    monkeypatch.setenv("DPOR_REQUIRED_APPROVALS", "2")
+    monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:9999/api")
+    settings = load_settings()
+    assert settings.notify_channels == ["C1", "C2", "C3"]
+    assert settings.allow_self_approval is True
+    assert settings.required_approvals == 2
+    assert settings.slack_api_url == "http://127.0.0.1:9999/api/"
+
+
+def test_a_secret_is_never_echoed_in_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-secret-token-value")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-secret-value")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-secret-app-token")
+    # A database password is a secret too, and a URL missing its host is refused.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://bot:db-password-value@/dpor")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("DATABASE_URL: expected ")
+    assert "bot:***@" in message
+    for secret in ("xoxb-secret-token-value", "signing-secret-value", "xapp-secret-app-token", "db-password"):
+        assert secret not in message
+
+
+def test_secrets_are_not_shown_by_the_settings_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-secret-token-value")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-secret-value")
+    settings = load_settings()
+    assert settings.slack_bot_token is not None
+    assert settings.slack_bot_token.get_secret_value() == "xoxb-secret-token-value"
+    shown = f"{settings!r} {settings}"
+    assert "xoxb-secret-token-value" not in shown
+    assert "signing-secret-value" not in shown
