@@ -59,6 +59,8 @@ class Subscription(Base):
     # The partner of record as this bot last applied or observed it (the ledger).
     partner_id: Mapped[str | None] = mapped_column(String(7))
     partner_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The partner provider for this subscription; None means DPOR_PROVIDER.
+    provider: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -117,6 +119,7 @@ class ChangeRequest(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     card_channel: Mapped[str | None] = mapped_column(String(32))
     card_ts: Mapped[str | None] = mapped_column(String(32))
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -99,6 +99,7 @@ def upgrade() -> None:
         sa.Column("alias", sa.String(length=64), nullable=True),
         sa.Column("partner_id", sa.String(length=7), nullable=True),
         sa.Column("partner_set_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("provider", sa.String(length=16), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("alias"),
@@ -123,6 +124,7 @@ def upgrade() -> None:
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("card_channel", sa.String(length=32), nullable=True),
         sa.Column("card_ts", sa.String(length=32), nullable=True),
+        sa.Column("reminded_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["subscription_id"],
