@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.context import BotContext
 from bot.policy import Policy
-from bot.providers import provider_for
+from bot.providers import Providers
 from bot.settings import ConfigError, Settings
 from bot.worker import OutboxWorker
 from handlers import register_listeners
@@ -65,6 +65,7 @@ class Bot:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.policy = Policy.from_settings(settings)
+        self.providers = Providers(settings, self.db)
         self.ctx = BotContext(settings=settings, db=self.db, policy=self.policy)
         self.http: aiohttp.ClientSession | None = None
         self.client: AsyncWebClient | None = None
@@ -97,7 +98,7 @@ class Bot:
             self.db,
             self.policy,
             self.client,
-            provider_for(self.settings, self.db),
+            self.providers,
             poll_interval=self._poll,
             expire_interval=self._expire,
         )

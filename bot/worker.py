@@ -19,7 +19,7 @@ from sqlalchemy.orm import aliased
 from bot import lifecycle, outbox
 from bot.messages import CardView, card_blocks, card_text, event_text, notification_blocks, to_dicts
 from bot.policy import Policy
-from bot.providers import PartnerProvider, ProviderError
+from bot.providers import ProviderError, Providers
 from storage.db import Database
 from storage.models import Approval, ChangeRequest, OutboxMessage, Subscription, utcnow
 from storage.queries import partner_name
@@ -67,7 +67,7 @@ class OutboxWorker:
         db: Database,
         policy: Policy,
         client: AsyncWebClient,
-        provider: PartnerProvider,
+        providers: Providers,
         *,
         name: str | None = None,
         poll_interval: float = 1.0,
@@ -79,7 +79,7 @@ class OutboxWorker:
         self.db = db
         self.policy = policy
         self.client = client
-        self.provider = provider
+        self.providers = providers
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.poll_interval = poll_interval
         self.expire_interval = expire_interval
@@ -304,8 +304,9 @@ class OutboxWorker:
         req = await lifecycle.start_apply(self.db, request_id)
         if req is None:
             return
+        provider = await self.providers.for_subscription(req.subscription_id)
         try:
-            state = await self.provider.apply(req.subscription_id, req.partner_id)
+            state = await provider.apply(req.subscription_id, req.partner_id)
         except ProviderError as exc:
             if exc.retryable and req.apply_attempts < self.max_attempts:
                 raise Undeliverable(exc.message, retry_after=exc.retry_after) from None
@@ -315,7 +316,7 @@ class OutboxWorker:
                 ok=True,
                 partner_id=state.partner_id,
                 partner_name=state.partner_name,
-                detail={"provider": self.provider.name, "identity": state.identity},
+                detail={"provider": provider.name, "identity": state.identity},
             )
         await lifecycle.finish_apply(self.db, self.policy, request_id, outcome)
 

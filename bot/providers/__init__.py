@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bot.settings import Settings
+from bot.settings import ConfigError, Settings
 from storage.db import Database
+from storage.models import Subscription
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,29 @@ class PartnerProvider(Protocol):
     async def current(self, subscription_id: str) -> PartnerState: ...
 
 
-def provider_for(settings: Settings, db: Database) -> PartnerProvider:
+class Providers:
+    """Chooses the provider for each subscription: its own `provider` column, else DPOR_PROVIDER."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._built: dict[str, PartnerProvider] = {}
+        self.get(settings.provider)  # a provider that cannot be built stops start-up
+
+    def get(self, name: str) -> PartnerProvider:
+        if name not in self._built:
+            self._built[name] = _build(name, self.settings, self.db)
+        return self._built[name]
+
+    async def for_subscription(self, subscription_id: str) -> PartnerProvider:
+        async with self.db.read() as session:
+            sub = await session.get(Subscription, subscription_id)
+        return self.get((sub.provider if sub else None) or self.settings.provider)
+
+
+def _build(name: str, settings: Settings, db: Database) -> PartnerProvider:
     from bot.providers.ledger import LedgerProvider
 
-    if settings.provider == "ledger":
+    if name == "ledger":
         return LedgerProvider(db)
-    raise NotImplementedError(f"DPOR_PROVIDER={settings.provider} is not available yet; use ledger")
+    raise ConfigError(f"DPOR_PROVIDER: {name} is not available in this version; use ledger")
