@@ -36,8 +36,9 @@ async def _set(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     )
     where = f" in <#{req.card_channel}>" if req.card_channel else ""
     return Reply(
-        f":inbox_tray: Request #{req.id} is open: set partner `{req.partner_id}` on this subscription. "
-        f"An owner approves it on the card{where}; it expires {replies.when(req.expires_at)}."
+        wrote=True,
+        text=f":inbox_tray: Request #{req.id} is open: set partner `{req.partner_id}` on this subscription. "
+        f"An owner approves it on the card{where}; it expires {replies.when(req.expires_at)}.",
     )
 
 
@@ -78,7 +79,7 @@ async def _cancel(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     req = await lifecycle.cancel(
         ctx.db, ctx.policy, request_id=cmd.args[0], team_id=body["team_id"], user_id=body["user_id"]
     )
-    return Reply(f":heavy_multiplication_x: Request #{req.id} is cancelled.")
+    return Reply(f":heavy_multiplication_x: Request #{req.id} is cancelled.", wrote=True)
 
 
 async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
@@ -165,4 +166,5 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     async def dpor_command(ack: AsyncAck, body: Body) -> None:
         reply = await answer(ctx, body)
         await ack(**reply.to_ack())
-        ctx.wake_worker()
+        if reply.wrote:
+            ctx.wake_worker()

@@ -23,7 +23,7 @@ USAGE = {
     "unsubscribe": ("/dpor unsubscribe", "/dpor unsubscribe"),
     "help": ("/dpor help", "/dpor help"),
 }
-USER = re.compile(r"^(?:<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
+USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
 
 
 class UsageError(Exception):

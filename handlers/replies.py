@@ -27,6 +27,7 @@ _MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)&gt;")
 class Reply:
     text: str
     blocks: list[Block] | None = None
+    wrote: bool = False  # the command wrote outbox rows: the worker should deliver now
 
     def to_ack(self) -> dict:
         ack: dict = {"text": self.text, "response_type": "ephemeral"}

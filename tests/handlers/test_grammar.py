@@ -11,7 +11,10 @@ from handlers.grammar import Command, UsageError, parse, parse_user
         ("", Command("help")),
         ("help", Command("help")),
         ("set prod 4977985", Command("set", ("prod", "4977985"))),
-        ("set prod 4977985  new MSP, see ticket 12", Command("set", ("prod", "4977985"), rest="new MSP, see ticket 12")),
+        (
+            "set prod 4977985  new MSP, see ticket 12",
+            Command("set", ("prod", "4977985"), rest="new MSP, see ticket 12"),
+        ),
         ("SHOW prod", Command("show", ("prod",))),
         ("list", Command("list")),
         ("list 3", Command("list", page=3)),
