@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
 
 import click
-from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -35,7 +34,7 @@ from bot.directory import (
 from bot.errors import Refusal
 from bot.settings import ConfigError, Settings, load_settings
 from storage.db import Database
-from storage.migrate import is_current, upgrade
+from storage.migrate import MigrationError, is_current, upgrade
 from storage.models import ALL_SUBSCRIPTIONS, ChangeRequest
 from storage.queries import requests_page
 
@@ -112,7 +111,7 @@ def reported(database_url: str | None = None) -> Iterator[None]:
     except SQLAlchemyError as exc:
         where = f" at {_safe_url(database_url)}" if database_url else ""
         raise Failed(f"database error{where}: {_first_line(exc)}") from None
-    except CommandError as exc:
+    except MigrationError as exc:
         raise Failed(f"migrations: {_first_line(exc)}") from None
 
 

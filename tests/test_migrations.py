@@ -84,3 +84,11 @@ async def test_upgrade_twice_is_harmless(empty_db: Database) -> None:
     await upgrade(empty_db)
     assert await is_current(empty_db) is True
     assert await table_names(empty_db) == {*Base.metadata.tables, "alembic_version"}
+
+
+def test_head_constant_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from storage.migrate import HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [HEAD]
