@@ -226,7 +226,7 @@ async def partner_names(session: AsyncSession, ids: Sequence[str | None]) -> dic
     rows = await session.execute(
         select(Partner.partner_id, Partner.name).where(Partner.partner_id.in_(wanted))
     )
-    return dict(rows.tuples().all())
+    return {pid: name for pid, name in rows}
 
 
 def _role(role: str) -> str:
