@@ -17,6 +17,7 @@ from bot.errors import (
     InvalidSubscriptionId,
     UnknownSubscription,
 )
+from bot.text import clean
 from storage.db import Database
 from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, RoleAssignment, Subscription
 
@@ -57,7 +58,7 @@ def looks_like_guid(text: str) -> bool:
 
 
 def _name(text: str, what: str) -> str:
-    text = " ".join(text.split())
+    text = " ".join(clean(text).split())
     if not text:
         raise BadInput(f"The {what} name is empty.")
     if len(text) > MAX_NAME:
@@ -66,9 +67,9 @@ def _name(text: str, what: str) -> str:
 
 
 def _alias(text: str | None) -> str | None:
-    if text is None or not text.strip():
+    if text is None or not clean(text).strip():
         return None
-    text = text.strip()
+    text = clean(text).strip()
     if not ALIAS.match(text):
         raise BadInput("An alias is one word of at most 64 characters, such as `prod-eu`.")
     if GUID.match(text):
@@ -120,9 +121,9 @@ async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *,
 
     Every row is validated before anything is written, so a bad file changes nothing.
     """
-    clean = [validate_subscription(r) for r in rows]
+    validated = [validate_subscription(r) for r in rows]
     by_id: dict[str, SubscriptionRow] = {}
-    for row in clean:
+    for row in validated:
         by_id[row.id] = row
     aliases: dict[str, str] = {}
     for row in by_id.values():

@@ -34,6 +34,7 @@ from bot.errors import (
 )
 from bot.outbox import Outbox
 from bot.policy import Policy, allowed
+from bot.text import clean
 from storage.db import Database
 from storage.models import OPEN_STATUSES, Approval, ChangeRequest, Subscription, utcnow
 from storage.queries import open_request
@@ -106,7 +107,7 @@ async def _transition(
 
 
 def _validate_reason(reason: str) -> str:
-    reason = reason.strip()
+    reason = clean(reason).strip()
     if len(reason) > MAX_REASON:
         raise BadInput(f"The reason is {len(reason)} characters long; keep it to {MAX_REASON} or fewer.")
     return reason

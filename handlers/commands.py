@@ -12,6 +12,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot import access, directory, lifecycle
 from bot.context import BotContext
 from bot.errors import Refusal
+from bot.text import clean
 from handlers import replies
 from handlers.grammar import Command, UsageError, parse
 from handlers.replies import PAGE_SIZE, Reply
@@ -149,7 +150,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 async def answer(ctx: BotContext, body: Body) -> Reply:
     """The reply to one `/dpor` invocation; never raises."""
     try:
-        cmd = parse(body.get("text", ""))
+        cmd = parse(clean(body.get("text", "")))
         return await SUBCOMMANDS[cmd.name](ctx, cmd, body)
     except UsageError as exc:
         return replies.usage(exc.problem, exc.subcommand)

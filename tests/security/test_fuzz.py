@@ -91,7 +91,8 @@ def within_slack_limits(answer: dict[str, Any]) -> None:
 
 @FUZZ
 @given(text=TEXT, user=st.sampled_from([ADMIN, OWNER, BYSTANDER, "U0STRANGER"]))
-async def test_any_command_text(harness: Harness, text: str, user: str) -> None:
+async def test_any_command_text(harness_any_db: Harness, text: str, user: str) -> None:
+    harness = harness_any_db
     before = await harness.counts()
     status, answer = await harness.command(text, user)
     assert status == 200, answer
