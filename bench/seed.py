@@ -15,7 +15,7 @@ from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import AuditEvent, ChangeRequest, Subscription, utcnow
 
-TEAM = "T0BENCH"
+TEAM = "T0DPOR"  # the Slack stand-in's workspace
 ADMIN, OWNER, BYSTANDER = "U0BENCHADM", "U0BENCHOWN", "U0BENCHBY"
 NEW_PARTNER, OLD_PARTNER = "4977985", "1234566"
 PROD_ALIAS = "bench-0"

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
 from bot import access, directory, lifecycle
 from bot.context import BotContext
@@ -164,8 +164,13 @@ async def answer(ctx: BotContext, body: Body) -> Reply:
 
 def register(app: AsyncApp, ctx: BotContext) -> None:
     @app.command("/dpor")
-    async def dpor_command(ack: AsyncAck, body: Body) -> None:
-        reply = await answer(ctx, body)
+    async def dpor_command(ack: AsyncAck, body: Body, context: AsyncBoltContext) -> None:
+        home = context.authorize_result.team_id if context.authorize_result else None
+        if home and body.get("team_id") != home:
+            # A well-signed command from another workspace (an org-wide or shared install): not ours.
+            reply = replies.refusal("dpor-bot serves another Slack workspace; nothing was done.")
+        else:
+            reply = await answer(ctx, body)
         await ack(**reply.to_ack())
         if reply.wrote:
             ctx.wake_worker()
