@@ -1,0 +1,140 @@
+"""Slack's requests to the bot (slash commands, button clicks), field for field, signed as Slack signs them.
+
+The sandbox plays Slack with these; the tests use them to drive the bot over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+API_APP_ID = "A0DPOR"
+TEAM_DOMAIN = "dpor"
+LEGACY_TOKEN = "legacy-verification-token"
+"""Slack still sends its deprecated verification token in every payload; Bolt ignores it."""
+
+_serial = itertools.count(1)
+
+
+def sign(signing_secret: str, body: str | bytes, timestamp: int | None = None) -> dict[str, str]:
+    """Slack's signature headers: `v0=` + hex HMAC-SHA256 of `v0:{timestamp}:{body}` under the secret."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    raw = body.encode() if isinstance(body, str) else body
+    digest = hmac.new(signing_secret.encode(), b"v0:%d:%s" % (ts, raw), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": f"v0={digest}"}
+
+
+def slash_command_body(
+    text: str,
+    *,
+    user_id: str,
+    team_id: str = "T0DPOR",
+    channel_id: str = "C0APPROVALS",
+    command: str = "/dpor",
+    response_url: str | None = None,
+    user_name: str | None = None,
+    channel_name: str | None = None,
+) -> str:
+    """A slash command's form-encoded body, field for field as Slack posts it."""
+    return urlencode(
+        {
+            "token": LEGACY_TOKEN,
+            "team_id": team_id,
+            "team_domain": TEAM_DOMAIN,
+            "channel_id": channel_id,
+            "channel_name": channel_name or _channel_name(channel_id),
+            "user_id": user_id,
+            "user_name": user_name or user_id.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": API_APP_ID,
+            "is_enterprise_install": "false",
+            "response_url": response_url or _hook_url("commands", team_id),
+            "trigger_id": _trigger_id(),
+        }
+    )
+
+
+def block_actions_body(
+    action_id: str,
+    value: str,
+    *,
+    user_id: str,
+    team_id: str = "T0DPOR",
+    channel_id: str,
+    message_ts: str,
+    response_url: str | None = None,
+    message: Mapping[str, Any] | None = None,
+    user_name: str | None = None,
+    channel_name: str | None = None,
+) -> str:
+    """A button click's body: form-encoded `payload=<json>` of type block_actions, as Slack posts it.
+
+    `message` is the clicked message as posted (for example from chat.postMessage's answer); when its
+    blocks hold the button, the action carries that button's block_id and text, as Slack's does."""
+    msg: dict[str, Any] = {"type": "message", "ts": message_ts, "text": "", "blocks": [], **(message or {})}
+    block_id, button = _find_button(msg["blocks"], action_id)
+    action = {
+        "action_id": action_id,
+        "block_id": block_id,
+        "text": button.get("text", {"type": "plain_text", "text": action_id, "emoji": True}),
+        "value": value,
+        "type": "button",
+        "action_ts": f"{time.time():.6f}",
+    }
+    username = user_name or user_id.lower()
+    payload = {
+        "type": "block_actions",
+        "user": {"id": user_id, "username": username, "name": username, "team_id": team_id},
+        "api_app_id": API_APP_ID,
+        "token": LEGACY_TOKEN,
+        "container": {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel_id,
+            "is_ephemeral": False,
+        },
+        "trigger_id": _trigger_id(),
+        "team": {"id": team_id, "domain": TEAM_DOMAIN},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "channel": {"id": channel_id, "name": channel_name or _channel_name(channel_id)},
+        "message": msg,
+        "state": {"values": {}},
+        "response_url": response_url or _hook_url("actions", team_id),
+        "actions": [action],
+    }
+    return urlencode({"payload": json.dumps(payload, separators=(",", ":"))})
+
+
+def _find_button(blocks: list[dict[str, Any]], action_id: str) -> tuple[str, dict[str, Any]]:
+    for block in blocks:
+        elements = [*block.get("elements", []), *([block["accessory"]] if "accessory" in block else [])]
+        for element in elements:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return str(block.get("block_id") or secrets.token_hex(3)), element
+    return secrets.token_hex(3), {}
+
+
+def _channel_name(channel_id: str) -> str:
+    if channel_id.startswith("D"):
+        return "directmessage"
+    if channel_id.startswith("G"):
+        return "privategroup"
+    return channel_id.lower()
+
+
+def _hook_url(kind: str, team_id: str) -> str:
+    return f"https://hooks.slack.com/{kind}/{team_id}/{next(_serial)}/{secrets.token_urlsafe(18)}"
+
+
+def _trigger_id() -> str:
+    return f"{next(_serial)}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
