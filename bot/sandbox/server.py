@@ -1,0 +1,554 @@
+"""The sandbox: the unchanged bot, and a local Slack that serves a web page, its JSON API and the Web API.
+
+The Slack side is the Web API stand-in (bot.slack_standin) with the page's routes added. It turns what
+someone does on the page into the requests Slack would send (a slash command, a block_actions click),
+signs them with the signing secret and posts them to the bot's /slack/events over HTTP. The bot runs
+as `dpor-bot serve` does, signature checks on, on a port of its own in the same process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bot.app import Bot, configure_logging, web_app
+from bot.sandbox import render
+from bot.sandbox.seed import (
+    APPROVALS,
+    CHANNELS,
+    EXAMPLES,
+    NOTIFICATIONS,
+    PARTNERS,
+    PEOPLE,
+    SUBSCRIPTIONS,
+    TEAM_ID,
+    Person,
+    seed,
+)
+from bot.settings import ConfigError, load_settings
+from bot.slack_requests import FORM_CONTENT_TYPE, block_actions_body, sign, slash_command_body
+from bot.slack_standin import Message, SlackStandin
+
+log = logging.getLogger("dpor.sandbox")
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+SLACK_TIMEOUT = 3.0  # Slack gives up on a slash command the app has not answered within 3 s
+POLL_WAIT = 25.0
+STATIC = files("bot.sandbox") / "static"
+STATIC_TYPES = {"sandbox.js": "text/javascript", "sandbox.css": "text/css"}
+# Defence in depth: even if markup slipped into the page, no inline script or handler would run.
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_COMMAND = re.compile(r"(\S+)\s*(.*)", re.DOTALL)
+
+
+@dataclass
+class Local:
+    """What only one person sees without the bot having posted it: a slash command they typed with
+    the answer that came back in the ack, or a problem between the sandbox's Slack and the bot."""
+
+    channel: str
+    user: str
+    ts: str
+    command: str | None
+    text: str = ""
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None
+    answered: bool = False
+
+
+@dataclass(frozen=True)
+class BotAnswer:
+    status: int
+    body: Any  # the JSON answer, its text when not JSON, None when empty
+    seconds: float
+
+
+class BotUnreachable(Exception):
+    """The bot did not answer at all; the message says so for the page."""
+
+
+class Sandbox:
+    """`async with Sandbox(port=0) as sandbox:` runs both sides; open `sandbox.url` in a browser."""
+
+    def __init__(self, *, port: int = DEFAULT_PORT, database_url: str | None = None) -> None:
+        self.port = port
+        self.database_url = database_url
+        self.signing_secret = secrets.token_hex(16)
+        self._bot_token = f"xoxb-sandbox-{secrets.token_hex(8)}"
+        self.slack = SlackStandin(team_id=TEAM_ID, bot_token=self._bot_token)
+        self.bot: Bot | None = None
+        self.bot_url: str | None = None
+        self._bot_runner: web.AppRunner | None = None
+        self._bot_running = False
+        self._http: aiohttp.ClientSession | None = None
+        self._tmpdir: str | None = None
+        self._locals: list[Local] = []
+        self._version = 0
+        self._changed = asyncio.Event()
+        self._closing = False
+        self._people = {p.id: p for p in PEOPLE}
+        self._names = render.Names(
+            users={self.slack.bot_user_id: "dpor", **{p.id: p.name for p in PEOPLE}},
+            channels=CHANNELS,
+            tz=datetime.now().astimezone().tzinfo or render.UTC,
+        )
+        self._add_routes(self.slack.app)
+
+    @property
+    def url(self) -> str:
+        return self.slack.url + "/"
+
+    # lifecycle
+
+    async def start(self) -> str:
+        """Start the Slack side on the port, then the bot on a free one; returns the page's URL."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self.url
+
+    async def _start(self) -> None:
+        database_url = self.database_url
+        if database_url is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="dpor-sandbox-")
+            database_url = f"sqlite:///{Path(self._tmpdir) / 'sandbox.db'}"
+        for person in PEOPLE:
+            self.slack.add_user(person.id, name=person.handle, real_name=person.name)
+        try:
+            await self.slack.start(HOST, self.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {HOST}:{self.port} ({exc.strerror or exc}): "
+                "choose another port with --port"
+            ) from None
+        settings = load_settings(
+            SLACK_BOT_TOKEN=self._bot_token,
+            SLACK_SIGNING_SECRET=self.signing_secret,
+            SLACK_API_URL=self.slack.base_url,
+            DATABASE_URL=database_url,
+            DPOR_APPROVAL_CHANNEL=APPROVALS,
+            DPOR_NOTIFY_CHANNELS=NOTIFICATIONS,
+            DPOR_PROVIDER="ledger",
+        )
+        self.bot = Bot(settings)
+        # As `serve` does: requests still in progress at shutdown get 3 s.
+        self._bot_runner = web.AppRunner(web_app(self.bot), access_log=None, shutdown_timeout=3.0)
+        await self._bot_runner.setup()  # starts the bot: migrates the database, starts the worker
+        self._bot_running = True
+        await seed(self.bot.db)
+        await web.TCPSite(self._bot_runner, HOST, 0).start()
+        self.bot_url = f"http://{HOST}:{self._bot_runner.addresses[0][1]}/slack/events"
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._bump()  # waiting page requests answer now instead of holding up the shutdown
+        if self._bot_running and self._bot_runner is not None:
+            await self._bot_runner.cleanup()  # stops the bot too
+        elif self.bot is not None:
+            await self.bot.stop()
+        self._bot_running, self._bot_runner = False, None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        await self.slack.stop()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # the page and its JSON API
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._page)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/sandbox/state", self._state)
+        app.router.add_post("/sandbox/command", self._command)
+        app.router.add_post("/sandbox/click", self._click)
+
+        @web.middleware
+        async def notice_changes(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            finally:
+                if request.path.startswith(("/api/", "/response/")):
+                    self._bump()  # the bot called the Web API or a response URL: pages may need redrawing
+
+        app.middlewares.append(notice_changes)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=(STATIC / "index.html").read_bytes(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-store"},
+        )
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC_TYPES:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=(STATIC / name).read_bytes(),
+            content_type=STATIC_TYPES[name],
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _state(self, request: web.Request) -> web.Response:
+        """What `user` sees; waits (up to POLL_WAIT) while nothing changed since version `after`."""
+        viewer = self._person(request.query.get("user") or PEOPLE[0].id)
+        try:
+            after = int(request.query.get("after", "-1"))
+        except ValueError:
+            after = -1
+        if after == self._version and not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_WAIT):
+                    await self._changed.wait()
+        return web.json_response(self.view(viewer.id))
+
+    async def _command(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        viewer = self._person(body.get("user"))
+        channel = self._channel(viewer, body.get("channel"))
+        typed = str(body.get("text") or "").strip()
+        if not typed:
+            raise _bad_request("type a command, such as /dpor help")
+        entry = Local(channel, viewer.id, self._ts(), typed[:4000])
+        self._locals.append(entry)
+        self._bump()
+        try:
+            await self._send_command(entry, viewer)
+        finally:
+            entry.answered = True
+            self._bump()
+        return web.json_response({"ok": entry.problem is None, "problem": entry.problem})
+
+    async def _send_command(self, entry: Local, viewer: Person) -> None:
+        assert entry.command is not None
+        match = _COMMAND.match(entry.command)
+        command, rest = (match.group(1), match.group(2).strip()) if match else ("", "")
+        if not command.startswith("/"):
+            entry.problem = (
+                "The sandbox sends only slash commands to the bot: start with /dpor (try /dpor help)."
+            )
+            return
+        if command != "/dpor":
+            entry.problem = (
+                f"{command} is not a valid command. In Slack, all messages that start with "
+                'the "/" character are interpreted as commands.'
+            )
+            return
+        form = slash_command_body(
+            self._as_slack_sends(rest),
+            user_id=viewer.id,
+            team_id=TEAM_ID,
+            channel_id=entry.channel,
+            response_url=self.slack.response_url(
+                secrets.token_urlsafe(12), channel=entry.channel, user=viewer.id
+            ),
+            user_name=viewer.handle,
+            channel_name=self._channel_name(entry.channel),
+        )
+        try:
+            answer = await self._post(form)
+        except BotUnreachable as exc:
+            entry.problem = str(exc)
+            return
+        if answer.status != 200:
+            entry.problem = (
+                f'/dpor failed with the error "http_service_error" (the bot answered HTTP {answer.status})'
+            )
+            return
+        if answer.seconds > SLACK_TIMEOUT:
+            entry.problem = (
+                f"The bot took {answer.seconds:.1f} s to answer: Slack gives up after 3 s and would show "
+                '/dpor failed with the error "operation_timeout". Its answer:'
+            )
+        # The bot's answers are ephemeral (it never asks for response_type in_channel).
+        if isinstance(answer.body, dict):
+            entry.text, entry.blocks = str(answer.body.get("text") or ""), answer.body.get("blocks") or []
+        elif isinstance(answer.body, str):
+            entry.text = answer.body
+
+    async def _click(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        viewer = self._person(body.get("user"))
+        channel = self._channel(viewer, body.get("channel"))
+        ts, action_id = str(body.get("ts") or ""), str(body.get("action_id") or "")
+        try:
+            message = self.slack.message(channel, ts)
+        except KeyError:
+            raise _bad_request("that message is no longer there", status=404) from None
+        value = _button_value(message, action_id)
+        if value is None:
+            raise _bad_request(
+                "that button is no longer on the message: it has just been updated", status=409
+            )
+        form = block_actions_body(
+            action_id,
+            value,
+            user_id=viewer.id,
+            team_id=TEAM_ID,
+            channel_id=channel,
+            message_ts=ts,
+            response_url=self.slack.response_url(
+                secrets.token_urlsafe(12), channel=channel, user=viewer.id, message_ts=ts
+            ),
+            message=self._message_payload(message),
+            user_name=viewer.handle,
+            channel_name=self._channel_name(channel),
+        )
+        problem = None
+        try:
+            answer = await self._post(form)
+        except BotUnreachable as exc:
+            problem = str(exc)
+        else:
+            if answer.status != 200:
+                problem = f"Slack would show that the click failed: the bot answered HTTP {answer.status}."
+        if problem:
+            self._locals.append(Local(channel, viewer.id, self._ts(), None, problem=problem, answered=True))
+            self._bump()
+        return web.json_response({"ok": problem is None, "problem": problem})
+
+    async def _post(self, form: str) -> BotAnswer:
+        """Sign and post a request to the bot, as Slack does."""
+        if self._http is None or self.bot_url is None:
+            raise BotUnreachable("The bot is not running (yet): try again in a moment.")
+        headers = {
+            "Content-Type": FORM_CONTENT_TYPE,
+            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+            **sign(self.signing_secret, form),
+        }
+        started = time.monotonic()
+        try:
+            async with self._http.post(self.bot_url, data=form.encode(), headers=headers) as response:
+                raw = await response.read()
+                status, content_type = response.status, response.content_type
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("the bot did not answer: %r", exc)
+            raise BotUnreachable(f"The bot did not answer ({type(exc).__name__}).") from None
+        seconds = time.monotonic() - started
+        if not raw:
+            return BotAnswer(status, None, seconds)
+        text = raw.decode("utf-8", "replace")
+        if content_type == "application/json":
+            with contextlib.suppress(ValueError):
+                return BotAnswer(status, json.loads(text), seconds)
+        return BotAnswer(status, text, seconds)
+
+    # what a person sees
+
+    def view(self, user_id: str) -> dict[str, Any]:
+        """The page's state for one viewer: their channels, the bot's messages and what only they see."""
+        viewer = self._person(user_id)
+        dm = self.slack.dm_channel(viewer.id)
+        channels = [
+            (APPROVALS, f"#{CHANNELS[APPROVALS]}", "approval cards (DPOR_APPROVAL_CHANNEL)"),
+            (NOTIFICATIONS, f"#{CHANNELS[NOTIFICATIONS]}", "change notifications (DPOR_NOTIFY_CHANNELS)"),
+            (dm, "dpor (direct messages)", f"the bot's direct messages to {viewer.name}"),
+        ]
+        return {
+            "version": self._version,
+            "viewer": viewer.id,
+            "people": [
+                {"id": p.id, "name": p.name, "handle": p.handle, "role": p.label, "about": p.about}
+                for p in PEOPLE
+            ],
+            "channels": [
+                {"id": cid, "label": label, "about": about, "items": self.timeline(cid, viewer.id)}
+                for cid, label, about in channels
+            ],
+            "subscriptions": [{"id": s.id, "name": s.name, "alias": s.alias} for s in SUBSCRIPTIONS],
+            "partners": [{"id": pid, "name": name} for pid, name in PARTNERS],
+            "examples": list(EXAMPLES),
+        }
+
+    def timeline(self, channel: str, user_id: str) -> list[dict[str, Any]]:
+        """The channel as `user_id` sees it, oldest first: everyone's messages and their own ephemerals."""
+        items: list[tuple[float, dict[str, Any]]] = []
+        for m in self.slack.messages(channel):
+            body = render.blocks(m.blocks, m.text, self._names, render.Origin(channel, m.ts))
+            item = self._item(f"m{m.ts}", "message", m.ts, body, edited=m.updated > 0)
+            item["thread"] = m.thread_ts is not None  # shown in place, marked: the page has no thread view
+            items.append((float(m.ts), item))
+        for e in self.slack.ephemerals(user_id):
+            if e.channel == channel:
+                body = render.blocks(e.blocks, e.text, self._names)
+                items.append(
+                    (float(e.message_ts), self._item(f"e{e.message_ts}", "ephemeral", e.message_ts, body))
+                )
+        for entry in self._locals:
+            if entry.user == user_id and entry.channel == channel:
+                items.append((float(entry.ts), self._local_item(entry)))
+        return [item for _, item in sorted(items, key=lambda pair: pair[0])]
+
+    def _local_item(self, entry: Local) -> dict[str, Any]:
+        body: list[render.Node] = []
+        if entry.problem:
+            body.append({"el": "div", "class": "blk problem", "kids": [entry.problem]})
+        if entry.text or entry.blocks:
+            body += render.blocks(entry.blocks, entry.text, self._names)
+        item = self._item(f"l{entry.ts}", "command" if entry.command else "problem", entry.ts, body)
+        item["command"], item["pending"] = entry.command, not entry.answered
+        return item
+
+    def _item(
+        self, key: str, kind: str, ts: str, body: list[render.Node], *, edited: bool = False
+    ) -> dict[str, Any]:
+        at = datetime.fromtimestamp(float(ts), self._names.tz)
+        return {"key": key, "kind": kind, "ts": ts, "time": f"{at:%H:%M}", "edited": edited, "body": body}
+
+    # helpers
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _person(self, user_id: object) -> Person:
+        person = self._people.get(str(user_id or ""))
+        if person is None:
+            raise _bad_request(f"unknown user; choose one of {', '.join(self._people)}")
+        return person
+
+    def _channel(self, viewer: Person, channel: object) -> str:
+        """A channel the viewer is in: the two channels, or their own DM with the bot."""
+        channel = str(channel or "")
+        if channel not in CHANNELS and channel != self.slack.dm_channel(viewer.id):
+            raise _bad_request(f"{viewer.name} is not in channel {channel!r}")
+        return channel
+
+    def _channel_name(self, channel: str) -> str:
+        return CHANNELS.get(channel, "directmessage")
+
+    def _as_slack_sends(self, text: str) -> str:
+        """As Slack sends a command's text (`should_escape: true`): &, < and > escaped, @person and
+        #channel turned into mentions."""
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        handles = {p.handle: p for p in PEOPLE}
+        channel_ids = {name: cid for cid, name in CHANNELS.items()}
+
+        def person(m: re.Match[str]) -> str:
+            found = handles.get(m.group(1).lower())
+            return f"<@{found.id}|{found.handle}>" if found else m.group(0)
+
+        def channel(m: re.Match[str]) -> str:
+            cid = channel_ids.get(m.group(1).lower())
+            return f"<#{cid}|{m.group(1).lower()}>" if cid else m.group(0)
+
+        escaped = re.sub(r"(?<![\w@])@([\w.-]+)", person, escaped)
+        return re.sub(r"(?<![\w#&])#([\w-]+)", channel, escaped)
+
+    def _message_payload(self, message: Message) -> dict[str, Any]:
+        """The clicked message as Slack puts it in a block_actions payload."""
+        return {
+            "type": "message",
+            "user": message.user,
+            "bot_id": self.slack.bot_id,
+            "app_id": self.slack.app_id,
+            "team": TEAM_ID,
+            "text": message.text,
+            "blocks": message.blocks,
+            "ts": message.ts,
+        }
+
+    def _ts(self) -> str:
+        return f"{time.time():.6f}"
+
+
+def _button_value(message: Message, action_id: str) -> str | None:
+    for block in message.blocks:
+        elements = [*block.get("elements", []), *([block["accessory"]] if "accessory" in block else [])]
+        for element in elements:
+            if (
+                isinstance(element, dict)
+                and element.get("type") == "button"
+                and element.get("action_id") == action_id
+            ):
+                return str(element.get("value", ""))
+    return None
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    # Only the page's fetch() sends JSON: another site's form cannot post here without a CORS preflight.
+    if request.content_type != "application/json":
+        raise _bad_request("expected a JSON body", status=415)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _bad_request("expected a JSON body") from None
+    if not isinstance(body, dict):
+        raise _bad_request("expected a JSON object")
+    return body
+
+
+_ERRORS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+    415: web.HTTPUnsupportedMediaType,
+}
+
+
+def _bad_request(problem: str, status: int = 400) -> web.HTTPException:
+    """An error the page shows as it is: `{"ok": false, "problem": ...}`."""
+    return _ERRORS[status](
+        text=json.dumps({"ok": False, "problem": problem}), content_type="application/json"
+    )
+
+
+async def run_sandbox(port: int = DEFAULT_PORT) -> None:
+    """`dpor-bot sandbox`: run until Ctrl-C or SIGTERM, then stop both sides and remove the temporary data."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    configure_logging(logging.WARNING)
+    database_url = os.environ.get("DATABASE_URL") or None
+    sandbox = Sandbox(port=port, database_url=database_url)
+    try:
+        url = await sandbox.start()
+        where = "a temporary database, removed on exit" if database_url is None else "DATABASE_URL"
+        print(f"dpor-bot sandbox: open {url} in a browser", flush=True)
+        print(f"  the bot answers on {sandbox.bot_url} and keeps its data in {where}", flush=True)
+        print("  press Ctrl-C to stop", flush=True)
+        await stop.wait()
+        print("dpor-bot sandbox: stopping", flush=True)
+    finally:
+        await sandbox.stop()

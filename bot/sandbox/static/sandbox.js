@@ -1,0 +1,335 @@
+// The sandbox page: shows what the chosen person sees in Slack and sends what they do.
+// Messages arrive as an element tree rendered by the server (bot/sandbox/render.py). Every node is made
+// with createElement from a fixed list of tags and every string goes in as a text node: no innerHTML,
+// so text from a message can never become markup.
+"use strict";
+
+const TAGS = new Set(["div", "span", "b", "i", "s", "code", "pre", "hr", "time", "button"]);
+
+const sandbox = {
+  viewer: new URLSearchParams(location.hash.slice(1)).get("as"),
+  version: -1,
+  data: null,
+  loop: 0,
+  abort: null,
+  panes: new Map(),
+};
+
+// The page's own elements. Strings passed as children become text nodes.
+function h(tag, props = {}, ...kids) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") el.className = value;
+    else if (key === "text") el.textContent = value;
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value);
+  }
+  el.append(...kids);
+  return el;
+}
+
+// One node of the server's element tree.
+function build(node) {
+  if (typeof node === "string") return document.createTextNode(node);
+  if (node === null || typeof node !== "object") return document.createTextNode("");
+  const el = document.createElement(TAGS.has(node.el) ? node.el : "span");
+  if (typeof node.class === "string") el.className = node.class;
+  if (typeof node.title === "string") el.title = node.title;
+  for (const kid of Array.isArray(node.kids) ? node.kids : []) el.append(build(kid));
+  if (el.tagName === "BUTTON") wireButton(el, node);
+  return el;
+}
+
+function wireButton(el, node) {
+  el.type = "button";
+  const action = node.action;
+  if (!action) {
+    el.disabled = true;
+    return;
+  }
+  el.dataset.actionId = String(action.action_id);
+  el.addEventListener("click", async () => {
+    if (node.confirm && !(await confirmDialog(node.confirm))) return;
+    el.disabled = true;
+    try {
+      await post("/sandbox/click", { user: sandbox.viewer, ...action }, action.channel);
+    } finally {
+      el.disabled = false;
+    }
+  });
+}
+
+// A button's confirm object, as Slack shows it: title, text, a deny and a confirm button.
+function confirmDialog(confirm) {
+  return new Promise((resolve) => {
+    const modal = document.getElementById("modal");
+    const onKey = (event) => {
+      if (event.key === "Escape") done(false);
+    };
+    const done = (ok) => {
+      modal.hidden = true;
+      modal.replaceChildren();
+      document.removeEventListener("keydown", onKey);
+      resolve(ok);
+    };
+    const style = confirm.style === "danger" ? "btn-danger" : "btn-primary";
+    const dialog = h(
+      "div",
+      { class: "dialog", role: "dialog", "aria-modal": "true", "aria-labelledby": "dialog-title" },
+      h("h2", { id: "dialog-title", text: confirm.title }),
+      h("div", { class: "dialog-text" }, ...(confirm.text || []).map(build)),
+      h(
+        "div",
+        { class: "dialog-buttons" },
+        h("button", { type: "button", class: "btn", "data-role": "deny", text: confirm.deny, onclick: () => done(false) }),
+        h("button", { type: "button", class: `btn ${style}`, "data-role": "confirm", text: confirm.confirm, onclick: () => done(true) }),
+      ),
+    );
+    modal.replaceChildren(dialog);
+    modal.hidden = false;
+    document.addEventListener("keydown", onKey);
+    dialog.querySelector("[data-role=confirm]").focus();
+  });
+}
+
+async function post(url, body, channel) {
+  try {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) notify(channel, answer.problem || `the sandbox answered HTTP ${response.status}`);
+  } catch (error) {
+    notify(channel, "Cannot reach the sandbox server: is dpor-bot sandbox still running?");
+  }
+}
+
+function notify(channel, text) {
+  const pane = sandbox.panes.get(channel);
+  if (!pane) return;
+  pane.notice.textContent = text;
+  pane.notice.hidden = false;
+  clearTimeout(pane.noticeTimer);
+  pane.noticeTimer = setTimeout(() => (pane.notice.hidden = true), 8000);
+}
+
+function setStatus(text) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  status.hidden = !text;
+}
+
+// Rendering the state
+
+function render(data) {
+  sandbox.data = data;
+  sandbox.version = data.version;
+  sandbox.viewer = data.viewer;
+  renderPeople(data);
+  renderGuide(data);
+  renderPanes(data);
+}
+
+function person(id) {
+  return (sandbox.data?.people || []).find((p) => p.id === id) || { id, name: id, role: "" };
+}
+
+function renderPeople(data) {
+  const box = document.getElementById("people");
+  if (!box.childElementCount) {
+    for (const p of data.people) {
+      box.append(
+        h(
+          "button",
+          { type: "button", class: "person", "data-user": p.id, title: p.about, onclick: () => view(p.id) },
+          h("span", { class: "person-name", text: p.name }),
+          h("span", { class: "person-role", text: p.role }),
+        ),
+      );
+    }
+  }
+  for (const button of box.children) {
+    const on = button.dataset.user === data.viewer;
+    button.classList.toggle("active", on);
+    button.setAttribute("aria-pressed", String(on));
+  }
+}
+
+function renderPanes(data) {
+  const panes = document.getElementById("panes");
+  const ids = data.channels.map((c) => c.id).join(",");
+  if (panes.dataset.ids !== ids) {
+    sandbox.panes.clear();
+    panes.replaceChildren(...data.channels.map(makePane));
+    panes.dataset.ids = ids;
+  }
+  for (const channel of data.channels) fillTimeline(sandbox.panes.get(channel.id), channel);
+}
+
+function makePane(channel) {
+  const list = h("ol", { class: "timeline", "aria-live": "polite" });
+  const input = h("input", {
+    type: "text",
+    class: "composer-input",
+    placeholder: `/dpor …  in ${channel.label}`,
+    autocomplete: "off",
+    spellcheck: "false",
+    "aria-label": `Command in ${channel.label}`,
+  });
+  const form = h("form", { class: "composer" }, input, h("button", { type: "submit", class: "btn btn-primary", text: "Send" }));
+  const notice = h("div", { class: "notice", role: "alert" });
+  notice.hidden = true;
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    input.value = "";
+    post("/sandbox/command", { user: sandbox.viewer, channel: channel.id, text }, channel.id);
+  });
+  const pane = h(
+    "section",
+    { class: "pane", "data-channel": channel.id, "aria-label": channel.label },
+    h("header", { class: "pane-head" }, h("h2", { text: channel.label }), h("p", { class: "about", text: channel.about })),
+    list,
+    notice,
+    form,
+  );
+  sandbox.panes.set(channel.id, { pane, list, input, notice, shown: null });
+  return pane;
+}
+
+function fillTimeline(pane, channel) {
+  const shown = JSON.stringify(channel.items);
+  if (pane.shown === shown) return;
+  const list = pane.list;
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 60;
+  const grew = pane.shown === null || channel.items.length > JSON.parse(pane.shown).length;
+  pane.shown = shown;
+  if (!channel.items.length) {
+    list.replaceChildren(h("li", { class: "empty", text: "Nothing here yet." }));
+    return;
+  }
+  list.replaceChildren(...channel.items.map(buildItem));
+  if (atBottom || grew) list.scrollTop = list.scrollHeight;
+}
+
+function buildItem(item) {
+  const fromBot = item.kind === "message" || item.kind === "ephemeral";
+  const author = fromBot ? "dpor" : item.kind === "problem" ? "Slack (sandbox)" : person(sandbox.viewer).name;
+  const meta = h("div", { class: "meta" }, h("b", { class: "author", text: author }));
+  if (fromBot) meta.append(h("span", { class: "badge", text: "APP" }));
+  meta.append(h("span", { class: "time", text: item.time }));
+  if (item.edited) meta.append(h("span", { class: "edited", text: "(edited)" }));
+  if (item.thread) meta.append(h("span", { class: "edited", text: "· reply in a thread" }));
+  const body = h("div", { class: "body" });
+  if (item.command) {
+    body.append(h("div", { class: "typed", text: item.command }));
+    const answer = h("div", { class: "answer" });
+    answer.append(...item.body.map(build));
+    if (item.pending) answer.append(h("div", { class: "waiting", text: "waiting for dpor…" }));
+    if (answer.childElementCount) body.append(answer);
+  } else {
+    body.append(...item.body.map(build));
+  }
+  const content = h("div", { class: "content" }, meta, body);
+  if (item.kind !== "message") content.append(h("div", { class: "only-you", text: "Only visible to you" }));
+  const initial = fromBot ? "D" : author.slice(0, 1);
+  return h(
+    "li",
+    { class: `item item-${item.kind}`, "data-key": item.key, "data-kind": item.kind },
+    h("div", { class: fromBot ? "avatar avatar-bot" : "avatar", text: initial }),
+    content,
+  );
+}
+
+function renderGuide(data) {
+  const guide = document.getElementById("guide");
+  if (guide.childElementCount) return;
+  const steps = [
+    ["As ", b("Alex Admin"), ", send ", c("/dpor set prod-eu 4977985 Contoso now runs our support"), " in #dpor-approvals: the bot answers privately and posts an approval card."],
+    ["Switch to ", b("Ben Bystander"), " and click ", b("Approve"), ": he holds no role, so he is refused, and only he sees why."],
+    ["Switch to ", b("Olivia Owner"), ", click ", b("Approve"), " and confirm: the card turns ", b("Applied"), ", #dpor-notifications hears of it and Alex gets a direct message."],
+    ["Try ", c("/dpor show prod-eu"), ", ", c("/dpor history prod-eu"), ", a ", b("Reject"), ", or ", c("/dpor role grant @ben owner prod-eu"), " as Olivia."],
+  ];
+  const examples = data.examples.map((text) =>
+    h("button", { type: "button", class: "example", text, title: "Put this in the #dpor-approvals composer", onclick: () => fill(data.channels[0].id, text) }),
+  );
+  guide.append(
+    h("h2", { text: "Try it" }),
+    h("ol", { class: "steps" }, ...steps.map((parts) => h("li", {}, ...parts))),
+    h("h3", { text: "Commands (click one to fill it in)" }),
+    h("div", { class: "examples" }, ...examples),
+    h("h3", { text: "People" }),
+    table(["person", "role"], data.people.map((p) => [[p.name, h("div", { class: "fine", text: `@${p.handle} · ${p.id}` })], p.about])),
+    h("h3", { text: "Subscriptions" }),
+    table(["alias", "name", "ID"], data.subscriptions.map((s) => [s.alias, s.name, s.id])),
+    h("h3", { text: "Partner directory" }),
+    table(["partner ID", "name"], data.partners.map((p) => [p.id, p.name])),
+    h("p", { class: "fine", text: "Each run starts from this data on a fresh database. The bot gets signed requests, exactly as from Slack." }),
+  );
+}
+
+function b(text) {
+  return h("b", { text });
+}
+
+function c(text) {
+  return h("code", { class: "code", text });
+}
+
+function table(headers, rows) {
+  return h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, ...headers.map((text) => h("th", { text })))),
+    h("tbody", {}, ...rows.map((row) => h("tr", {}, ...row.map((cell) => h("td", {}, ...[cell].flat()))))),
+  );
+}
+
+function fill(channel, text) {
+  const pane = sandbox.panes.get(channel);
+  if (!pane) return;
+  pane.input.value = text;
+  pane.input.focus();
+}
+
+// Keeping up: a long poll that answers as soon as anything changed since the version we have.
+
+async function poll() {
+  const mine = ++sandbox.loop;
+  if (sandbox.abort) sandbox.abort.abort();
+  while (mine === sandbox.loop) {
+    const abort = new AbortController();
+    sandbox.abort = abort;
+    try {
+      const who = sandbox.viewer ? `user=${encodeURIComponent(sandbox.viewer)}&` : "";
+      const response = await fetch(`/sandbox/state?${who}after=${sandbox.version}`, { signal: abort.signal });
+      if (response.status === 400 && sandbox.viewer) {
+        sandbox.viewer = null; // someone not in this workspace: show the first person instead
+        continue;
+      }
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const data = await response.json();
+      if (mine !== sandbox.loop) return;
+      setStatus("");
+      render(data);
+    } catch (error) {
+      if (mine !== sandbox.loop) return;
+      setStatus("Lost the sandbox server; retrying… (is dpor-bot sandbox still running?)");
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+}
+
+function view(userId) {
+  if (userId === sandbox.viewer && sandbox.version >= 0) return;
+  sandbox.viewer = userId;
+  sandbox.version = -1;
+  history.replaceState(null, "", `#as=${encodeURIComponent(userId)}`);
+  poll();
+}
+
+window.sandboxPage = { build }; // for the renderer's tests
+poll();

@@ -1,0 +1,202 @@
+"""The sandbox in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Playwright's own browser download is never used: `playwright install` needs the network; CI installs
+Debian's chromium instead (.ci/run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from bot.messages import card_blocks, to_dicts
+from bot.sandbox import Sandbox, render
+from tests.sandbox.test_render import NAMES, ORIGIN, _view
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+HOSTILE = "<img src=x onerror=window.pwned=1> <script>window.pwned=2</script>"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run installs it)",
+)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox(port=0) as running:
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_page(browser: Browser, url: str, problems: list[str]) -> Page:
+    page = await browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+    )
+
+    dismissing: set[asyncio.Task[None]] = set()
+
+    def on_dialog(dialog: Any) -> None:  # an alert() from injected markup would land here
+        problems.append(f"dialog: {dialog.message}")
+        task = asyncio.ensure_future(dialog.dismiss())
+        dismissing.add(task)
+        task.add_done_callback(dismissing.discard)
+
+    page.on("dialog", on_dialog)
+    await page.goto(url)
+    return page
+
+
+async def test_request_refusal_and_approval_in_a_browser(sandbox: Sandbox, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, sandbox.url + "#as=U0ADMIN", problems)
+    approvals = page.locator('section[data-channel="C0APPROVALS"]')
+    notifications = page.locator('section[data-channel="C0NOTIFY"]')
+    card = approvals.locator(".item-message").first
+    approve = card.locator('button[data-action-id="dpor_approve"]')
+    await expect(page.locator(".person.active")).to_contain_text("Alex Admin")
+
+    # Alex, an admin, asks for the change; the answer is his alone.
+    composer = approvals.locator(".composer-input")
+    await composer.fill(f"/dpor set prod-eu 4977985 Contoso runs support {HOSTILE}")
+    await composer.press("Enter")
+    await expect(approvals.locator(".item-command")).to_contain_text("Request #1 is open")
+    await expect(approvals.locator(".item-command .only-you")).to_have_text("Only visible to you")
+    await expect(card.locator(".blk-header")).to_have_text("DPOR change request #1")
+    await expect(card.locator(".field")).to_have_count(4)
+    await expect(card).to_contain_text("Contoso MSP")
+    await expect(card).to_contain_text("img src=x onerror=window.pwned=1")  # the reason, as text
+
+    # Ben holds no role: the confirm dialog, then a refusal that only he sees.
+    await page.click('[data-user="U0BYSTAND"]')
+    await expect(page.locator(".person.active")).to_contain_text("Ben Bystander")
+    await expect(approvals.locator(".item-command")).to_have_count(0)
+    await approve.click()
+    dialog = page.locator(".dialog")
+    await expect(dialog.locator("h2")).to_have_text("Approve this change?")
+    await expect(dialog).to_contain_text("Contoso MSP")
+    await dialog.locator('[data-role="confirm"]').click()
+    refusal = approvals.locator(".item-ephemeral")
+    await expect(refusal).to_contain_text("Only an owner of subscription Production EU")
+    await expect(refusal.locator(".only-you")).to_have_text("Only visible to you")
+    await expect(card).to_contain_text("0 of 1 approvals")
+
+    # Olivia, an owner, approves and confirms: the card says applied, the notification arrives.
+    await page.click('[data-user="U0OWNER1"]')
+    await expect(page.locator(".person.active")).to_contain_text("Olivia Owner")
+    await expect(approvals.locator(".item-ephemeral")).to_have_count(0)
+    await approve.click()
+    await page.locator('.dialog [data-role="confirm"]').click()
+    await expect(card).to_contain_text(re.compile(r"Applied at .*approved by @Olivia Owner"), timeout=15_000)
+    await expect(card.locator("button")).to_have_count(0)
+    await expect(card.locator(".edited")).to_have_text("(edited)")
+    notification = notifications.locator(".item-message").last
+    await expect(notification).to_contain_text("was applied")
+    await expect(notification).to_contain_text("Contoso MSP")
+
+    # Alex gets a direct message about his request.
+    await page.click('[data-user="U0ADMIN"]')
+    dm = page.locator('section[data-channel="D0ADMIN"] .item-message').last
+    await expect(dm).to_contain_text("was applied")
+
+    assert await page.evaluate("window.pwned") is None
+    assert await page.locator("img").count() == 0
+    assert problems == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "sandbox-applied.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+
+
+async def test_the_page_builds_each_block_type_and_no_markup(sandbox: Sandbox, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, sandbox.url, problems)
+    await expect(page.locator(".pane")).to_have_count(3)
+    tree = render.blocks(to_dicts(card_blocks(_view())), "", NAMES, ORIGIN)
+    hostile = [
+        {"el": "script", "kids": ["window.pwned = 'script'"]},
+        {"el": "img", "title": 'x" onerror="window.pwned=1', "kids": []},
+        {
+            "el": "div",
+            "class": 'x" onmouseover="window.pwned=2',
+            "kids": ['<img src=x onerror="window.pwned=3">'],
+        },
+        {"el": "a", "kids": ["not a link"]},
+    ]
+    shape = await page.evaluate(
+        """([tree, hostile]) => {
+            const box = document.createElement("div");
+            box.id = "fixture";
+            box.append(...tree.map(window.sandboxPage.build), ...hostile.map(window.sandboxPage.build));
+            document.body.append(box);
+            const q = (s) => box.querySelectorAll(s);
+            const approve = box.querySelector("button[data-action-id=dpor_approve]");
+            return {
+                header: box.querySelector(".blk-header").textContent,
+                fields: [...q(".fields > .field")].map((f) => f.textContent),
+                bold: box.querySelector(".field b").textContent,
+                code: box.querySelector(".field code.code").textContent,
+                mention: box.querySelector(".mention").textContent,
+                date: [box.querySelector("time.date").textContent, box.querySelector("time.date").title],
+                context: box.querySelector(".blk-context").textContent,
+                dividers: q("hr.blk-divider").length,
+                buttons: [...q(".blk-actions button")].map((b) => [b.textContent, b.className, b.type]),
+                approveEnabled: !approve.disabled,
+                reason: [...q(".blk-section")][1].textContent,
+                scripts: q("script").length,
+                images: q("img").length,
+                anchors: q("a").length,
+                handlers: [...box.querySelectorAll("*")].filter(
+                    (e) => [...e.attributes].some((a) => a.name.startsWith("on"))
+                ).length,
+                hostileText: box.textContent.includes('<img src=x onerror="window.pwned=3">'),
+            };
+        }""",
+        [tree, hostile],
+    )
+    assert shape["header"] == "DPOR change request #1"
+    assert shape["fields"][1] == "Requested by\n@Alex Admin"
+    assert (shape["bold"], shape["code"], shape["mention"]) == (
+        "Subscription",
+        "11111111-1111-4111-8111-111111111111",
+        "@Alex Admin",
+    )
+    assert shape["date"] == ["Mar 13, 2026 09:00", "2026-03-13 09:00 UTC"]
+    assert shape["context"] == "Expires Mar 13, 2026 09:00"
+    assert shape["dividers"] == 1
+    assert shape["buttons"] == [
+        ["Approve", "btn btn-primary", "button"],
+        ["Reject", "btn btn-danger", "button"],
+    ]
+    assert shape["approveEnabled"]
+    assert shape["reason"] == 'Reason\n<script>alert(1)</script> <img src=x onerror="alert(2)">'
+    assert (shape["scripts"], shape["images"], shape["anchors"], shape["handlers"]) == (0, 0, 0, 0)
+    assert shape["hostileText"]
+    assert await page.evaluate("window.pwned") is None
+    assert problems == []
