@@ -21,6 +21,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import reconcile
 from bot.context import BotContext
 from bot.policy import Policy
 from bot.providers import Providers
@@ -58,10 +59,6 @@ class Bot:
     def __init__(
         self, settings: Settings, *, worker_poll_interval: float = 1.0, expire_interval: float = 30.0
     ) -> None:
-        if settings.provider != "ledger":
-            raise ConfigError(
-                f"DPOR_PROVIDER: {settings.provider} is not available in this version; use ledger"
-            )
         self.settings = settings
         self.db = Database(settings.database_url)
         self.policy = Policy.from_settings(settings)
@@ -71,11 +68,13 @@ class Bot:
         self.client: AsyncWebClient | None = None
         self.app: AsyncApp | None = None
         self.worker: OutboxWorker | None = None
+        self.reconciler: asyncio.Task[None] | None = None
         self._poll = worker_poll_interval
         self._expire = expire_interval
 
     async def start(self) -> None:
         await self.prepare_database()
+        await self.providers.check()
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         token = self.settings.slack_bot_token.get_secret_value() if self.settings.slack_bot_token else None
         self.client = AsyncWebClient(
@@ -105,6 +104,17 @@ class Bot:
         self.ctx.wake_worker = self.worker.wake
         register_listeners(self.app, self.ctx)
         self.worker.start()
+        if self.settings.reconcile_every is not None:
+            self.reconciler = asyncio.create_task(
+                reconcile.periodically(
+                    self.db,
+                    self.providers,
+                    self.policy,
+                    self.settings.reconcile_every,
+                    after_run=self.worker.wake,
+                ),
+                name="dpor-reconcile",
+            )
 
     async def prepare_database(self) -> None:
         if self.db.is_sqlite:
@@ -113,6 +123,11 @@ class Bot:
             raise ConfigError("the database schema is not current: run `dpor-bot db upgrade`")
 
     async def stop(self) -> None:
+        if self.reconciler is not None:
+            self.reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reconciler
+            self.reconciler = None
         if self.worker is not None:
             await self.worker.stop()
         if self.http is not None:

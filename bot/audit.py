@@ -32,6 +32,7 @@ ACTIONS = frozenset(
         "apply.started",
         "apply.succeeded",
         "apply.failed",
+        "partner.drift",
     }
 )
 EXPORT_FIELDS = (

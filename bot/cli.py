@@ -32,6 +32,7 @@ from bot.directory import (
     validate_subscription,
 )
 from bot.errors import Refusal
+from bot.providers import NAMES as PROVIDER_NAMES
 from bot.settings import ConfigError, Settings, load_settings
 from storage.db import Database
 from storage.migrate import MigrationError, is_current, upgrade
@@ -212,9 +213,14 @@ def subscriptions() -> None:
 @click.argument("subscription_id", metavar="ID")
 @click.option("--name", required=True, help="The subscription's display name.")
 @click.option("--alias", help="A short name for /dpor commands, such as prod-eu (leave out for none).")
-def subscriptions_add(subscription_id: str, name: str, alias: str | None) -> None:
-    """Add the subscription ID, or update its name and alias."""
-    row = SubscriptionRow(subscription_id, name, alias)
+@click.option(
+    "--provider",
+    type=click.Choice(PROVIDER_NAMES),
+    help="The partner provider for this subscription (default: DPOR_PROVIDER; leave out to keep it).",
+)
+def subscriptions_add(subscription_id: str, name: str, alias: str | None, provider: str | None) -> None:
+    """Add the subscription ID, or update its name, alias and provider."""
+    row = SubscriptionRow(subscription_id, name, alias, provider)
     result = run(lambda database: upsert_subscriptions(database, [row], actor=actor()))
     verb = "added" if result.added else "updated" if result.updated else "unchanged:"
     click.echo(f"{verb} subscription {subscription_id.strip().lower()}")
@@ -455,6 +461,50 @@ def audit_export(fmt: str, output: Path | None) -> None:
         output.unlink(missing_ok=True)  # no partial export left behind to be mistaken for a whole one
         raise
     click.echo(f"exported {count} events to {output}", err=True)
+
+
+@cli.command("reconcile")
+def reconcile_command() -> None:
+    """Compare each subscription's partner of record with what its provider reports now.
+
+    Lists the subscriptions that are not in sync. Each new drift is recorded in the audit log
+    (partner.drift) and announced in the notification channels (the running bot delivers it).
+    Exit status: 0 no drift, 3 drift found, 1 a subscription could not be read.
+    """
+    from bot import reconcile
+    from bot.policy import Policy
+    from bot.providers import Providers
+
+    config = settings()
+
+    async def work(database: Database) -> list[reconcile.Finding]:
+        providers = Providers(config, database)
+        return await reconcile.reconcile(database, providers, Policy.from_settings(config), actor=actor())
+
+    def cells(finding: reconcile.Finding) -> tuple[str | None, str | None, str, str | None]:
+        if finding.status != reconcile.DRIFT:
+            return finding.recorded, finding.observed, finding.status, finding.message
+        names = f"; the target names it {finding.observed_name}" if finding.observed_name else ""
+        seen = "new: recorded and announced" if finding.announced else f"known since {when(finding.since)}"
+        return finding.recorded or "none", finding.observed or "none", finding.status, seen + names
+
+    findings = run(work)
+    drift = [f for f in findings if f.status == reconcile.DRIFT]
+    errors = [f for f in findings if f.status == reconcile.ERROR]
+    shown = [f for f in findings if f.status != reconcile.IN_SYNC]
+    if shown:
+        table(
+            ("SUBSCRIPTION", "ALIAS", "PROVIDER", "RECORD", "TARGET", "STATUS", "DETAIL"),
+            [(f.subscription_id, f.alias, f.provider, *cells(f)) for f in shown],
+        )
+    click.echo(
+        f"{len(findings)} subscriptions checked: {len(drift)} drifted "
+        f"({sum(f.announced for f in drift)} new), {len(errors)} could not be read"
+    )
+    if drift:
+        raise click.exceptions.Exit(3)
+    if errors:
+        raise Failed(f"{len(errors)} subscriptions could not be read; see DETAIL above")
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from bot.errors import (
     InvalidSubscriptionId,
     UnknownSubscription,
 )
+from bot.providers import NAMES as PROVIDER_NAMES
 from bot.text import clean
 from storage.db import Database
 from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, RoleAssignment, Subscription
@@ -103,6 +104,8 @@ class SubscriptionRow:
     id: str
     name: str
     alias: str | None = None
+    # The subscription's partner provider; None keeps the one it has (a new one uses DPOR_PROVIDER).
+    provider: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,21 @@ class ImportResult:
 
 
 def validate_subscription(row: SubscriptionRow) -> SubscriptionRow:
-    return SubscriptionRow(subscription_id(row.id), _name(row.name, "subscription"), _alias(row.alias))
+    return SubscriptionRow(
+        subscription_id(row.id), _name(row.name, "subscription"), _alias(row.alias), _provider(row.provider)
+    )
+
+
+def _provider(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if name.strip().lower() not in PROVIDER_NAMES:
+        raise BadInput(f"`{name}` is not a partner provider: expected one of {', '.join(PROVIDER_NAMES)}.")
+    return name.strip().lower()
+
+
+def _differs(sub: Subscription, row: SubscriptionRow) -> bool:
+    return (sub.name, sub.alias) != (row.name, row.alias) or row.provider not in (None, sub.provider)
 
 
 async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *, actor: str) -> ImportResult:
@@ -149,11 +166,7 @@ async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *,
                     raise Conflict(f"Alias `{alias}` already belongs to subscription `{owner}`.")
 
         new = [r for r in by_id.values() if r.id not in existing]
-        changed = [
-            r
-            for r in by_id.values()
-            if r.id in existing and (existing[r.id].name, existing[r.id].alias) != (r.name, r.alias)
-        ]
+        changed = [r for r in by_id.values() if r.id in existing and _differs(existing[r.id], r)]
         changed_ids = {r.id for r in changed}
         if changed:
             # Free the aliases being moved first, so swaps within one import do not collide.
@@ -162,11 +175,14 @@ async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *,
             )
             for r in changed:
                 await session.execute(
-                    update(Subscription).where(Subscription.id == r.id).values(name=r.name, alias=r.alias)
+                    update(Subscription)
+                    .where(Subscription.id == r.id)
+                    .values(name=r.name, alias=r.alias, provider=r.provider or existing[r.id].provider)
                 )
         if new:
             await session.execute(
-                insert(Subscription), [{"id": r.id, "name": r.name, "alias": r.alias} for r in new]
+                insert(Subscription),
+                [{"id": r.id, "name": r.name, "alias": r.alias, "provider": r.provider} for r in new],
             )
         await audit.append_many(
             session,
@@ -175,7 +191,12 @@ async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *,
                     actor=actor,
                     action="subscription.added",
                     subscription_id=r.id,
-                    data={"name": r.name, "alias": r.alias, "updated": r.id in changed_ids},
+                    data={
+                        "name": r.name,
+                        "alias": r.alias,
+                        "updated": r.id in changed_ids,
+                        **({"provider": r.provider} if r.provider else {}),
+                    },
                 )
                 for r in [*new, *changed]
             ],

@@ -15,7 +15,8 @@ DM = "dm"  # tell a person (the requester) what happened to their request
 NOTIFY = "notify"  # a change notification in a channel
 EPHEMERAL = "ephemeral"  # an answer only one person sees (e.g. a refused click)
 APPLY = "apply"  # apply an approved change through the partner provider
-KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY)
+NOTICE = "notice"  # a message in a channel about no request (e.g. partner drift found by reconcile)
+KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY, NOTICE)
 
 
 class Outbox:
@@ -40,6 +41,10 @@ class Outbox:
 
     def ephemeral(self, channel: str, user_id: str, text: str) -> None:
         self.add(EPHEMERAL, f"ephemeral:{user_id}", channel=channel, user_id=user_id, text=text)
+
+    def notice(self, channels: list[str], text: str) -> None:
+        for channel in channels:
+            self.add(NOTICE, f"channel:{channel}", channel=channel, text=text)
 
     def apply(self, request_id: int) -> None:
         self.add(APPLY, f"apply:{request_id}", request_id=request_id)

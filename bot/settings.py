@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///dpor-bot.db"
@@ -60,6 +70,83 @@ def normalise_database_url(url: str) -> str:
     raise ValueError("expected sqlite:///path/to/file.db or postgresql://user:password@host:5432/database")
 
 
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_AZURE_FILE_HELP = "a JSON file of Azure identities (README: the azure provider)"
+
+
+class AzureIdentity(BaseModel):
+    """A service principal the azure provider signs in as: a client secret or a certificate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant_id: str
+    client_id: str
+    client_secret: SecretStr | None = None
+    certificate_path: str | None = None
+    certificate_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> AzureIdentity:
+        for name in ("tenant_id", "client_id"):
+            if not _GUID.match(getattr(self, name)):
+                raise ValueError(f"{name} is not a GUID")
+        if (self.client_secret is None) == (self.certificate_path is None):
+            raise ValueError("give exactly one of client_secret and certificate_path")
+        if self.certificate_path is not None and not Path(self.certificate_path).is_file():
+            raise ValueError("certificate_path is not a readable file")
+        return self
+
+
+def _identity_problem(error: ValidationError) -> str:
+    """Name what is wrong with an identity without echoing any value (it may hold a secret)."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    text = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {text}" if where else text
+
+
+def _bad_identities(problem: str) -> ValueError:
+    return ValueError(f"expected {_AZURE_FILE_HELP}; {problem}")
+
+
+def read_azure_identities(path: str) -> dict[str, AzureIdentity]:
+    """Read DPOR_AZURE_CREDENTIALS_FILE; entries that name `tenant:<id>` share that tenant's identity."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _bad_identities(f"cannot read it: {exc.strerror or exc}") from None
+    except ValueError:
+        raise _bad_identities("it is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise _bad_identities("it holds no JSON object")
+    identities: dict[str, AzureIdentity] = {}
+    references: dict[str, str] = {}
+    for key, value in raw.items():
+        key = key.strip().lower()
+        tenant = key.removeprefix("tenant:") if key.startswith("tenant:") else None
+        if key != "*" and not _GUID.match(tenant if tenant is not None else key):
+            raise _bad_identities(f"key {key!r} is not a subscription ID, tenant:<tenant-id> or *")
+        if isinstance(value, str):
+            if tenant is not None or not value.strip().lower().startswith("tenant:"):
+                raise _bad_identities(f"entry {key!r} names no tenant:<tenant-id>")
+            references[key] = value.strip().lower()
+            continue
+        if isinstance(value, dict) and tenant is not None:
+            value = {"tenant_id": tenant, **value}
+        try:
+            identity = AzureIdentity.model_validate(value)
+        except ValidationError as exc:
+            raise _bad_identities(f"entry {key!r}: {_identity_problem(exc)}") from None
+        if tenant is not None and identity.tenant_id.lower() != tenant:
+            raise _bad_identities(f"entry {key!r} has another tenant_id")
+        identities[key] = identity
+    for key, target in references.items():
+        if target not in identities:
+            raise _bad_identities(f"entry {key!r} names {target}, which is not given")
+        identities[key] = identities[target]
+    return identities
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -77,6 +164,13 @@ class Settings(BaseSettings):
     required_approvals: int = Field(default=1, ge=1, le=10, alias="DPOR_REQUIRED_APPROVALS")
     allow_self_approval: bool = Field(default=False, alias="DPOR_ALLOW_SELF_APPROVAL")
     port: int = Field(default=3000, ge=1, le=65535, alias="PORT")
+    provider_timeout: timedelta = Field(default=timedelta(seconds=30), alias="DPOR_PROVIDER_TIMEOUT")
+    azure_identities: Annotated[dict[str, AzureIdentity], NoDecode] = Field(
+        default_factory=dict, alias="DPOR_AZURE_CREDENTIALS_FILE"
+    )
+    webhook_url: str | None = Field(default=None, alias="DPOR_WEBHOOK_URL")
+    webhook_secret: SecretStr | None = Field(default=None, alias="DPOR_WEBHOOK_SECRET")
+    reconcile_every: timedelta | None = Field(default=None, alias="DPOR_RECONCILE_EVERY")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -103,6 +197,36 @@ class Settings(BaseSettings):
         if isinstance(value, str | int | float | timedelta):
             return parse_duration(value)
         raise ValueError(f"expected {_DURATION_HELP}")
+
+    @field_validator("provider_timeout", mode="before")
+    @classmethod
+    def _provider_timeout(cls, value: object) -> timedelta:
+        if isinstance(value, str | int | float | timedelta):
+            return parse_duration(value)
+        raise ValueError(f"expected {_DURATION_HELP}")
+
+    @field_validator("reconcile_every", mode="before")
+    @classmethod
+    def _reconcile_every(cls, value: object) -> timedelta | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "0", "off")):
+            return None
+        if isinstance(value, str | int | float | timedelta):
+            return parse_duration(value)
+        raise ValueError(f"expected {_DURATION_HELP}, or off")
+
+    @field_validator("azure_identities", mode="before")
+    @classmethod
+    def _azure_identities(cls, value: object) -> object:
+        if isinstance(value, str):
+            return read_azure_identities(value) if value.strip() else {}
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http(s) URL such as https://hooks.example.com/dpor")
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -218,6 +218,8 @@ class OutboxWorker:
                 await self._dm(payload["user_id"], payload["request_id"], payload["event"])
             elif row.kind == outbox.NOTIFY:
                 await self._notify(payload["channel"], payload["request_id"], payload["event"])
+            elif row.kind == outbox.NOTICE:
+                await self.client.chat_postMessage(channel=payload["channel"], text=payload["text"])
             elif row.kind == outbox.EPHEMERAL:
                 await self.client.chat_postEphemeral(
                     channel=payload["channel"], user=payload["user_id"], text=payload["text"]
@@ -316,7 +318,7 @@ class OutboxWorker:
                 ok=True,
                 partner_id=state.partner_id,
                 partner_name=state.partner_name,
-                detail={"provider": provider.name, "identity": state.identity},
+                detail={"provider": provider.name, "identity": state.identity, **state.detail},
             )
         await lifecycle.finish_apply(self.db, self.policy, request_id, outcome)
 

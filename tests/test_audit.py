@@ -68,7 +68,8 @@ async def events(db: Database) -> list[AuditEvent]:
 
 
 def test_the_actions_are_those_of_the_design() -> None:
-    assert audit.ACTIONS == DESIGN_ACTIONS
+    # partner.drift (reconcile found a target that disagrees with the record) extends the design's list.
+    assert audit.ACTIONS - {"partner.drift"} == DESIGN_ACTIONS and "partner.drift" in audit.ACTIONS
 
 
 async def test_an_empty_log_verifies(db: Database) -> None:

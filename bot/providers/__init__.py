@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
+
+from sqlalchemy import select
 
 from bot.settings import ConfigError, Settings
 from storage.db import Database
 from storage.models import Subscription
+from storage.queries import partner_name
+
+NAMES = ("ledger", "azure", "webhook")
+# A Retry-After longer than this is a misbehaving server; the outbox waits this long at most.
+MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
 class PartnerState:
-    """What the target says after a change: the partner it now carries and who carries it."""
+    """What the target says: the partner it carries, who carries it, and what the bot noticed on the way."""
 
     partner_id: str | None
     partner_name: str | None = None
     identity: dict[str, Any] = field(default_factory=dict)
+    # Recorded with the apply (e.g. the directory's name when the target names the partner otherwise).
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class ProviderError(Exception):
@@ -27,6 +39,10 @@ class ProviderError(Exception):
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class CannotRead(ProviderError):
+    """The provider cannot tell what the target carries now (reconcile leaves the subscription unchecked)."""
 
 
 class PartnerProvider(Protocol):
@@ -51,15 +67,87 @@ class Providers:
             self._built[name] = _build(name, self.settings, self.db)
         return self._built[name]
 
+    async def check(self) -> None:
+        """Build every provider a subscription names, so one that is misconfigured stops start-up too."""
+        async with self.db.read() as session:
+            names = (
+                await session.scalars(
+                    select(Subscription.provider).where(Subscription.provider.is_not(None)).distinct()
+                )
+            ).all()
+        for name in sorted(n for n in names if n):
+            self.get(name)
+
     async def for_subscription(self, subscription_id: str) -> PartnerProvider:
         async with self.db.read() as session:
             sub = await session.get(Subscription, subscription_id)
-        return self.get((sub.provider if sub else None) or self.settings.provider)
+        name = (sub.provider if sub else None) or self.settings.provider
+        try:
+            return self.get(name)
+        except ConfigError as exc:
+            # Configured after start-up (a column set since): fail the request visibly, not the worker.
+            return Unavailable(name, str(exc))
+
+
+class Unavailable:
+    """A provider that cannot be built; every call fails with the reason, which an operator can fix."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    async def apply(self, subscription_id: str, partner_id: str) -> PartnerState:
+        raise ProviderError(f"the {self.name} provider is not configured: {self.reason}")
+
+    async def current(self, subscription_id: str) -> PartnerState:
+        raise ProviderError(f"the {self.name} provider is not configured: {self.reason}")
 
 
 def _build(name: str, settings: Settings, db: Database) -> PartnerProvider:
-    from bot.providers.ledger import LedgerProvider
-
     if name == "ledger":
+        from bot.providers.ledger import LedgerProvider
+
         return LedgerProvider(db)
-    raise ConfigError(f"DPOR_PROVIDER: {name} is not available in this version; use ledger")
+    if name == "azure":
+        try:
+            from bot.providers.azure import AzureProvider
+        except ImportError as exc:
+            raise ConfigError(
+                f"DPOR_PROVIDER: azure needs azure-identity and azure-mgmt-managementpartner ({exc.name} "
+                "is missing): pip install azure-identity azure-mgmt-managementpartner"
+            ) from None
+        return AzureProvider(settings, db)
+    if name == "webhook":
+        from bot.providers.webhook import WebhookProvider
+
+        return WebhookProvider(settings, db)
+    raise ConfigError(f"DPOR_PROVIDER: expected one of {', '.join(NAMES)} (got {name!r})")
+
+
+async def name_check(db: Database, partner_id: str | None, returned: str | None) -> dict[str, Any]:
+    """When the target names the partner otherwise than the directory, say so (for the card and audit)."""
+    if not partner_id or not returned:
+        return {}
+    async with db.read() as session:
+        known = await partner_name(session, partner_id)
+    if returned == known:
+        return {}
+    return {"directory_name": known, "name_differs": True}
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms; None if absent."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = lowered.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            try:
+                seconds = parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return None

@@ -1,0 +1,207 @@
+"""Drift: ask each subscription's provider what it carries now and compare it with the record.
+
+A subscription drifts when its target names another partner than the bot's record (someone changed
+it outside dpor-bot). Each new drift is audited (`partner.drift`) and announced to the notification
+channels in one transaction; a drift already recorded, and unchanged since, is reported but not
+recorded or announced again. The record is not changed: people decide what the partner should be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from bot import audit
+from bot.directory import watching_channels
+from bot.lifecycle import SYSTEM_ACTOR
+from bot.messages import escape
+from bot.outbox import Outbox
+from bot.policy import Policy
+from bot.providers import CannotRead, PartnerState, ProviderError, Providers
+from storage.db import Database
+from storage.models import AuditEvent, ChangeRequest, Subscription, utcnow
+from storage.queries import partner_name
+
+log = logging.getLogger("dpor.reconcile")
+
+# Statuses of a finding, in the order the table lists them.
+DRIFT, ERROR, UNCHECKED, BUSY, IN_SYNC = "drift", "error", "unchecked", "busy", "in sync"
+ORDER = (DRIFT, ERROR, UNCHECKED, BUSY, IN_SYNC)
+
+
+@dataclass(frozen=True)
+class Finding:
+    subscription_id: str
+    name: str
+    alias: str | None
+    provider: str
+    status: str
+    recorded: str | None
+    observed: str | None = None
+    observed_name: str | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+    # For a drift: when it was first recorded (now, if this run recorded it), and whether this run did.
+    since: datetime | None = None
+    announced: bool = False
+
+
+async def reconcile(
+    db: Database,
+    providers: Providers,
+    policy: Policy,
+    *,
+    actor: str = SYSTEM_ACTOR,
+    concurrency: int = 8,
+) -> list[Finding]:
+    """Check every subscription; returns one finding each, drift first."""
+    async with db.read() as session:
+        subs = list((await session.scalars(select(Subscription).order_by(Subscription.name))).all())
+        applying = dict(
+            (
+                await session.execute(
+                    select(ChangeRequest.subscription_id, ChangeRequest.id).where(
+                        ChangeRequest.status.in_(("approved", "applying"))
+                    )
+                )
+            ).all()
+        )
+    limit = asyncio.Semaphore(concurrency)
+
+    async def check(sub: Subscription) -> Finding:
+        async with limit:
+            return await _check(db, providers, policy, sub, applying.get(sub.id), actor)
+
+    findings = await asyncio.gather(*(check(sub) for sub in subs))
+    return sorted(findings, key=lambda f: ORDER.index(f.status))
+
+
+async def _check(
+    db: Database,
+    providers: Providers,
+    policy: Policy,
+    sub: Subscription,
+    busy_with: int | None,
+    actor: str,
+) -> Finding:
+    provider = await providers.for_subscription(sub.id)
+    found = Finding(sub.id, sub.name, sub.alias, provider.name, IN_SYNC, sub.partner_id)
+    if busy_with is not None:
+        return replace(found, status=BUSY, message=f"request #{busy_with} is being applied")
+    try:
+        state = await provider.current(sub.id)
+    except CannotRead as exc:
+        return replace(found, status=UNCHECKED, message=exc.message)
+    except ProviderError as exc:
+        return replace(found, status=ERROR, message=exc.message)
+    found = replace(
+        found, observed=state.partner_id, observed_name=state.partner_name, identity=state.identity
+    )
+    if state.partner_id == sub.partner_id:
+        return found
+    return await _record(db, policy, replace(found, status=DRIFT), state, actor)
+
+
+async def _record(db: Database, policy: Policy, found: Finding, state: PartnerState, actor: str) -> Finding:
+    """Audit and announce a new drift in one transaction; a known one is only reported."""
+    async with db.write() as session:
+        sub = await session.get(Subscription, found.subscription_id)
+        if sub is None or sub.partner_id != found.recorded:
+            return replace(found, status=BUSY, message="the record changed while it was checked")
+        last = (
+            await session.scalars(
+                select(AuditEvent)
+                .where(
+                    AuditEvent.subscription_id == sub.id,
+                    AuditEvent.action.in_(("partner.drift", "apply.succeeded")),
+                )
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            )
+        ).first()
+        if (
+            last is not None
+            and last.action == "partner.drift"
+            and last.data.get("recorded_partner_id") == found.recorded
+            and last.data.get("observed_partner_id") == found.observed
+        ):
+            return replace(found, since=last.at)
+        await audit.append(
+            session,
+            audit.Entry(
+                actor=actor,
+                action="partner.drift",
+                subscription_id=sub.id,
+                data={
+                    "provider": found.provider,
+                    "recorded_partner_id": found.recorded,
+                    "observed_partner_id": found.observed,
+                    "observed_partner_name": found.observed_name,
+                    "identity": state.identity,
+                },
+            ),
+        )
+        recorded_name = await partner_name(session, found.recorded)
+        known_name = await partner_name(session, found.observed)
+        channels = list(dict.fromkeys([*policy.notify_channels, *await watching_channels(session, sub.id)]))
+        outbox = Outbox()
+        outbox.notice(channels, drift_text(found, recorded_name, found.observed_name or known_name))
+        await outbox.flush(session)
+    log.warning(
+        "drift on subscription %s: the record says %s, %s reports %s",
+        found.subscription_id,
+        found.recorded or "no partner",
+        found.provider,
+        found.observed or "no partner",
+    )
+    return replace(found, since=utcnow(), announced=True)
+
+
+def drift_text(found: Finding, recorded_name: str | None, observed_name: str | None) -> str:
+    """The channel notice (Slack mrkdwn; every name from outside is escaped)."""
+
+    def label(pid: str | None, name: str | None) -> str:
+        if not pid:
+            return "no partner"
+        return f"*{escape(name)}* (`{pid}`)" if name else f"`{pid}`"
+
+    alias = f" ({escape(found.alias)})" if found.alias else ""
+    return (
+        f":warning: *Partner drift* on *{escape(found.name)}*{alias} `{found.subscription_id}`: "
+        f"dpor-bot's record says {label(found.recorded, recorded_name)}, but the {found.provider} provider "
+        f"reports {label(found.observed, observed_name)}. The change did not go through dpor-bot; "
+        "find out who made it, and request the intended partner if it must change."
+    )
+
+
+async def periodically(
+    db: Database,
+    providers: Providers,
+    policy: Policy,
+    every: timedelta,
+    *,
+    after_run: Callable[[], None] = lambda: None,
+) -> None:
+    """`serve`'s DPOR_RECONCILE_EVERY: reconcile, wait, repeat until cancelled; a failed run is logged."""
+    while True:
+        await asyncio.sleep(every.total_seconds())
+        try:
+            findings = await reconcile(db, providers, policy)
+        except Exception:
+            log.exception("reconcile failed; trying again in %s", every)
+            continue
+        drift = [f for f in findings if f.status == DRIFT]
+        log.info(
+            "reconcile: %s subscriptions, %s drifted (%s new), %s could not be read",
+            len(findings),
+            len(drift),
+            sum(f.announced for f in drift),
+            sum(f.status == ERROR for f in findings),
+        )
+        after_run()
