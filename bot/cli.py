@@ -507,6 +507,21 @@ def reconcile_command() -> None:
         raise Failed(f"{len(errors)} subscriptions could not be read; see DETAIL above")
 
 
+@cli.command()
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Port for the page (default: 8000; 0: any free port)."
+)
+def sandbox(port: int | None) -> None:
+    """Try the whole flow in a browser, offline: the bot and a local stand-in for Slack, with sample data.
+
+    The data lives in a temporary database, removed on exit, unless DATABASE_URL is set. Ctrl-C stops it.
+    """
+    from bot.sandbox import DEFAULT_PORT, run_sandbox
+
+    with reported():
+        asyncio.run(run_sandbox(DEFAULT_PORT if port is None else port))
+
+
 def main() -> None:
     cli(prog_name="dpor-bot")
 
