@@ -24,6 +24,27 @@ USAGE = {
     "help": ("/dpor help", "/dpor help"),
 }
 USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
+# Slack's markup in the text it sends: <@U1|name>, <#C1|name>, <!here>, <!subteam^S1|@team>, <http://x|y>.
+_MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
+
+
+def plain(text: str) -> str:
+    """What the person typed, from the text Slack sends: markup as readable text, entities decoded.
+
+    Slack encodes a typed `&`, `<` and `>` as entities and turns mentions into markup. The bot keeps
+    plain text and escapes it again whenever it echoes it, so nothing it stored can ping or link.
+    """
+
+    def readable(match: re.Match[str]) -> str:
+        sigil, target, label = match.groups()
+        if sigil in ("@", "#"):
+            return f"{sigil}{(label or target).lstrip('@#')}"
+        if sigil == "!":
+            return label or f"@{target.split('^')[0]}"
+        return f"{label} ({target})" if label and label != target else target
+
+    text = _MARKUP.sub(readable, text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 class UsageError(Exception):
@@ -61,15 +82,16 @@ def parse(text: str) -> Command:
     if not text:
         return Command("help")
     head, _, tail = text.partition(" ")
-    name = head.lower()
-    tokens = tail.split()
+    name = plain(head).lower()
+    tokens = [plain(t) for t in tail.split()]
     if name in ("help", "-h", "--help", "?"):
         return Command("help")
     if name == "set":
         parts = tail.strip().split(None, 2)
         if len(parts) < 2:
             raise UsageError("`set` needs a subscription and a partner ID.", "set")
-        return Command("set", (parts[0], parts[1]), rest=parts[2].strip() if len(parts) > 2 else "")
+        reason = plain(parts[2]).strip() if len(parts) > 2 else ""
+        return Command("set", (plain(parts[0]), plain(parts[1])), rest=reason)
     if name in ("show", "cancel"):
         if len(tokens) != 1:
             what = "a subscription ID or alias" if name == "show" else "a request number"
@@ -90,11 +112,13 @@ def parse(text: str) -> Command:
             raise UsageError("`unsubscribe` takes no arguments; it stops all notifications here.", name)
         return Command(name)
     if name == "role":
-        return _parse_role(tokens)
-    raise UsageError(f"`{head}` is not a /dpor command.")
+        return _parse_role(tail.split())
+    raise UsageError(f"`{plain(head)}` is not a /dpor command.")
 
 
-def _parse_role(tokens: list[str]) -> Command:
+def _parse_role(raw: list[str]) -> Command:
+    """Users are read from Slack's mention markup; every other argument from its plain text."""
+    tokens = [plain(t) for t in raw]
     if not tokens:
         raise UsageError("`role` needs `grant`, `revoke` or `list`.", "role")
     verb = tokens[0].lower()
@@ -105,7 +129,7 @@ def _parse_role(tokens: list[str]) -> Command:
     if verb in ("grant", "revoke"):
         if len(tokens) not in (3, 4):
             raise UsageError(f"`role {verb}` needs a user and a role (owner or admin).", "role")
-        user = parse_user(tokens[1])
+        user = parse_user(raw[1])
         role = tokens[2].lower()
         if role not in ("owner", "admin"):
             raise UsageError(f"`{tokens[2]}` is not a role: use `owner` or `admin`.", "role")

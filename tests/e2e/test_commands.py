@@ -129,25 +129,37 @@ async def test_subscribed_channel_gets_notifications(harness: Harness) -> None:
     assert "no longer" in body["text"]
 
 
-INJECTIONS = "<!channel> <!here> <@U0VICTIM> <http://evil.example|click me> & more"
+# As Slack sends them: mentions and links as markup, characters typed literally as entities.
+INJECTIONS = "<!channel> <!here> <@U0VICTIM> <http://evil.example|click me> &amp; more &lt;!everyone&gt;"
 
 
 async def test_echoed_text_is_escaped_everywhere(harness: Harness) -> None:
     await directory.upsert_subscriptions(
         harness.bot.db, [directory.SubscriptionRow(PROD, "Prod <!everyone>", "<!here>")], actor="test"
     )
-    _, body = await harness.command(f"set <!here> {NEW_PARTNER} {INJECTIONS}", ADMIN)
+    _, body = await harness.command(f"set &lt;!here&gt; {NEW_PARTNER} {INJECTIONS}", ADMIN)
     assert "Request #1" in body["text"], body
+    assert (await harness.request(1)).reason == (
+        "@channel @here @U0VICTIM click me (http://evil.example) & more <!everyone>"
+    )
     await harness.click("dpor_approve", 1, OWNER)
     await harness.settle()
     sent = json.dumps([c.params for c in harness.slack.calls]) + json.dumps(body)
     for raw in ("<!channel>", "<!here>", "<!everyone>", "<@U0VICTIM>", "<http://evil.example"):
         assert raw not in sent, raw
-    assert "&lt;!channel&gt;" in sent and "&lt;@U0VICTIM&gt;" in sent and "&amp; more" in sent
-    _, body = await harness.command("show <!here>", ADMIN)
+    assert "&lt;!everyone&gt;" in sent and "&amp; more" in sent and "@U0VICTIM" in sent
+    _, body = await harness.command("show &lt;!here&gt;", ADMIN)
     assert "<!here>" not in json.dumps(body) and "&lt;!here&gt;" in json.dumps(body)
     _, body = await harness.command("show <!channel>", ADMIN)
     assert "<!channel>" not in body["text"]
+
+
+async def test_reason_reads_as_typed(harness: Harness) -> None:
+    """Slack sends a typed "R&D" as "R&amp;D"; the card shows R&D once, not "R&amp;D"."""
+    await harness.command(f"set prod {NEW_PARTNER} R&amp;D moves to Contoso", ADMIN)
+    card = await harness.card(1)
+    reason = next(b for b in card.blocks if "Reason" in json.dumps(b))
+    assert "R&amp;D moves" in reason["text"]["text"] and "&amp;amp;" not in reason["text"]["text"]
 
 
 async def test_lists_stay_within_slack_limits(harness: Harness) -> None:

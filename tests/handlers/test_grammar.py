@@ -2,7 +2,7 @@
 
 import pytest
 
-from handlers.grammar import Command, UsageError, parse, parse_user
+from handlers.grammar import Command, UsageError, parse, parse_user, plain
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,29 @@ def test_users(token: str) -> None:
 def test_not_users(token: str) -> None:
     with pytest.raises(UsageError):
         parse_user(token)
+
+
+@pytest.mark.parametrize(
+    ("sent", "typed"),
+    [
+        ("R&amp;D &lt;b&gt;", "R&D <b>"),
+        ("ask <@U0BEN|ben> or <@U0OLIVIA>", "ask @ben or @U0OLIVIA"),
+        ("see <#C0OPS|ops>", "see #ops"),
+        ("<!channel> <!here> <!subteam^S0TEAM|@platform>", "@channel @here @platform"),
+        (
+            "<https://example.com/t/1|ticket 1> <https://example.com>",
+            "ticket 1 (https://example.com/t/1) https://example.com",
+        ),
+        ("&amp;lt;", "&lt;"),
+    ],
+)
+def test_plain_reads_what_was_typed(sent: str, typed: str) -> None:
+    assert plain(sent) == typed
+
+
+def test_set_reason_is_plain_text() -> None:
+    assert parse("set prod 4977985 R&amp;D for <@U0BEN|ben>").rest == "R&D for @ben"
+
+
+def test_role_user_still_read_from_markup() -> None:
+    assert parse("role grant <@U0BEN|ben> admin prod").args == ("U0BEN", "admin", "prod")
