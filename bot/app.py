@@ -57,7 +57,11 @@ class Bot:
     """The running bot: database, Slack client, Bolt app and outbox worker, started and stopped together."""
 
     def __init__(
-        self, settings: Settings, *, worker_poll_interval: float = 1.0, expire_interval: float = 30.0
+        self,
+        settings: Settings,
+        *,
+        worker_poll_interval: float | None = None,
+        expire_interval: float | None = None,
     ) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
@@ -69,8 +73,9 @@ class Bot:
         self.app: AsyncApp | None = None
         self.worker: OutboxWorker | None = None
         self.reconciler: asyncio.Task[None] | None = None
-        self._poll = worker_poll_interval
-        self._expire = expire_interval
+        # Tests poll faster than DPOR_OUTBOX_POLL_INTERVAL and DPOR_SWEEP_INTERVAL allow for.
+        self._poll = worker_poll_interval or settings.outbox_poll_interval.total_seconds()
+        self._expire = expire_interval or settings.sweep_interval.total_seconds()
 
     async def start(self) -> None:
         await self.prepare_database()
@@ -96,10 +101,17 @@ class Bot:
         self.worker = OutboxWorker(
             self.db,
             self.policy,
-            self.client,
+            # No retries inside the client: the outbox retries, and holds a channel Slack answers 429 for.
+            AsyncWebClient(
+                token=token, base_url=self.settings.slack_api_url, session=self.http, retry_handlers=[]
+            ),
             self.providers,
             poll_interval=self._poll,
-            expire_interval=self._expire,
+            sweep_interval=self._expire,
+            lease=self.settings.outbox_lease,
+            max_attempts=self.settings.outbox_max_attempts,
+            concurrency=self.settings.outbox_concurrency,
+            remind_after=self.settings.remind_after,
         )
         self.ctx.wake_worker = self.worker.wake
         register_listeners(self.app, self.ctx)
@@ -188,7 +200,8 @@ async def _until_signalled() -> None:
 async def run_http(settings: Settings, port: int) -> None:
     require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
     configure_logging()
-    runner = web.AppRunner(web_app(Bot(settings)), access_log=None)
+    # On SIGTERM: requests in progress get 3 s, then the worker its grace (5 s): exit well within 10 s.
+    runner = web.AppRunner(web_app(Bot(settings)), access_log=None, shutdown_timeout=3.0)
     await runner.setup()
     site = web.TCPSite(runner, host="0.0.0.0", port=port)
     await site.start()

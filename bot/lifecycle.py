@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -569,6 +569,36 @@ async def expire_due(
         except AlreadyDecided:
             continue
     return expired
+
+
+async def remind_due(db: Database, remind_after: timedelta, *, now: datetime | None = None) -> list[int]:
+    """Queue one reminder for each pending request waiting longer than `remind_after`; returns their ids.
+
+    `reminded_at` is set by a conditional UPDATE, so several processes sweeping at once remind once.
+    """
+    now = now or utcnow()
+    async with db.write(chain=False) as session:
+        reminded = list(
+            (
+                await session.scalars(
+                    update(ChangeRequest)
+                    .where(
+                        ChangeRequest.status == "pending",
+                        ChangeRequest.reminded_at.is_(None),
+                        ChangeRequest.created_at <= now - remind_after,
+                        ChangeRequest.expires_at > now,
+                        ChangeRequest.card_channel.is_not(None),
+                    )
+                    .values(reminded_at=now)
+                    .returning(ChangeRequest.id)
+                )
+            ).all()
+        )
+        outbox = Outbox()
+        for request_id in sorted(reminded):
+            outbox.remind(request_id)
+        await outbox.flush(session)
+    return reminded
 
 
 async def start_apply(db: Database, request_id: int) -> ChangeRequest | None:

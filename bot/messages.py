@@ -203,6 +203,15 @@ def event_text(view: CardView, event: str) -> str:
     return f"Request #{req.id} to set the DPOR of *{escape(sub.name)}* to {new} {sentence}"
 
 
+def reminder_text(view: CardView) -> str:
+    """The reminder posted once in the card's thread when a request waits longer than DPOR_REMIND_AFTER."""
+    req = view.request
+    return (
+        f":bell: Request #{req.id} for *{escape(view.subscription.name)}* is still waiting for approval "
+        f"({len(view.approvers)} of {view.required} approvals). It expires {when(req.expires_at)}."
+    )
+
+
 def notification_blocks(view: CardView, event: str) -> list[Block]:
     req = view.request
     old = partner_label(req.previous_partner_id, view.current_name)

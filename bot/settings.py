@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     required_approvals: int = Field(default=1, ge=1, le=10, alias="DPOR_REQUIRED_APPROVALS")
     allow_self_approval: bool = Field(default=False, alias="DPOR_ALLOW_SELF_APPROVAL")
     port: int = Field(default=3000, ge=1, le=65535, alias="PORT")
+    # The outbox worker and the sweep for expiry and reminders (README: Operating).
+    remind_after: timedelta | None = Field(default=None, alias="DPOR_REMIND_AFTER")
+    outbox_poll_interval: timedelta = Field(default=timedelta(seconds=1), alias="DPOR_OUTBOX_POLL_INTERVAL")
+    outbox_lease: timedelta = Field(default=timedelta(seconds=30), alias="DPOR_OUTBOX_LEASE")
+    outbox_max_attempts: int = Field(default=8, ge=1, le=100, alias="DPOR_OUTBOX_MAX_ATTEMPTS")
+    outbox_concurrency: int = Field(default=20, ge=1, le=100, alias="DPOR_OUTBOX_CONCURRENCY")
+    sweep_interval: timedelta = Field(default=timedelta(seconds=30), alias="DPOR_SWEEP_INTERVAL")
     provider_timeout: timedelta = Field(default=timedelta(seconds=30), alias="DPOR_PROVIDER_TIMEOUT")
     azure_identities: Annotated[dict[str, AzureIdentity], NoDecode] = Field(
         default_factory=dict, alias="DPOR_AZURE_CREDENTIALS_FILE"
@@ -228,6 +235,22 @@ class Settings(BaseSettings):
             raise ValueError("expected an http(s) URL such as https://hooks.example.com/dpor")
         return value
 
+    @field_validator("outbox_poll_interval", "outbox_lease", "sweep_interval", mode="before")
+    @classmethod
+    def _worker_duration(cls, value: object) -> timedelta:
+        if isinstance(value, str | int | float | timedelta):
+            return parse_duration(value)
+        raise ValueError(f"expected {_DURATION_HELP}")
+
+    @field_validator("remind_after", mode="before")
+    @classmethod
+    def _remind_after(cls, value: object) -> timedelta | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off")):
+            return None
+        if isinstance(value, str | int | float | timedelta):
+            return parse_duration(value)
+        raise ValueError(f"expected {_DURATION_HELP}, or off")
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -241,6 +264,8 @@ _FIELD_HINTS = {
     "DPOR_PROVIDER": "one of ledger, azure, webhook",
     "DPOR_ALLOW_SELF_APPROVAL": "true or false",
     "PORT": "a port number from 1 to 65535",
+    "DPOR_OUTBOX_MAX_ATTEMPTS": "a whole number from 1 to 100",
+    "DPOR_OUTBOX_CONCURRENCY": "a whole number from 1 to 100",
 }
 
 

@@ -101,6 +101,15 @@ class _Failure:
     remaining: int
 
 
+class _Hold:
+    """Calls to one method kept waiting until released (see SlackStandin.hold)."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.drop = False
+        self.waiting = 0
+
+
 @dataclass(frozen=True)
 class _ResponseTarget:
     channel: str | None
@@ -124,6 +133,7 @@ class SlackStandin:
         self._messages: dict[str, list[Message]] = {}
         self._ephemerals: list[Ephemeral] = []
         self._failures: dict[str, deque[_Failure]] = {}
+        self._holds: dict[str, _Hold] = {}
         self._opened: set[str] = set()
         self._targets: dict[str, _ResponseTarget] = {}
         self._users: dict[str, User] = {bot_user_id: User(bot_user_id, "dpor", "DPOR", is_bot=True)}
@@ -232,6 +242,36 @@ class SlackStandin:
         failure = _Failure(status, error or default, retry_after, times)
         self._failures.setdefault(method, deque()).append(failure)
 
+    def hold(self, method: str) -> None:
+        """Keep calls to `method` waiting, unprocessed and unanswered, until `release(method)`, so a test can
+        stop or kill the bot while a call is in flight (`wait_held` says when one is)."""
+        if method not in self._methods:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(self._methods)}")
+        self._holds.setdefault(method, _Hold())
+
+    def release(self, method: str, *, drop: bool = False) -> None:
+        """Let held calls go on as usual or, with `drop`, never reach the API: they are answered 503
+        `dropped`, as if lost on the way to Slack. Calls from now on are not held."""
+        hold = self._holds.pop(method, None)
+        if hold is not None:
+            hold.drop = drop
+            hold.released.set()
+
+    async def wait_held(self, method: str, count: int = 1, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Wait until at least `count` calls to `method` are held."""
+
+        def held() -> int:
+            hold = self._holds.get(method)
+            return hold.waiting if hold is not None else 0
+
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: held() >= count)
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {count} held {method} call(s); got {held()}"
+            ) from None
+
     def calls_to(self, method: str) -> list[Call]:
         """Every call to `method`, failed ones included (see Call.ok)."""
         return [c for c in self.calls if c.method == method]
@@ -303,6 +343,8 @@ class SlackStandin:
             return await self._answer(Call(method, params, time.time(), error="not_authed"))
         if token != self._bot_token:
             return await self._answer(Call(method, params, time.time(), error="invalid_auth"))
+        if (hold := self._holds.get(method)) is not None and not await self._held(hold):
+            return await self._answer(Call(method, params, time.time(), 503, "dropped", True))
         if failed := await self._fail_if_injected(method, params):
             return failed
         if body_error is not None:
@@ -331,6 +373,14 @@ class SlackStandin:
         if target is not None:
             self._apply_response(target, body)
         return await self._answer(Call(RESPONSE_URL, body, time.time(), response_token=token))
+
+    async def _held(self, hold: _Hold) -> bool:
+        """Wait while the call is held; False if it is to be dropped."""
+        hold.waiting += 1
+        async with self._changed:
+            self._changed.notify_all()
+        await hold.released.wait()
+        return not hold.drop
 
     async def _fail_if_injected(
         self, method: str, params: JSONDict, token: str | None = None

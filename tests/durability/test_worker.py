@@ -1,0 +1,323 @@
+"""The outbox worker in one process (the real app over HTTP, a Slack stand-in): 429s and Retry-After,
+dead rows, the order of a card's rows, shutdown that releases what it holds, expiry and reminders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from bot import lifecycle
+from bot import outbox as outbox_rows
+from bot.errors import Refusal
+from bot.worker import OutboxWorker
+from storage.db import Database
+from storage.models import AuditEvent, ChangeRequest, OutboxMessage, utcnow
+from tests import test_lifecycle as lc
+from tests.e2e.conftest import (
+    ADMIN,
+    APPROVALS,
+    DEV_OWNER,
+    NEW_PARTNER,
+    NOTIFY,
+    OWNER,
+    OWNER2,
+    Harness,
+)
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not {what} after {within}s")
+
+
+async def rows(h: Harness) -> list[OutboxMessage]:
+    async with h.bot.db.read() as session:
+        return list((await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all())
+
+
+async def all_done(h: Harness) -> bool:
+    return all(r.status == "done" for r in await rows(h))
+
+
+async def card_posted(h: Harness, request_id: int) -> bool:
+    async with h.bot.db.read() as session:
+        req = await session.get(ChangeRequest, request_id)
+    return req is not None and req.card_ts is not None
+
+
+async def new_request(h: Harness, text: str, user_id: str) -> int:
+    status, body = await h.command(text, user_id)
+    assert status == 200 and "Request #" in body["text"], body
+    return int(body["text"].split("Request #")[1].split()[0].rstrip(".:,"))
+
+
+async def test_a_429_holds_the_whole_channel_until_retry_after(harness_any_db: Harness) -> None:
+    """Slack answers 429 to the first card's post: no call reaches that channel until Retry-After has
+    passed, not even another request's card that is due in the meantime; both are then posted once."""
+    h = harness_any_db
+    h.slack.fail("chat.postMessage", status=429, retry_after=1, times=1)
+    first = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+
+    async def limited() -> bool:
+        return any(c.status == 429 for c in h.slack.calls_to("chat.postMessage"))
+
+    await until("answered 429", limited)
+    second = await new_request(h, f"set dev {NEW_PARTNER}", OWNER2)
+    await until("both cards posted", lambda: _both(h, first, second))
+
+    (rate_limited,) = [c for c in h.slack.calls if c.status == 429]
+    later = [c for c in h.slack.calls if c.params.get("channel") == APPROVALS and c.at > rate_limited.at]
+    assert len(later) == 2 and all(c.ok for c in later), [c.summary() for c in h.slack.calls]
+    assert min(c.at for c in later) >= rate_limited.at + 1.0, [c.summary() for c in h.slack.calls]
+    assert len(h.slack.messages(APPROVALS)) == 2
+    (row,) = [r for r in await rows(h) if r.payload == {"request_id": first}]
+    assert row.attempts == 1, "a 429 is not counted as a failed attempt"
+
+
+async def _both(h: Harness, first: int, second: int) -> bool:
+    return await card_posted(h, first) and await card_posted(h, second)
+
+
+@pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_MAX_ATTEMPTS": "1"}])
+async def test_a_429_storm_delivers_every_message_once(harness: Harness) -> None:
+    """Every Web API method the worker uses answers 429, again and again: every card, DM, notification and
+    ephemeral still arrives, none twice, and no row dies of it although one failed attempt is the bound.
+    (On SQLite only: what differs on PostgreSQL, the hold's UPDATE, is covered by the test above.)"""
+    h = harness
+    for method, times in (
+        ("chat.postMessage", 2),
+        ("chat.update", 2),
+        ("conversations.open", 1),
+        ("chat.postEphemeral", 1),
+    ):
+        h.slack.fail(method, status=429, retry_after=1, times=times)
+    prod = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    dev = await new_request(h, f"set dev {NEW_PARTNER}", OWNER2)
+    await until("both cards posted", lambda: _both(h, prod, dev))
+    assert (await h.click("dpor_approve", prod, OWNER))[0] == 200
+    assert (await h.click("dpor_approve", dev, DEV_OWNER))[0] == 200
+    assert (await h.click("dpor_approve", dev, OWNER))[0] == 200  # not an owner of dev: an ephemeral
+
+    async def applied() -> bool:
+        return (
+            (await h.request(prod)).status == "applied"
+            and (await h.request(dev)).status == "applied"
+            and await all_done(h)
+        )
+
+    await until("both applied and every row delivered", applied, within=40)
+    assert sum(c.status == 429 for c in h.slack.calls) == 6
+    cards = h.slack.messages(APPROVALS)
+    assert len(cards) == 2 and all("Applied" in json.dumps(c.blocks) for c in cards)
+    for requester in (ADMIN, OWNER2):
+        dms = [m.text for m in h.slack.messages(h.slack.dm_channel(requester))]
+        assert sorted("was approved" in t for t in dms) == [False, True], dms
+        assert sum("was applied" in t for t in dms) == 1, dms
+    assert len(h.slack.messages(NOTIFY)) == 2
+    assert len(h.slack.ephemerals(OWNER)) == 1
+    # Every successful call is one row's delivery: nothing was sent twice.
+    done = [r for r in await rows(h) if not (r.last_error or "").startswith("covered by")]
+    ok = [
+        c
+        for c in h.slack.calls
+        if c.ok and c.method in ("chat.postMessage", "chat.update", "chat.postEphemeral")
+    ]
+    assert len(ok) == len([r for r in done if r.kind != "apply"]), [c.summary() for c in ok]
+
+
+@pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_MAX_ATTEMPTS": "2"}])
+async def test_dead_rows_keep_their_error_and_are_requeued(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row that fails past the bound, or with an error no retry fixes, is dead with its last error and
+    logged; requeued, it is delivered."""
+    h = harness
+    caplog.set_level(logging.ERROR, logger="dpor.worker")
+    h.slack.fail("chat.postMessage", status=500, times=2)
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+
+    async def dead() -> bool:
+        return [r.status for r in await rows(h)] == ["dead"]
+
+    await until("the card row dead", dead)
+    (row,) = await rows(h)
+    assert row.attempts == 2 and row.last_error == "Slack answered internal_error"
+    assert f"outbox row {row.id} (card, card:{rid}) is dead after 2 attempts" in caplog.text
+    assert [r.id for r in await outbox_rows.undelivered(h.bot.db, dead_only=True)] == [row.id]
+
+    assert await outbox_rows.requeue(h.bot.db, [row.id]) == [row.id]
+    await until("the card posted", lambda: card_posted(h, rid))
+    assert len(h.slack.messages(APPROVALS)) == 1
+
+    h.slack.fail("chat.update", status=200, error="message_not_found")
+    assert (await h.click("dpor_reject", rid, OWNER))[0] == 200
+
+    async def one_dead() -> bool:
+        return [r.status for r in await rows(h) if r.kind == "card"].count("dead") == 1 and len(
+            await outbox_rows.undelivered(h.bot.db)
+        ) == 1
+
+    await until("the card's update dead at once", one_dead)
+    (update_row,) = await outbox_rows.undelivered(h.bot.db)
+    assert update_row.attempts == 1 and update_row.last_error == "Slack answered message_not_found"
+    assert await outbox_rows.requeue(h.bot.db) == [update_row.id]
+    await until("every row delivered", lambda: all_done(h))
+    assert "Rejected" in json.dumps((await h.card(rid)).blocks)
+
+
+async def test_requeue_refuses_rows_that_are_not_dead(harness: Harness) -> None:
+    rid = await new_request(harness, f"set prod {NEW_PARTNER}", ADMIN)
+    await until("the card posted", lambda: card_posted(harness, rid))
+    await harness.settle()
+    (row,) = await rows(harness)
+    with pytest.raises(Refusal, match=f"outbox row {row.id} is done, not dead"):
+        await outbox_rows.requeue(harness.bot.db, [row.id])
+    with pytest.raises(Refusal, match="there is no outbox row 999"):
+        await outbox_rows.requeue(harness.bot.db, [999])
+    assert await outbox_rows.requeue(harness.bot.db) == []
+
+
+async def test_a_cards_rows_go_in_order_post_before_update(harness: Harness) -> None:
+    """The card's post is held at Slack; the request is rejected meanwhile. The update waits for the post
+    (it needs its ts), so the card is posted once and then shows the rejection."""
+    h = harness
+    h.slack.hold("chat.postMessage")
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    await h.slack.wait_held("chat.postMessage")
+    status, _ = await h.command(f"cancel {rid}", ADMIN)
+    assert status == 200
+    await asyncio.sleep(0.3)  # time for a worker that ignored the order to send the update
+    assert h.slack.calls_to("chat.update") == []
+    h.slack.release("chat.postMessage")
+    await until("every row delivered", lambda: all_done(h))
+    (card,) = h.slack.messages(APPROVALS)
+    assert "Cancelled" in json.dumps(card.blocks)
+    assert [c.method for c in h.slack.calls if c.params.get("channel") == APPROVALS and c.ok] in (
+        ["chat.postMessage", "chat.update"],
+        ["chat.postMessage"],  # the post rendered the cancellation already and covered the update
+    )
+
+
+async def test_stop_releases_the_rows_it_could_not_finish(harness_any_db: Harness) -> None:
+    """A delivery still in flight when the grace period ends is cancelled and its row released at once
+    (not left to its lease), with the attempt not counted; the next worker delivers it once."""
+    h = harness_any_db
+    bot = h.bot
+    assert bot.worker is not None
+    await bot.worker.stop()
+    h.slack.hold("chat.postMessage")
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    first = OutboxWorker(
+        bot.db, bot.policy, bot.worker.client, bot.providers, poll_interval=0.05, shutdown_grace=0.2
+    )
+    first.start()
+    await h.slack.wait_held("chat.postMessage")
+    await first.stop()
+    (row,) = await rows(h)
+    assert (row.status, row.claimed_by, row.claimed_until, row.attempts) == ("pending", None, None, 0)
+    h.slack.release("chat.postMessage", drop=True)
+
+    second = OutboxWorker(bot.db, bot.policy, bot.worker.client, bot.providers, poll_interval=0.05)
+    second.start()
+    try:
+        await until("the card posted", lambda: card_posted(h, rid))
+        await until("every row delivered", lambda: all_done(h))
+    finally:
+        await second.stop()
+    assert len(h.slack.messages(APPROVALS)) == 1
+
+
+async def test_a_row_abandoned_by_crashed_processes_goes_dead(harness: Harness) -> None:
+    """A row whose every claim ended without an outcome (say, it kills the process) stops being tried."""
+    h = harness
+    bot = h.bot
+    assert bot.worker is not None
+    await bot.worker.stop()
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    async with bot.db.write(chain=False) as session:
+        await session.execute(update(OutboxMessage).values(attempts=bot.worker.max_attempts))
+    worker = OutboxWorker(bot.db, bot.policy, bot.worker.client, bot.providers, poll_interval=0.05)
+    worker.start()
+    try:
+        await until("the row dead", lambda: _statuses(h, ["dead"]))
+    finally:
+        await worker.stop()
+    (row,) = await rows(h)
+    assert "ended without an outcome" in (row.last_error or "")
+    assert not await card_posted(h, rid)
+
+
+async def _statuses(h: Harness, expected: list[str]) -> bool:
+    return [r.status for r in await rows(h)] == expected
+
+
+@pytest.mark.parametrize(
+    "bot_env", [{"DPOR_REQUEST_TTL": "2", "DPOR_REMIND_AFTER": "0.3", "DPOR_SWEEP_INTERVAL": "0.1"}]
+)
+async def test_reminder_then_expiry(harness_any_db: Harness) -> None:
+    """A pending request gets one reminder in its card's thread after DPOR_REMIND_AFTER, however often the
+    sweep runs; past DPOR_REQUEST_TTL it expires: the card says so and the requester is told."""
+    h = harness_any_db
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    card = await h.card(rid)
+
+    def replies() -> list[str]:
+        return [m.text for m in h.slack.messages(APPROVALS) if m.thread_ts == card.ts]
+
+    async def reminded() -> bool:
+        return bool(replies())
+
+    await until("reminded", reminded)
+    (reminder,) = replies()
+    assert f"Request #{rid}" in reminder and "still waiting for approval" in reminder
+
+    async def expired() -> bool:
+        return (await h.request(rid)).status == "expired" and await all_done(h)
+
+    await until("expired", expired)
+    assert "Expired" in json.dumps(h.slack.message(APPROVALS, card.ts).blocks)
+    dms = [m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN))]
+    assert len(dms) == 1 and "expired without a decision" in dms[0], dms
+    assert replies() == [reminder]
+    assert len([m for m in h.slack.messages(APPROVALS) if m.thread_ts is None]) == 1
+    async with h.bot.db.read() as session:
+        expiries = await session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "request.expired")
+        )
+    assert expiries == 1
+
+
+async def test_remind_due_reminds_each_pending_request_once(db: Database) -> None:
+    await lc.seed(db)
+    waiting = await lc.open_request(db)
+    later = utcnow() + timedelta(hours=2)
+    assert await lifecycle.remind_due(db, timedelta(hours=3), now=later) == []
+    assert await lifecycle.remind_due(db, timedelta(hours=1), now=later) == [waiting]
+    assert await lifecycle.remind_due(db, timedelta(hours=1), now=later) == []
+    async with db.read() as session:
+        kinds = (await session.scalars(select(OutboxMessage.kind).order_by(OutboxMessage.id))).all()
+        req = await session.get(ChangeRequest, waiting)
+    assert kinds == ["card", "remind"]
+    assert req is not None and req.reminded_at is not None
+
+
+async def test_remind_due_skips_decided_and_overdue_requests(db: Database) -> None:
+    await lc.seed(db)
+    overdue = await lc.open_request(db)
+    too_late = utcnow() + lc.POLICY.request_ttl + timedelta(minutes=1)
+    assert await lifecycle.remind_due(db, timedelta(hours=1), now=too_late) == []
+    assert await lifecycle.expire_due(db, lc.POLICY, now=too_late) == [overdue]
+    decided = await lc.open_request(db)
+    await lifecycle.approve(db, lc.POLICY, request_id=decided, team_id=lc.TEAM, user_id=lc.OWNER)
+    assert await lifecycle.remind_due(db, timedelta(hours=1), now=utcnow() + timedelta(hours=2)) == []
