@@ -17,7 +17,7 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from bot import audit
+from bot import audit, outbox
 from bot.directory import (
     ROLES,
     SubscriptionRow,
@@ -520,6 +520,57 @@ def sandbox(port: int | None) -> None:
 
     with reported():
         asyncio.run(run_sandbox(DEFAULT_PORT if port is None else port))
+
+
+@cli.group("outbox")
+def outbox_group() -> None:
+    """The outbox: Slack messages and applies waiting for the worker, and dead ones."""
+
+
+def _one_line(text: str | None, limit: int = 100) -> str | None:
+    if not text:
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@outbox_group.command("list")
+@click.option("--dead", is_flag=True, help="Only dead rows (given up on), each with its last error.")
+def outbox_list(dead: bool) -> None:
+    """Show rows not delivered yet, oldest first: waiting (with their next attempt) and dead."""
+    found = run(lambda database: outbox.undelivered(database, dead_only=dead))
+    if not found:
+        click.echo("no dead outbox rows" if dead else "nothing waiting in the outbox")
+        return
+    table(
+        ("ID", "KIND", "KEY", "STATUS", "ATTEMPTS", "NEXT_ATTEMPT", "LAST_ERROR"),
+        [
+            (
+                r.id,
+                r.kind,
+                r.key,
+                r.status,
+                r.attempts,
+                when(r.available_at) if r.status == "pending" else None,
+                _one_line(r.last_error),
+            )
+            for r in found
+        ],
+    )
+
+
+@outbox_group.command("retry")
+@click.argument("row_id", metavar="ID", type=int, required=False)
+@click.option("--all-dead", is_flag=True, help="Every dead row.")
+def outbox_retry(row_id: int | None, all_dead: bool) -> None:
+    """Queue a dead row (ID, or --all-dead) again, with a fresh set of attempts, due now."""
+    if (row_id is None) != all_dead:
+        raise click.UsageError("give a dead row's ID, or --all-dead")
+    requeued = run(lambda database: outbox.requeue(database, None if all_dead else [row_id]))
+    if not requeued:
+        click.echo("no dead outbox rows")
+        return
+    click.echo(f"requeued outbox row{'s' if len(requeued) > 1 else ''} {', '.join(map(str, requeued))}")
 
 
 def main() -> None:

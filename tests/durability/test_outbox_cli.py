@@ -1,0 +1,115 @@
+"""`dpor-bot outbox list [--dead]` and `dpor-bot outbox retry ID|--all-dead`: see and requeue dead rows."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import insert, select
+
+from bot import cli
+from storage.db import Database
+from storage.models import OutboxMessage, utcnow
+
+
+def dpor_bot(database_url: str, *args: str) -> Result:
+    return CliRunner().invoke(cli.cli, list(args), env={"DATABASE_URL": database_url}, catch_exceptions=False)
+
+
+def outbox_rows(database_url: str, rows: list[dict[str, object]] | None = None) -> list[tuple[int, str, int]]:
+    """Insert `rows`, then read back every row's (id, status, attempts)."""
+
+    async def work() -> list[tuple[int, str, int]]:
+        db = Database(database_url)
+        try:
+            if rows:
+                async with db.write(chain=False) as session:
+                    await session.execute(insert(OutboxMessage), rows)
+            async with db.read() as session:
+                query = select(OutboxMessage.id, OutboxMessage.status, OutboxMessage.attempts)
+                return [tuple(r) for r in await session.execute(query.order_by(OutboxMessage.id))]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(work())
+
+
+@pytest.fixture
+def rows(database_url: str) -> str:
+    """A delivered row (1), a waiting one (2) and two dead ones (3, 4)."""
+    later = utcnow() + timedelta(minutes=5)
+    outbox_rows(
+        database_url,
+        [
+            {"kind": "card", "key": "card:1", "payload": {"request_id": 1}, "status": "done", "attempts": 1},
+            {"kind": "dm", "key": "dm:U1", "payload": {}, "attempts": 2, "available_at": later},
+            {
+                "kind": "notify",
+                "key": "channel:C1",
+                "payload": {"channel": "C1"},
+                "status": "dead",
+                "attempts": 1,
+                "last_error": "Slack answered not_in_channel",
+            },
+            {
+                "kind": "card",
+                "key": "card:2",
+                "payload": {"request_id": 2},
+                "status": "dead",
+                "attempts": 8,
+                "last_error": "Slack answered internal_error\nsecond line",
+            },
+        ],
+    )
+    return database_url
+
+
+def test_list_shows_waiting_and_dead_rows(rows: str) -> None:
+    result = dpor_bot(rows, "outbox", "list")
+    assert result.exit_code == 0, result.output
+    header, *lines = result.output.splitlines()
+    assert header.split() == ["ID", "KIND", "KEY", "STATUS", "ATTEMPTS", "NEXT_ATTEMPT", "LAST_ERROR"]
+    assert [line.split()[:5] for line in lines] == [
+        ["2", "dm", "dm:U1", "pending", "2"],
+        ["3", "notify", "channel:C1", "dead", "1"],
+        ["4", "card", "card:2", "dead", "8"],
+    ]
+    assert lines[1].endswith("Slack answered not_in_channel")
+    assert lines[2].endswith("Slack answered internal_error second line")
+
+    result = dpor_bot(rows, "outbox", "list", "--dead")
+    assert [line.split()[0] for line in result.output.splitlines()[1:]] == ["3", "4"]
+
+
+def test_list_says_when_there_is_nothing(database_url: str) -> None:
+    assert dpor_bot(database_url, "outbox", "list").output == "nothing waiting in the outbox\n"
+    assert dpor_bot(database_url, "outbox", "list", "--dead").output == "no dead outbox rows\n"
+
+
+def test_retry_one_dead_row_then_all(rows: str) -> None:
+    result = dpor_bot(rows, "outbox", "retry", "4")
+    assert (result.exit_code, result.output) == (0, "requeued outbox row 4\n")
+    assert outbox_rows(rows) == [(1, "done", 1), (2, "pending", 2), (3, "dead", 1), (4, "pending", 0)]
+    result = dpor_bot(rows, "outbox", "retry", "--all-dead")
+    assert (result.exit_code, result.output) == (0, "requeued outbox row 3\n")
+    assert dpor_bot(rows, "outbox", "retry", "--all-dead").output == "no dead outbox rows\n"
+    assert [status for _, status, _ in outbox_rows(rows)] == ["done", "pending", "pending", "pending"]
+
+
+def test_retry_refuses_what_is_not_a_dead_row(rows: str) -> None:
+    for row_id, reason in (("1", "outbox row 1 is done, not dead"), ("9", "there is no outbox row 9")):
+        result = CliRunner().invoke(cli.cli, ["outbox", "retry", row_id], env={"DATABASE_URL": rows})
+        assert result.exit_code == 1
+        assert result.output.startswith(f"error: {reason}") and len(result.output.splitlines()) == 1
+    for args in ([], ["3", "--all-dead"], ["three"]):
+        result = CliRunner().invoke(cli.cli, ["outbox", "retry", *args], env={"DATABASE_URL": rows})
+        assert result.exit_code == 2, result.output
+    assert [status for _, status, _ in outbox_rows(rows)] == ["done", "pending", "dead", "dead"]
+
+
+def test_outbox_commands_have_help() -> None:
+    for args in (["outbox"], ["outbox", "list"], ["outbox", "retry"]):
+        result = CliRunner().invoke(cli.cli, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output
