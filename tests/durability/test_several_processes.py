@@ -73,7 +73,7 @@ async def test_twenty_concurrent_clicks_across_two_processes_decide_once(stack: 
 
 
 async def test_expiry_and_reminder_happen_once_across_two_processes(stack: Stack) -> None:
-    env = {"DPOR_REQUEST_TTL": "2", "DPOR_REMIND_AFTER": "0.2", "DPOR_SWEEP_INTERVAL": "0.05"}
+    env = {"DPOR_REQUEST_TTL": "1.5", "DPOR_REMIND_AFTER": "0.2", "DPOR_SWEEP_INTERVAL": "0.05"}
     first, _ = await asyncio.gather(stack.start(**env), stack.start(**env))
     status, _ = await stack.command(first, f"set prod {NEW_PARTNER}", ADMIN)
     assert status == 200
