@@ -477,7 +477,8 @@ async def retry(
                 f"decide or cancel #{newer.id} first.",
                 request_id=newer.id,
             )
-        await _transition(session, req, "failed", "applying", error=None)
+        # A retry gets the whole budget of attempts again, not what was left of the failed one.
+        await _transition(session, req, "failed", "applying", error=None, apply_attempts=0)
         await audit.append(
             session,
             audit.Entry(

@@ -373,17 +373,18 @@ async def test_apply_failure_keeps_the_error_and_an_owner_retries(db: Database) 
     decision = await lifecycle.retry(db, POLICY, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
     assert decision.decided
     req = await load(db, rid)
-    assert (req.status, req.error) == ("applying", None)
+    # A retry starts a fresh budget of attempts: a failure by exhausted retries is retried in full.
+    assert (req.status, req.error, req.apply_attempts) == ("applying", None, 0)
     written = await written_since(db, since)
     assert written.outbox == [("card", {"request_id": rid}), ("apply", {"request_id": rid})]
     assert [(e.action, e.actor, e.data) for e in written.audit] == [
         ("apply.started", OTHER_OWNER, {"retry": True})
     ]
 
-    # The worker picks the retried request up where it stands: applying, a second attempt.
+    # The worker picks the retried request up where it stands: applying, its first attempt again.
     since = await mark(db)
     assert await lifecycle.start_apply(db, rid) is not None
-    assert (await load(db, rid)).apply_attempts == 2
+    assert (await load(db, rid)).apply_attempts == 1
     assert (await written_since(db, since)).audit == []
 
     await lifecycle.finish_apply(db, POLICY, rid, ApplyOutcome(ok=True, partner_id=PARTNER))
