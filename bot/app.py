@@ -129,9 +129,11 @@ class Bot:
             )
 
     async def prepare_database(self) -> None:
+        if await is_current(self.db):
+            return
         if self.db.is_sqlite:
-            await upgrade(self.db)
-        elif not await is_current(self.db):
+            await upgrade(self.db)  # an embedded database keeps itself current
+        else:
             raise ConfigError("the database schema is not current: run `dpor-bot db upgrade`")
 
     async def stop(self) -> None:
