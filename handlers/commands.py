@@ -45,10 +45,11 @@ async def _set(ctx: BotContext, cmd: Command, body: Body) -> Reply:
 
 async def _show(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     async with ctx.db.read() as session:
-        sub = await directory.resolve_subscription(session, cmd.args[0])
-        name = await queries.partner_name(session, sub.partner_id)
-        open_request = await queries.open_request(session, sub.id)
-    return replies.show(sub, name, open_request)
+        found = await queries.subscription_overview(session, cmd.args[0].strip())
+        if found is None:
+            await directory.resolve_subscription(session, cmd.args[0])  # refuses, saying how to fix it
+        assert found is not None
+    return replies.show(*found)
 
 
 async def _list(ctx: BotContext, cmd: Command, body: Body) -> Reply:

@@ -78,3 +78,22 @@ async def subscriptions_by_id(session: AsyncSession, ids: set[str]) -> dict[str,
         return {}
     rows = await session.scalars(select(Subscription).where(Subscription.id.in_(ids)))
     return {s.id: s for s in rows}
+
+
+async def subscription_overview(
+    session: AsyncSession, ref: str
+) -> tuple[Subscription, str | None, ChangeRequest | None] | None:
+    """A subscription by ID or alias, its partner's name and its open request, in one statement."""
+    row = (
+        await session.execute(
+            select(Subscription, Partner.name, ChangeRequest)
+            .outerjoin(Partner, Partner.partner_id == Subscription.partner_id)
+            .outerjoin(
+                ChangeRequest,
+                (ChangeRequest.subscription_id == Subscription.id) & ChangeRequest.status.in_(OPEN_STATUSES),
+            )
+            .where((Subscription.id == ref.lower()) | (Subscription.alias == ref))
+            .limit(1)
+        )
+    ).first()
+    return (row[0], row[1], row[2]) if row else None
