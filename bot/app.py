@@ -61,9 +61,11 @@ class Bot:
         settings: Settings,
         *,
         worker_poll_interval: float | None = None,
+        socket_mode: bool = False,
         expire_interval: float | None = None,
     ) -> None:
         self.settings = settings
+        self.socket_mode = socket_mode
         self.db = Database(settings.database_url)
         self.policy = Policy.from_settings(settings)
         self.providers = Providers(settings, self.db)
@@ -92,6 +94,9 @@ class Bot:
             ],
         )
         secret = self.settings.slack_signing_secret
+        if secret is None and not self.socket_mode:
+            # Without it every HTTP request would be checked against an empty key.
+            raise ConfigError("SLACK_SIGNING_SECRET must be set to serve Slack over HTTP")
         self.app = AsyncApp(
             client=self.client,
             signing_secret=secret.get_secret_value() if secret else "",
@@ -220,7 +225,7 @@ async def run_socket(settings: Settings) -> None:
 
     require(settings, "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN")
     configure_logging()
-    bot = Bot(settings)
+    bot = Bot(settings, socket_mode=True)
     await bot.start()
     assert bot.app is not None and settings.slack_app_token is not None
     handler = AsyncSocketModeHandler(bot.app, settings.slack_app_token.get_secret_value())

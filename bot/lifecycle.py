@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,7 +36,15 @@ from bot.outbox import Outbox
 from bot.policy import Policy, allowed
 from bot.text import clean
 from storage.db import Database
-from storage.models import OPEN_STATUSES, Approval, ChangeRequest, Subscription, utcnow
+from storage.models import (
+    ALL_SUBSCRIPTIONS,
+    OPEN_STATUSES,
+    Approval,
+    ChangeRequest,
+    RoleAssignment,
+    Subscription,
+    utcnow,
+)
 from storage.queries import open_request
 
 SYSTEM_ACTOR = "dpor-bot"
@@ -328,12 +336,18 @@ async def _require_owner(session: AsyncSession, req: ChangeRequest, user_id: str
         )
 
 
-async def _approval_count(session: AsyncSession, request_id: int) -> int:
+async def _approval_count(session: AsyncSession, req: ChangeRequest) -> int:
+    """Approvals by people who are owners of the subscription now: a revoked owner's no longer counts."""
+    still_owner = exists().where(
+        RoleAssignment.user_id == Approval.approver_id,
+        RoleAssignment.role == "owner",
+        RoleAssignment.scope.in_((req.subscription_id, ALL_SUBSCRIPTIONS)),
+    )
     return (
         await session.scalar(
             select(func.count())
             .select_from(Approval)
-            .where(Approval.request_id == request_id, Approval.decision == "approve")
+            .where(Approval.request_id == req.id, Approval.decision == "approve", still_owner)
         )
         or 0
     )
@@ -358,14 +372,14 @@ async def approve(
             select(Approval.decision).where(Approval.request_id == req.id, Approval.approver_id == user_id)
         )
         if mine is not None:
-            count = await _approval_count(session, req.id)
+            count = await _approval_count(session, req)
             raise AlreadyDecided(
                 f"You already approved request #{req.id}; it has {count} of "
                 f"{policy.required_approvals} approvals and needs another owner."
             )
         session.add(Approval(request_id=req.id, approver_id=user_id, decision="approve"))
         await session.flush()
-        count = await _approval_count(session, req.id)
+        count = await _approval_count(session, req)
         final = count >= policy.required_approvals
         now = utcnow()
         if final:
@@ -437,7 +451,7 @@ async def reject(
         outbox.dm(req.requester_id, req.id, "rejected")
         outbox.notify(await _notify_targets(session, policy, req.subscription_id), req.id, "rejected")
         await outbox.flush(session)
-        return Decision(req, await _approval_count(session, req.id), policy.required_approvals, decided=True)
+        return Decision(req, await _approval_count(session, req), policy.required_approvals, decided=True)
 
     return await _click(
         db,
@@ -494,7 +508,7 @@ async def retry(
             outbox.card(req.id)
         outbox.apply(req.id)
         await outbox.flush(session)
-        return Decision(req, await _approval_count(session, req.id), policy.required_approvals, decided=True)
+        return Decision(req, await _approval_count(session, req), policy.required_approvals, decided=True)
 
     return await _click(
         db,

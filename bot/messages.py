@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +29,14 @@ APPROVE, REJECT, RETRY = "dpor_approve", "dpor_reject", "dpor_retry"
 def escape(text: str | None) -> str:
     """Slack's own escaping for echoed text: no mentions, channel pings or links can be smuggled in."""
     return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)&gt;")
+
+
+def safe(message: str) -> str:
+    """Escape a sentence that may echo user input, keeping the user mentions the bot itself wrote."""
+    return _MENTION.sub(r"<@\1>", escape(message))
 
 
 def clip(text: str, limit: int = SECTION_LIMIT) -> str:

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bot import lifecycle, outbox
+from bot.errors import Refusal
 from bot.messages import (
     CardView,
     card_blocks,
@@ -38,6 +39,7 @@ from bot.messages import (
     event_text,
     notification_blocks,
     reminder_text,
+    safe,
     to_dicts,
 )
 from bot.policy import Policy
@@ -361,6 +363,8 @@ class OutboxWorker:
                 row.id,
             )
             await self._finish(row, status="dead", last_error=error, attempts=attempts)
+            if row.kind == outbox.APPLY:
+                await self._give_up_apply(row.payload["request_id"], error)
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         until = utcnow() + timedelta(seconds=delay)
@@ -466,7 +470,7 @@ class OutboxWorker:
                 self.client.chat_postEphemeral,
                 channel=channel,
                 user=payload["user_id"],
-                text=payload["text"],
+                text=safe(payload["text"]),  # refusals may echo names and button values
             )
         else:
             raise Undeliverable(f"unknown outbox kind {row.kind!r}", permanent=True)
@@ -607,6 +611,15 @@ class OutboxWorker:
             blocks=to_dicts(notification_blocks(view, event)),
         )
 
+    async def _give_up_apply(self, request_id: int, error: str) -> None:
+        """An apply row that died fails its request, so the card offers Retry instead of staying open."""
+        try:
+            if await lifecycle.start_apply(self.db, request_id) is not None:
+                outcome = lifecycle.ApplyOutcome(ok=False, error=f"could not be applied: {error}")
+                await lifecycle.finish_apply(self.db, self.policy, request_id, outcome)
+        except Refusal as exc:
+            log.info("request %s was decided meanwhile: %s", request_id, exc.message)
+
     async def _apply(self, request_id: int) -> None:
         req = await lifecycle.start_apply(self.db, request_id)
         if req is None:
@@ -619,6 +632,14 @@ class OutboxWorker:
             if exc.retryable and req.apply_attempts < self.max_attempts:
                 raise Undeliverable(exc.message, retry_after=exc.retry_after) from None
             outcome = lifecycle.ApplyOutcome(ok=False, error=exc.message)
+        except Exception as exc:
+            # A provider bug must not leave the request applying (and its subscription blocked).
+            log.exception("applying request %s failed unexpectedly", request_id)
+            if req.apply_attempts < self.max_attempts:
+                raise Undeliverable(f"{type(exc).__name__}: {exc}") from None
+            outcome = lifecycle.ApplyOutcome(
+                ok=False, error=f"unexpected error in the provider ({type(exc).__name__})"
+            )
         else:
             outcome = lifecycle.ApplyOutcome(
                 ok=True,

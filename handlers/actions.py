@@ -46,8 +46,8 @@ async def decide(ctx: BotContext, action_id: str, body: dict[str, Any]) -> str |
 
 def _listener(ctx: BotContext, action_id: str):
     async def on_click(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()  # over HTTP Bolt answers after the listener anyway; in Socket Mode this is at once
         ref = await decide(ctx, action_id, body)
-        await ack()
         ctx.wake_worker()
         if ref is not None:
             await respond(

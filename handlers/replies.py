@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from slack_sdk.models.blocks import (
@@ -14,13 +13,12 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.messages import SECTION_LIMIT, clip, escape, partner_label, user, when
+from bot.messages import SECTION_LIMIT, clip, escape, partner_label, safe, user, when
 from handlers.grammar import USAGE
 from storage.models import ChangeRequest, RoleAssignment, Subscription
 from storage.queries import Page
 
 PAGE_SIZE = 20
-_MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)&gt;")
 
 
 @dataclass(frozen=True)
@@ -34,11 +32,6 @@ class Reply:
         if self.blocks:
             ack["blocks"] = [b.to_dict() for b in self.blocks]
         return ack
-
-
-def safe(message: str) -> str:
-    """Escape a sentence that may echo user input, keeping the user mentions the bot itself wrote."""
-    return _MENTION.sub(r"<@\1>", escape(message))
 
 
 def refusal(message: str) -> Reply:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -773,3 +773,15 @@ async def test_cancel_refusals(db: Database) -> None:
         db, AlreadyDecided, lifecycle.cancel(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
     )
     assert f"was already cancelled by <@{ADMIN}>" in refusal.message
+
+
+async def test_an_approval_by_an_owner_since_revoked_no_longer_counts(db: Database) -> None:
+    await seed(db)
+    policy = replace(POLICY, required_approvals=2)
+    rid = await open_request(db, policy)
+    await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
+    for scope in (None, SUB):
+        await directory.revoke_role(db, OWNER, "owner", scope, actor=OPERATOR)
+    decision = await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
+    assert (decision.decided, decision.approvals) == (False, 1)
+    assert (await load(db, rid)).status == "pending"
