@@ -38,7 +38,6 @@ from bot.text import clean
 from storage.db import Database
 from storage.models import (
     ALL_SUBSCRIPTIONS,
-    OPEN_STATUSES,
     Approval,
     ChangeRequest,
     RoleAssignment,
@@ -147,14 +146,13 @@ async def create_request(
                 raise PartnerAlreadySet(
                     f"Partner `{pid}` is already the partner of record of {sub.name}; nothing to change."
                 )
-            open_id = await session.scalar(
-                select(ChangeRequest.id).where(
-                    ChangeRequest.subscription_id == sub.id, ChangeRequest.status.in_(OPEN_STATUSES)
-                )
-            )
-            if open_id is not None:
-                raise _open_exists(sub, open_id)
             now = utcnow()
+            current = await open_request(session, sub.id)
+            if current is not None and _is_expired(current, now):
+                # Past its TTL but not swept yet: it expires now rather than block the new request.
+                await _expire(session, current, policy)
+            elif current is not None:
+                raise _open_exists(sub, current.id)
             req = ChangeRequest(
                 team_id=team_id,
                 subscription_id=sub.id,
@@ -194,12 +192,8 @@ async def create_request(
         # The partial unique index caught a request opened concurrently (another process).
         async with db.read() as session:
             sub = await resolve_subscription(session, subscription)
-            open_id = await session.scalar(
-                select(ChangeRequest.id).where(
-                    ChangeRequest.subscription_id == sub.id, ChangeRequest.status.in_(OPEN_STATUSES)
-                )
-            )
-        raise _open_exists(sub, open_id) from None
+            current = await open_request(session, sub.id)
+        raise _open_exists(sub, current.id if current else None) from None
 
 
 def _open_exists(sub: Subscription, open_id: int | None) -> OpenRequestExists:

@@ -785,3 +785,13 @@ async def test_an_approval_by_an_owner_since_revoked_no_longer_counts(db: Databa
     decision = await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
     assert (decision.decided, decision.approvals) == (False, 1)
     assert (await load(db, rid)).status == "pending"
+
+
+async def test_a_request_past_its_ttl_does_not_block_a_new_one(db: Database) -> None:
+    await seed(db)
+    short = replace(POLICY, request_ttl=timedelta(milliseconds=1))
+    first = await open_request(db, short)
+    await asyncio.sleep(0.01)
+    second = await open_request(db, POLICY)
+    assert (await load(db, first)).status == "expired"
+    assert (await load(db, second)).status == "pending"
