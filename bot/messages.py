@@ -199,6 +199,10 @@ EVENT_SENTENCES = {
     "expired": "expired without a decision.",
     "applied": "was applied: the partner of record is now {new}.",
     "failed": "could not be applied: {error}",
+    "unposted": (
+        "has no approval card: Slack would not post it in that channel. Cancel it, and ask an operator "
+        "to set DPOR_APPROVAL_CHANNEL to a channel the bot is in, or run /dpor set where the bot is."
+    ),
 }
 
 

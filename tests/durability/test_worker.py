@@ -148,10 +148,12 @@ async def test_dead_rows_keep_their_error_and_are_requeued(
     rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
 
     async def dead() -> bool:
-        return [r.status for r in await rows(h)] == ["dead"]
+        return [r.status for r in await rows(h) if r.kind == "card"] == ["dead"]
 
     await until("the card row dead", dead)
-    (row,) = await rows(h)
+    (row,) = [r for r in await rows(h) if r.kind == "card"]
+    # The requester hears that nobody can approve a request whose card never appeared.
+    await until("the requester told", lambda: _told_unposted(h))
     assert row.attempts == 2 and row.last_error == "Slack answered internal_error"
     assert f"outbox row {row.id} (card, card:{rid}) is dead after 2 attempts" in caplog.text
     assert [r.id for r in await outbox_rows.undelivered(h.bot.db, dead_only=True)] == [row.id]
@@ -253,13 +255,13 @@ async def test_a_row_abandoned_by_crashed_processes_goes_dead(harness: Harness) 
         await until("the row dead", lambda: _statuses(h, ["dead"]))
     finally:
         await worker.stop()
-    (row,) = await rows(h)
+    (row,) = [r for r in await rows(h) if r.kind == "card"]
     assert "ended without an outcome" in (row.last_error or "")
     assert not await card_posted(h, rid)
 
 
 async def _statuses(h: Harness, expected: list[str]) -> bool:
-    return [r.status for r in await rows(h)] == expected
+    return [r.status for r in await rows(h) if r.kind == "card"] == expected
 
 
 @pytest.mark.parametrize(
@@ -321,3 +323,7 @@ async def test_remind_due_skips_decided_and_overdue_requests(db: Database) -> No
     decided = await lc.open_request(db)
     await lifecycle.approve(db, lc.POLICY, request_id=decided, team_id=lc.TEAM, user_id=lc.OWNER)
     assert await lifecycle.remind_due(db, timedelta(hours=1), now=utcnow() + timedelta(hours=2)) == []
+
+
+async def _told_unposted(h: Harness) -> bool:
+    return any("has no approval card" in m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN)))
