@@ -362,11 +362,10 @@ class OutboxWorker:
                 error,
                 row.id,
             )
-            await self._finish(row, status="dead", last_error=error, attempts=attempts)
+            unposted = self._card_unposted(row.payload["request_id"]) if row.kind == outbox.CARD else None
+            await self._finish(row, status="dead", record=unposted, last_error=error, attempts=attempts)
             if row.kind == outbox.APPLY:
                 await self._give_up_apply(row.payload["request_id"], error)
-            elif row.kind == outbox.CARD:
-                await self._card_unposted(row.payload["request_id"])
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         until = utcnow() + timedelta(seconds=delay)
@@ -613,14 +612,18 @@ class OutboxWorker:
             blocks=to_dicts(notification_blocks(view, event)),
         )
 
-    async def _card_unposted(self, request_id: int) -> None:
-        """A card Slack refused to post leaves a request nobody can approve: tell its requester."""
-        async with self.db.write(chain=False) as session:
+    def _card_unposted(self, request_id: int) -> Recorder:
+        """A card Slack refused to post leaves a request nobody can approve: its requester is told, in
+        the same transaction that marks the card's row dead."""
+
+        async def record(session: AsyncSession) -> None:
             req = await session.get(ChangeRequest, request_id)
             if req is not None and req.card_ts is None and req.status == "pending":
                 rows = outbox.Outbox()
                 rows.dm(req.requester_id, req.id, "unposted")
                 await rows.flush(session)
+
+        return record
 
     async def _give_up_apply(self, request_id: int, error: str) -> None:
         """An apply row that died fails its request, so the card offers Retry instead of staying open."""
