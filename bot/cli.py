@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import getpass
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from bot.directory import (
     list_subscriptions,
     resolve_subscription,
     revoke_role,
+    slack_user,
     upsert_subscriptions,
     validate_subscription,
 )
@@ -52,8 +52,6 @@ REQUEST_STATUSES = (
     "expired",
 )
 CSV_COLUMNS = ("id", "name", "alias")
-SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
-MENTION = re.compile(r"^<@([^|>]*)(?:\|[^>]*)?>$")
 
 
 class Failed(click.ClickException):
@@ -75,9 +73,8 @@ def actor() -> str:
 def slack_user_id(text: str) -> str:
     """Accept `U123`, `<@U123>` or `<@U123|name>` and return `U123`."""
     text = text.strip()
-    mention = MENTION.match(text)
-    user = mention.group(1) if mention else text
-    if not SLACK_USER.match(user):
+    user = slack_user(text)
+    if user is None:
         raise Failed(
             f"{text!r} is not a Slack user ID: expected one such as U012AB3CD, "
             "<@U012AB3CD> or <@U012AB3CD|name>"

@@ -27,6 +27,7 @@ GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 GUID_SHAPE = re.compile(r"^[0-9a-zA-Z]{8}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{12}$")
 PARTNER_ID = re.compile(r"^\d{6,7}$")
 ALIAS = re.compile(r"^\S{1,64}$")
+SLACK_USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
 MAX_NAME = 200
 
 
@@ -39,6 +40,12 @@ def subscription_id(text: str) -> str:
             "`00000000-0000-0000-0000-000000000000`."
         )
     return text.lower()
+
+
+def slack_user(text: str) -> str | None:
+    """`U123`, `<@U123>` or `<@U123|name>` as the user ID `U123`; None when it is not a user."""
+    match = SLACK_USER.match(text.strip())
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def partner_id(text: str) -> str:

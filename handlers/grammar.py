@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bot.directory import slack_user
+
 USAGE = {
     "set": (
         "/dpor set SUBSCRIPTION PARTNER_ID [reason...]",
@@ -23,7 +25,6 @@ USAGE = {
     "unsubscribe": ("/dpor unsubscribe", "/dpor unsubscribe"),
     "help": ("/dpor help", "/dpor help"),
 }
-USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
 # Slack's markup in the text it sends: <@U1|name>, <#C1|name>, <!here>, <!subteam^S1|@team>, <http://x|y>.
 _MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
 
@@ -63,10 +64,10 @@ class Command:
 
 
 def parse_user(token: str) -> str:
-    match = USER.match(token.strip())
-    if not match:
+    user = slack_user(token)
+    if user is None:
         raise UsageError(f"`{token}` is not a Slack user: mention them, like @alex.", "role")
-    return match.group(1) or match.group(2)
+    return user
 
 
 def _page(tokens: list[str], name: str) -> int:
