@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+from functools import partial
+from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -21,13 +23,15 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import reconcile
+from bot import lifecycle, outbox, reconcile
+from bot.apply import Applier
 from bot.context import BotContext
 from bot.policy import Policy
 from bot.providers import Providers
 from bot.settings import ConfigError, Settings
 from bot.worker import OutboxWorker
 from handlers import register_listeners
+from handlers.deliver import SlackDeliverer
 from storage.db import Database
 from storage.migrate import is_current, upgrade
 
@@ -73,6 +77,7 @@ class Bot:
         self.http: aiohttp.ClientSession | None = None
         self.client: AsyncWebClient | None = None
         self.app: AsyncApp | None = None
+        self.worker_client: AsyncWebClient | None = None
         self.worker: OutboxWorker | None = None
         self.reconciler: asyncio.Task[None] | None = None
         # Tests poll faster than DPOR_OUTBOX_POLL_INTERVAL and DPOR_SWEEP_INTERVAL allow for.
@@ -103,20 +108,16 @@ class Bot:
             process_before_response=True,
             logger=logging.getLogger("dpor.bolt"),
         )
-        self.worker = OutboxWorker(
-            self.db,
-            self.policy,
-            # No retries inside the client: the outbox retries, and holds a channel Slack answers 429 for.
-            AsyncWebClient(
-                token=token, base_url=self.settings.slack_api_url, session=self.http, retry_handlers=[]
-            ),
+        # No retries inside the client: the outbox retries, and holds a channel Slack answers 429 for.
+        self.worker_client = AsyncWebClient(
+            token=token, base_url=self.settings.slack_api_url, session=self.http, retry_handlers=[]
+        )
+        self.worker = outbox_worker(
+            self.ctx,
             self.providers,
+            self.worker_client,
             poll_interval=self._poll,
             sweep_interval=self._expire,
-            lease=self.settings.outbox_lease,
-            max_attempts=self.settings.outbox_max_attempts,
-            concurrency=self.settings.outbox_concurrency,
-            remind_after=self.settings.remind_after,
         )
         self.ctx.wake_worker = self.worker.wake
         register_listeners(self.app, self.ctx)
@@ -162,6 +163,30 @@ class Bot:
         if await self.db.ping():
             return web.json_response({"ok": True})
         return web.json_response({"ok": False, "error": "database unreachable"}, status=503)
+
+
+def outbox_worker(
+    ctx: BotContext, providers: Providers, client: AsyncWebClient, **options: Any
+) -> OutboxWorker:
+    """The outbox worker with its deliverers: Slack's for messages, the applier for changes."""
+    settings = ctx.settings
+    options = {
+        "lease": settings.outbox_lease,
+        "max_attempts": settings.outbox_max_attempts,
+        "concurrency": settings.outbox_concurrency,
+        **options,
+    }
+    applier = Applier(ctx.db, ctx.policy, providers, max_attempts=options["max_attempts"])
+    return OutboxWorker(
+        ctx.db,
+        {**SlackDeliverer(ctx, client).deliverers(), outbox.APPLY: applier.deliver},
+        buriers={outbox.APPLY: applier.give_up},
+        dead_recorders={
+            outbox.CARD: lambda row: partial(lifecycle.card_unposted, request_id=row.payload["request_id"])
+        },
+        sweep=lambda: lifecycle.sweep(ctx.db, settings.remind_after),
+        **options,
+    )
 
 
 def _reparsed(request: AsyncBoltRequest) -> AsyncBoltRequest:

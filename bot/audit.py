@@ -1,22 +1,22 @@
-"""The tamper-evident audit log: an append-only hash chain, its verification and its export."""
+"""The tamper-evident audit log: the actions it records, appending to the chain, verification and export."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import audit as chain
+from storage.audit import GENESIS, canonical, chain_hash
 from storage.db import Database
-from storage.models import AuditEvent, utcnow
+from storage.models import AuditEvent
 
-GENESIS = "0" * 64
+__all__ = ["ACTIONS", "EXPORT_FIELDS", "GENESIS", "Entry", "append", "append_many", "canonical", "chain_hash"]
+
 ACTIONS = frozenset(
     {
         "subscription.added",
@@ -33,6 +33,8 @@ ACTIONS = frozenset(
         "apply.succeeded",
         "apply.failed",
         "partner.drift",
+        "channel.subscribed",
+        "channel.unsubscribed",
     }
 )
 EXPORT_FIELDS = (
@@ -47,82 +49,16 @@ EXPORT_FIELDS = (
     "hash",
 )
 
-
-@dataclass(frozen=True)
-class Entry:
-    actor: str
-    action: str
-    request_id: int | None = None
-    subscription_id: str | None = None
-    data: dict[str, Any] | None = None
-
-
-def _iso(at: datetime) -> str:
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    return at.isoformat(timespec="microseconds")
-
-
-def canonical(
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    request_id: int | None,
-    subscription_id: str | None,
-    data: dict[str, Any],
-) -> str:
-    body = {
-        "seq": seq,
-        "at": _iso(at),
-        "actor": actor,
-        "action": action,
-        "request_id": request_id,
-        "subscription_id": subscription_id,
-        "data": data,
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def chain_hash(prev_hash: str, body: str) -> str:
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+Entry = chain.NewEvent
 
 
 async def append_many(session: AsyncSession, entries: Iterable[Entry]) -> int:
     """Append events after the chain's tip. Call inside `Database.write()` (it holds the chain lock)."""
-    tip = (
-        await session.execute(
-            select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-        )
-    ).first()
-    seq, prev = (tip.seq, tip.hash) if tip else (0, GENESIS)
-    rows = []
-    at = utcnow()
+    entries = list(entries)
     for entry in entries:
         if entry.action not in ACTIONS:
             raise ValueError(f"unknown audit action {entry.action!r}")
-        seq += 1
-        data = entry.data or {}
-        digest = chain_hash(
-            prev,
-            canonical(seq, at, entry.actor, entry.action, entry.request_id, entry.subscription_id, data),
-        )
-        rows.append(
-            {
-                "seq": seq,
-                "at": at,
-                "actor": entry.actor,
-                "action": entry.action,
-                "request_id": entry.request_id,
-                "subscription_id": entry.subscription_id,
-                "data": data,
-                "prev_hash": prev,
-                "hash": digest,
-            }
-        )
-        prev = digest
-    if rows:
-        await session.execute(insert(AuditEvent), rows)
-    return len(rows)
+    return await chain.append(session, entries)
 
 
 async def append(session: AsyncSession, entry: Entry) -> None:
@@ -144,11 +80,7 @@ async def _events(db: Database, batch: int = 5000) -> AsyncIterator[AuditEvent]:
     after = 0
     while True:
         async with db.read() as session:
-            rows = (
-                await session.scalars(
-                    select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq).limit(batch)
-                )
-            ).all()
+            rows = await chain.events_after(session, after, batch)
         if not rows:
             return
         for row in rows:
@@ -173,16 +105,7 @@ async def verify(db: Database) -> Verification:
                 event.seq,
                 "prev_hash does not match the previous event's hash (an event was removed or reordered)",
             )
-        body = canonical(
-            event.seq,
-            event.at,
-            event.actor,
-            event.action,
-            event.request_id,
-            event.subscription_id,
-            event.data or {},
-        )
-        if chain_hash(prev, body) != event.hash:
+        if chain.event_hash(event, prev) != event.hash:
             return Verification(
                 count, event.seq, "its hash does not match its content (the event was edited)"
             )
@@ -193,7 +116,7 @@ async def verify(db: Database) -> Verification:
 def _export_row(event: AuditEvent) -> dict[str, Any]:
     return {
         "seq": event.seq,
-        "at": _iso(event.at),
+        "at": chain.iso(event.at),
         "actor": event.actor,
         "action": event.action,
         "request_id": event.request_id,

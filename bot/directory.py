@@ -366,3 +366,10 @@ async def watching_channels(session: AsyncSession, subscription_id: str) -> list
         .order_by(ChannelWatch.id)
     )
     return list(dict.fromkeys(rows.all()))
+
+
+async def resolve_scope(session: AsyncSession, ref: str | None) -> str:
+    """TEMPORARY (core branch only)."""
+    if ref is None or ref.strip().lower() in (ALL_SUBSCRIPTIONS, "all"):
+        return ALL_SUBSCRIPTIONS
+    return (await resolve_subscription(session, ref)).id

@@ -75,3 +75,11 @@ class Conflict(Refusal):
     """The record exists already in another shape (an alias taken, a duplicate ID)."""
 
     code = "conflict"
+
+
+SYSTEM_ACTOR = "dpor-bot"
+
+
+def person(user_id: str | None) -> str:
+    """A person named in a refusal: `<@U123>`, the reference Slack shows as a mention (the bot: its name)."""
+    return SYSTEM_ACTOR if user_id in (None, SYSTEM_ACTOR) else f"<@{user_id}>"

@@ -1,26 +1,56 @@
-"""The outbox: side effects (Slack calls, provider calls) written in the same transaction as the state."""
+"""The outbox: side effects (Slack messages, provider applies) written in the same transaction as the state.
+
+A row names a fact ("request 42's card", "tell U1 that request 42 was rejected"), never Slack's wording:
+the deliverer renders it at delivery time from the database, so a message always shows the newest state.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import Refusal
+from storage import outbox as table
+from storage import requests
 from storage.db import Database
-from storage.models import OutboxMessage, utcnow
+from storage.models import OutboxMessage
 
-# Kinds of rows, and what the worker does with each:
-CARD = "card"  # post the request's approval card, or update it in place (rendered from the database)
+# Kinds of rows, and what delivering each does:
+CARD = "card"  # post the request's approval card, or update it in place
 DM = "dm"  # tell a person (the requester) what happened to their request
 NOTIFY = "notify"  # a change notification in a channel
 EPHEMERAL = "ephemeral"  # an answer only one person sees (e.g. a refused click)
 APPLY = "apply"  # apply an approved change through the partner provider
 REMIND = "remind"  # remind the approval channel, in the card's thread, that a request still waits
-NOTICE = "notice"  # a message in a channel about no request (e.g. partner drift found by reconcile)
+NOTICE = "notice"  # a message in a channel about no request (partner drift found by reconcile)
 KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY, NOTICE, REMIND)
+
+Recorder = Callable[[AsyncSession], Awaitable[None]]
+"""What a delivery writes in the transaction that records its outcome (a card's ts, covered rows)."""
+
+
+class Undeliverable(Exception):
+    """Delivery failed; retry after `retry_after` seconds unless `permanent`.
+
+    `rate_limited` (Slack's 429) does not count as an attempt; `channel` is the channel Slack limited.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
+        channel: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
+        self.channel = channel
 
 
 class Outbox:
@@ -39,16 +69,16 @@ class Outbox:
     def dm(self, user_id: str, request_id: int, event: str) -> None:
         self.add(DM, f"dm:{user_id}", user_id=user_id, request_id=request_id, event=event)
 
-    def notify(self, channels: list[str], request_id: int, event: str) -> None:
+    def notify(self, channels: Sequence[str], request_id: int, event: str) -> None:
         for channel in channels:
             self.add(NOTIFY, f"channel:{channel}", channel=channel, request_id=request_id, event=event)
 
     def ephemeral(self, channel: str, user_id: str, text: str) -> None:
         self.add(EPHEMERAL, f"ephemeral:{user_id}", channel=channel, user_id=user_id, text=text)
 
-    def notice(self, channels: list[str], text: str) -> None:
+    def drift(self, channels: Sequence[str], facts: dict[str, Any]) -> None:
         for channel in channels:
-            self.add(NOTICE, f"channel:{channel}", channel=channel, text=text)
+            self.add(NOTICE, f"channel:{channel}", channel=channel, topic="drift", facts=facts)
 
     def apply(self, request_id: int) -> None:
         self.add(APPLY, f"apply:{request_id}", request_id=request_id)
@@ -58,9 +88,26 @@ class Outbox:
         self.add(REMIND, f"card:{request_id}", request_id=request_id)
 
     async def flush(self, session: AsyncSession) -> None:
-        if self.rows:
-            await session.execute(insert(OutboxMessage), self.rows)
-            self.rows = []
+        await table.insert_rows(session, self.rows)
+        self.rows = []
+
+
+async def newest_card_row(db: Database, row: OutboxMessage) -> int | None:
+    """The newest card row of the same request waiting now: delivering `row` shows its state too."""
+    async with db.read() as session:
+        return await table.newest_waiting(session, row.key, CARD)
+
+
+def card_delivered(row: OutboxMessage, posted: tuple[str, str] | None, covered: int | None) -> Recorder:
+    """Record a card delivery: where Slack posted it (the first time), and the later rows it covered."""
+
+    async def record(session: AsyncSession) -> None:
+        if posted is not None:
+            await requests.record_card(session, row.payload["request_id"], *posted)
+        if covered is not None and covered > row.id:
+            await table.cover(session, row.key, CARD, row.id, covered)
+
+    return record
 
 
 # What operators see and do (`dpor-bot outbox list|retry`): rows not yet delivered, and dead rows requeued.
@@ -68,10 +115,9 @@ class Outbox:
 
 async def undelivered(db: Database, *, dead_only: bool = False) -> list[OutboxMessage]:
     """Rows still waiting for delivery and rows given up on (dead), oldest first."""
-    statuses = ("dead",) if dead_only else ("pending", "dead")
+    statuses = (table.DEAD,) if dead_only else (table.PENDING, table.DEAD)
     async with db.read() as session:
-        query = select(OutboxMessage).where(OutboxMessage.status.in_(statuses)).order_by(OutboxMessage.id)
-        return list((await session.scalars(query)).all())
+        return await table.undelivered(session, statuses)
 
 
 async def requeue(db: Database, ids: Sequence[int] | None = None) -> list[int]:
@@ -80,23 +126,12 @@ async def requeue(db: Database, ids: Sequence[int] | None = None) -> list[int]:
     Refuses, writing nothing, when an id names no row or a row that is not dead.
     """
     async with db.write(chain=False) as session:
-        query = select(OutboxMessage.id, OutboxMessage.status).order_by(OutboxMessage.id)
-        if ids is None:
-            query = query.where(OutboxMessage.status == "dead")
-        else:
-            query = query.where(OutboxMessage.id.in_(ids))
-        found = {row_id: status for row_id, status in await session.execute(query)}
+        found = await table.statuses_of(session, ids)
         for row_id in ids or ():
             if row_id not in found:
                 raise Refusal(f"there is no outbox row {row_id}; `dpor-bot outbox list` shows them")
-            if found[row_id] != "dead":
+            if found[row_id] != table.DEAD:
                 raise Refusal(f"outbox row {row_id} is {found[row_id]}, not dead; only dead rows are retried")
         if found:
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(list(found)), OutboxMessage.status == "dead")
-                .values(
-                    status="pending", attempts=0, available_at=utcnow(), claimed_by=None, claimed_until=None
-                )
-            )
+            await table.revive(session, list(found))
         return list(found)

@@ -1,13 +1,20 @@
-"""Who may do what, and the knobs an operator sets on the approval flow."""
+"""Who may do what: the one authorisation table, the checks that read it, and the approval-flow knobs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from bot.settings import Settings
+from sqlalchemy.ext.asyncio import AsyncSession
 
-# The policy table: which roles allow which act on a subscription.
+from bot.directory import resolve_scope
+from bot.errors import NotAuthorised, NotOwner, Refusal
+from bot.settings import Settings
+from storage.db import Database
+from storage.directory import holds_any_role, roles_for, subscription_by_id
+from storage.models import ALL_SUBSCRIPTIONS, Subscription
+
+# Every act on a subscription, and the roles that allow it there (a role on `*` counts everywhere).
 PERMISSIONS: dict[str, frozenset[str]] = {
     "request": frozenset({"owner", "admin"}),
     "approve": frozenset({"owner"}),
@@ -15,11 +22,55 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "retry": frozenset({"owner"}),
     # The requester may always cancel their own pending request; otherwise an owner may.
     "cancel": frozenset({"owner"}),
+    "manage_roles": frozenset({"owner"}),
+    # A channel's notifications are routed (and stopped) by someone answerable for what they report.
+    "subscribe": frozenset({"owner", "admin"}),
+    "unsubscribe": frozenset({"owner", "admin"}),
 }
+
+_WHO = {frozenset({"owner"}): "an owner", frozenset({"owner", "admin"}): "an owner or admin"}
 
 
 def allowed(act: str, roles: set[str] | frozenset[str]) -> bool:
     return bool(PERMISSIONS[act] & roles)
+
+
+def who_may(act: str) -> str:
+    """The roles an act needs, as words for a refusal: "an owner", "an owner or admin"."""
+    return _WHO[PERMISSIONS[act]]
+
+
+async def check(
+    session: AsyncSession,
+    act: str,
+    user_id: str,
+    subscription: Subscription | None,
+    *,
+    refusal: str = "",
+    error: type[Refusal] | None = None,
+) -> None:
+    """Refuse unless the user holds, now, a role that allows `act` on the subscription (None: on `*`)."""
+    scope = ALL_SUBSCRIPTIONS if subscription is None else subscription.id
+    if allowed(act, await roles_for(session, user_id, scope)):
+        return
+    where = (
+        "every subscription"
+        if subscription is None
+        else f"subscription {subscription.name} (`{subscription.id}`)"
+    )
+    if error is None:
+        error = NotOwner if PERMISSIONS[act] == frozenset({"owner"}) else NotAuthorised
+    raise error(refusal or f"Only {who_may(act)} of {where} can do that.")
+
+
+async def require(db: Database, act: str, user_id: str, ref: str | None) -> str:
+    """`check` on a scope (a subscription's ID or alias; None, `*` or `all`: every subscription), in a
+    read of its own, for acts whose write happens elsewhere (roles, watches). Returns the scope."""
+    async with db.read() as session:
+        scope = await resolve_scope(session, ref)
+        sub = None if scope == ALL_SUBSCRIPTIONS else await subscription_by_id(session, scope)
+        await check(session, act, user_id, sub)
+    return scope
 
 
 @dataclass(frozen=True)
@@ -39,3 +90,10 @@ class Policy:
             approval_channel=settings.approval_channel,
             notify_channels=tuple(settings.notify_channels),
         )
+
+
+async def require_some_role(db: Database, user_id: str) -> None:
+    """TEMPORARY (core branch): replaced by per-subscription unsubscribe (issue 16 item 5)."""
+    async with db.read() as session:
+        if not await holds_any_role(session, user_id):
+            raise NotAuthorised("Only an owner or admin of a subscription can do that.")

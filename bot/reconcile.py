@@ -15,18 +15,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-
-from bot import audit
-from bot.directory import watching_channels
-from bot.lifecycle import SYSTEM_ACTOR
-from bot.messages import escape
+from bot import audit, lifecycle
+from bot.errors import SYSTEM_ACTOR
 from bot.outbox import Outbox
 from bot.policy import Policy
 from bot.providers import CannotRead, PartnerState, ProviderError, Providers
+from storage import audit as chain
+from storage import queries, requests
 from storage.db import Database
-from storage.models import AuditEvent, ChangeRequest, Subscription, utcnow
-from storage.queries import partner_name
+from storage.models import Subscription, utcnow
 
 log = logging.getLogger("dpor.reconcile")
 
@@ -62,16 +59,8 @@ async def reconcile(
 ) -> list[Finding]:
     """Check every subscription; returns one finding each, drift first."""
     async with db.read() as session:
-        subs = list((await session.scalars(select(Subscription).order_by(Subscription.name))).all())
-        applying = dict(
-            (
-                await session.execute(
-                    select(ChangeRequest.subscription_id, ChangeRequest.id).where(
-                        ChangeRequest.status.in_(("approved", "applying"))
-                    )
-                )
-            ).all()
-        )
+        subs = await queries.all_subscriptions(session)
+        applying = await requests.in_flight(session)
     limit = asyncio.Semaphore(concurrency)
 
     async def check(sub: Subscription) -> Finding:
@@ -111,20 +100,10 @@ async def _check(
 async def _record(db: Database, policy: Policy, found: Finding, state: PartnerState, actor: str) -> Finding:
     """Audit and announce a new drift in one transaction; a known one is only reported."""
     async with db.write() as session:
-        sub = await session.get(Subscription, found.subscription_id)
+        sub = await requests.subscription(session, found.subscription_id)
         if sub is None or sub.partner_id != found.recorded:
             return replace(found, status=BUSY, message="the record changed while it was checked")
-        last = (
-            await session.scalars(
-                select(AuditEvent)
-                .where(
-                    AuditEvent.subscription_id == sub.id,
-                    AuditEvent.action.in_(("partner.drift", "apply.succeeded")),
-                )
-                .order_by(AuditEvent.seq.desc())
-                .limit(1)
-            )
-        ).first()
+        last = await chain.latest_of(session, sub.id, ("partner.drift", "apply.succeeded"))
         if (
             last is not None
             and last.action == "partner.drift"
@@ -147,12 +126,22 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
                 },
             ),
         )
-        recorded_name = await partner_name(session, found.recorded)
-        known_name = await partner_name(session, found.observed)
-        channels = list(dict.fromkeys([*policy.notify_channels, *await watching_channels(session, sub.id)]))
-        outbox = Outbox()
-        outbox.notice(channels, drift_text(found, recorded_name, found.observed_name or known_name))
-        await outbox.flush(session)
+        names = await queries.partner_names(session, [found.recorded, found.observed])
+        rows = Outbox()
+        rows.drift(
+            await lifecycle.notify_targets(session, policy, sub.id),
+            {
+                "subscription_id": sub.id,
+                "name": sub.name,
+                "alias": sub.alias,
+                "provider": found.provider,
+                "recorded": found.recorded,
+                "recorded_name": names.get(found.recorded or ""),
+                "observed": found.observed,
+                "observed_name": found.observed_name or names.get(found.observed or ""),
+            },
+        )
+        await rows.flush(session)
     log.warning(
         "drift on subscription %s: the record says %s, %s reports %s",
         found.subscription_id,
@@ -161,23 +150,6 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
         found.observed or "no partner",
     )
     return replace(found, since=utcnow(), announced=True)
-
-
-def drift_text(found: Finding, recorded_name: str | None, observed_name: str | None) -> str:
-    """The channel notice (Slack mrkdwn; every name from outside is escaped)."""
-
-    def label(pid: str | None, name: str | None) -> str:
-        if not pid:
-            return "no partner"
-        return f"*{escape(name)}* (`{pid}`)" if name else f"`{pid}`"
-
-    alias = f" ({escape(found.alias)})" if found.alias else ""
-    return (
-        f":warning: *Partner drift* on *{escape(found.name)}*{alias} `{found.subscription_id}`: "
-        f"dpor-bot's record says {label(found.recorded, recorded_name)}, but the {found.provider} provider "
-        f"reports {label(found.observed, observed_name)}. The change did not go through dpor-bot; "
-        "find out who made it, and request the intended partner if it must change."
-    )
 
 
 async def periodically(

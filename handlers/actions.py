@@ -4,42 +4,59 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from bot import lifecycle
+from bot import clicks
 from bot.context import BotContext
 from bot.errors import Refusal
-from bot.messages import APPROVE, REJECT, RETRY
+from handlers.messages import APPROVE, REJECT, RETRY
 
 log = logging.getLogger("dpor.actions")
 
-DECIDERS = {APPROVE: lifecycle.approve, REJECT: lifecycle.reject, RETRY: lifecycle.retry}
+ACTS = {APPROVE: clicks.APPROVE, REJECT: clicks.REJECT, RETRY: clicks.RETRY}
 
 
-async def decide(ctx: BotContext, action_id: str, body: dict[str, Any]) -> str | None:
+@dataclass(frozen=True)
+class Click:
+    """A button click, parsed once from Slack's block_actions payload."""
+
+    action_id: str
+    value: str
+    user_id: str
+    team_id: str
+    channel_id: str | None
+
+    @classmethod
+    def parse(cls, action_id: str, body: dict[str, Any]) -> Click:
+        action = next((a for a in body.get("actions", []) if a.get("action_id") == action_id), {})
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or ""
+        return cls(action_id, str(action.get("value", "")), body["user"]["id"], team, channel)
+
+
+async def decide(ctx: BotContext, click: Click) -> str | None:
     """Run one click; returns an error reference if it failed inside the bot.
 
-    Refusals are audited and answered privately by the lifecycle (through the outbox).
+    Refusals are audited and answered privately by the bot (through the outbox).
     """
-    action = next((a for a in body.get("actions", []) if a.get("action_id") == action_id), {})
-    channel_id = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-    team_id = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or ""
     try:
-        await DECIDERS[action_id](
+        await clicks.click(
             ctx.db,
             ctx.policy,
-            request_id=str(action.get("value", "")),
-            team_id=team_id,
-            user_id=body["user"]["id"],
-            channel_id=channel_id,
+            ACTS[click.action_id],
+            request_id=click.value,
+            team_id=click.team_id,
+            user_id=click.user_id,
+            channel_id=click.channel_id,
         )
     except Refusal:
         return None
     except Exception:
         ref = uuid.uuid4().hex[:8]
-        log.exception("%s click failed (ref %s)", action_id, ref)
+        log.exception("%s click failed (ref %s)", click.action_id, ref)
         return ref
     return None
 
@@ -47,7 +64,7 @@ async def decide(ctx: BotContext, action_id: str, body: dict[str, Any]) -> str |
 def _listener(ctx: BotContext, action_id: str):
     async def on_click(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()  # over HTTP Bolt answers after the listener anyway; in Socket Mode this is at once
-        ref = await decide(ctx, action_id, body)
+        ref = await decide(ctx, Click.parse(action_id, body))
         ctx.wake_worker()
         if ref is not None:
             await respond(
@@ -60,5 +77,5 @@ def _listener(ctx: BotContext, action_id: str):
 
 
 def register(app: AsyncApp, ctx: BotContext) -> None:
-    for action_id in DECIDERS:
+    for action_id in ACTS:
         app.action(action_id)(_listener(ctx, action_id))

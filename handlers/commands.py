@@ -9,14 +9,13 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
-from bot import access, directory, lifecycle
+from bot import directory, lifecycle, policy, views
 from bot.context import BotContext
 from bot.errors import Refusal
 from bot.text import clean
 from handlers import replies
 from handlers.grammar import Command, UsageError, parse
 from handlers.replies import PAGE_SIZE, Reply
-from storage import queries
 
 log = logging.getLogger("dpor.commands")
 
@@ -43,38 +42,25 @@ async def _set(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     )
 
 
+def _offset(cmd: Command) -> int:
+    return (cmd.page - 1) * PAGE_SIZE
+
+
 async def _show(ctx: BotContext, cmd: Command, body: Body) -> Reply:
-    async with ctx.db.read() as session:
-        found = await queries.subscription_overview(session, cmd.args[0].strip())
-        if found is None:
-            await directory.resolve_subscription(session, cmd.args[0])  # refuses, saying how to fix it
-        assert found is not None
-    return replies.show(*found)
+    return replies.show(await views.overview(ctx.db, cmd.args[0]))
 
 
 async def _list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
-    async with ctx.db.read() as session:
-        page = await queries.subscriptions_page(session, limit=PAGE_SIZE, offset=(cmd.page - 1) * PAGE_SIZE)
-        names = await directory.partner_names(session, [s.partner_id for s in page.items])
-    return replies.subscriptions(page, names)
+    return replies.subscriptions(*await views.subscriptions(ctx.db, limit=PAGE_SIZE, offset=_offset(cmd)))
 
 
 async def _history(ctx: BotContext, cmd: Command, body: Body) -> Reply:
-    async with ctx.db.read() as session:
-        sub = await directory.resolve_subscription(session, cmd.args[0])
-        page = await queries.requests_page(
-            session, subscription_id=sub.id, limit=PAGE_SIZE, offset=(cmd.page - 1) * PAGE_SIZE
-        )
+    sub, page = await views.history(ctx.db, cmd.args[0], limit=PAGE_SIZE, offset=_offset(cmd))
     return replies.history(sub, page, f"/dpor history {sub.alias or sub.id}")
 
 
 async def _pending(ctx: BotContext, cmd: Command, body: Body) -> Reply:
-    async with ctx.db.read() as session:
-        page = await queries.requests_page(
-            session, statuses=queries.OPEN_STATUSES, limit=PAGE_SIZE, offset=(cmd.page - 1) * PAGE_SIZE
-        )
-        subs = await queries.subscriptions_by_id(session, {r.subscription_id for r in page.items})
-    return replies.pending(page, subs)
+    return replies.pending(*await views.pending(ctx.db, limit=PAGE_SIZE, offset=_offset(cmd)))
 
 
 async def _cancel(ctx: BotContext, cmd: Command, body: Body) -> Reply:
@@ -87,27 +73,26 @@ async def _cancel(ctx: BotContext, cmd: Command, body: Body) -> Reply:
 async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     target, role = cmd.args[0], cmd.args[1]
     subscription = cmd.args[2] if len(cmd.args) > 2 else None
-    await access.require_owner(ctx.db, body["user_id"], subscription)
+    scope = await policy.require(ctx.db, "manage_roles", body["user_id"], subscription)
     where = f"`{replies.escape(subscription)}`" if subscription else "every subscription"
     if cmd.name == "role grant":
-        changed = await directory.grant_role(ctx.db, target, role, subscription, actor=body["user_id"])
+        changed = await directory.grant_role(ctx.db, target, role, scope, actor=body["user_id"])
         verb = "is now" if changed else "already was"
     else:
-        changed = await directory.revoke_role(ctx.db, target, role, subscription, actor=body["user_id"])
+        changed = await directory.revoke_role(ctx.db, target, role, scope, actor=body["user_id"])
         verb = "is no longer" if changed else "was not"
     return Reply(f"<@{target}> {verb} {role} of {where}.")
 
 
 async def _role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     assignments = await directory.list_roles(ctx.db, cmd.args[0] if cmd.args else None)
-    async with ctx.db.read() as session:
-        subs = await queries.subscriptions_by_id(session, {a.scope for a in assignments} - {"*"})
+    subs = await views.subscriptions_named(ctx.db, {a.scope for a in assignments} - {views.ALL_SUBSCRIPTIONS})
     return replies.roles(assignments, subs)
 
 
 async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     target = cmd.args[0]
-    await access.require_any_role(ctx.db, body["user_id"], target)
+    await policy.require(ctx.db, "subscribe", body["user_id"], target)
     added = await directory.watch(
         ctx.db,
         team_id=body["team_id"],
@@ -121,7 +106,7 @@ async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
 
 
 async def _unsubscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
-    await access.require_some_role(ctx.db, body["user_id"])
+    await policy.require_some_role(ctx.db, body["user_id"])  # TEMPORARY: item 5 replaces it
     removed = await directory.unwatch(ctx.db, channel_id=body["channel_id"])
     if not removed:
         return Reply("This channel gets no DPOR change notifications from `/dpor subscribe`.")

@@ -13,10 +13,9 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.messages import SECTION_LIMIT, clip, escape, partner_label, safe, user, when
+from bot.views import ChangeRequest, Overview, Page, RoleAssignment, Subscription
 from handlers.grammar import USAGE
-from storage.models import ChangeRequest, RoleAssignment, Subscription
-from storage.queries import Page
+from handlers.messages import SECTION_LIMIT, clip, escape, partner_label, safe, user, when
 
 PAGE_SIZE = 20
 
@@ -91,7 +90,8 @@ def _paged(title: str, lines: list[str], page: Page, next_command: str, empty: s
     return Reply(f"{title} ({footer})", blocks)
 
 
-def show(sub: Subscription, name: str | None, open_request: ChangeRequest | None) -> Reply:
+def show(overview: Overview) -> Reply:
+    sub, name, open_request = overview.subscription, overview.partner_name, overview.open_request
     alias = f" (alias `{escape(sub.alias)}`)" if sub.alias else ""
     partner = partner_label(sub.partner_id, name)
     lines = [

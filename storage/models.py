@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -19,7 +20,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-OPEN_STATUSES = ("pending", "approved", "applying")
+
+class RequestStatus(StrEnum):
+    """A change request's state (DESIGN.md: the change request). Stored as its string value."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    APPLYING = "applying"
+    APPLIED = "applied"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+# At most one request per subscription is open (a partial unique index enforces it).
+OPEN_STATUSES: tuple[str, ...] = (RequestStatus.PENDING, RequestStatus.APPROVED, RequestStatus.APPLYING)
 ALL_SUBSCRIPTIONS = "*"
 
 

@@ -1,7 +1,8 @@
-"""Read-only queries the Slack surface and the CLI share (lists are paged: Slack shows only so much)."""
+"""Read models the Slack surface and the CLI share (lists are paged: Slack shows only so much)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -24,20 +25,33 @@ class Page(Generic[T]):
         return max(0, self.total - self.offset - len(self.items))
 
 
-async def open_request(session: AsyncSession, subscription_id: str) -> ChangeRequest | None:
-    return (
-        await session.scalars(
-            select(ChangeRequest).where(
-                ChangeRequest.subscription_id == subscription_id, ChangeRequest.status.in_(OPEN_STATUSES)
-            )
-        )
-    ).first()
-
-
 async def partner_name(session: AsyncSession, partner_id: str | None) -> str | None:
     if not partner_id:
         return None
     return await session.scalar(select(Partner.name).where(Partner.partner_id == partner_id))
+
+
+async def partner_names(session: AsyncSession, ids: Sequence[str | None]) -> dict[str, str]:
+    """The directory's names of these partners (those it knows)."""
+    wanted = {i for i in ids if i}
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Partner.partner_id, Partner.name).where(Partner.partner_id.in_(wanted))
+    )
+    return {pid: name for pid, name in rows}
+
+
+async def providers_named(session: AsyncSession) -> list[str]:
+    """The providers subscriptions name for themselves (beside DPOR_PROVIDER)."""
+    rows = await session.scalars(
+        select(Subscription.provider).where(Subscription.provider.is_not(None)).distinct()
+    )
+    return sorted(name for name in rows.all() if name)
+
+
+async def all_subscriptions(session: AsyncSession) -> list[Subscription]:
+    return list((await session.scalars(select(Subscription).order_by(Subscription.name))).all())
 
 
 async def subscriptions_page(session: AsyncSession, *, limit: int, offset: int = 0) -> Page[Subscription]:

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from bot import audit, lifecycle
+from bot import audit, clicks, lifecycle
+from bot.clicks import Decision
 from bot.errors import AlreadyDecided, OpenRequestExists
-from bot.lifecycle import Decision
 from bot.policy import Policy
 from storage.db import Database
 from storage.models import Approval, AuditEvent, ChangeRequest, OutboxMessage
@@ -76,7 +76,7 @@ async def test_twenty_owners_approve_at_once(
     rid = await open_request(db, policy)
 
     def click(d: Database, user: str) -> Awaitable[Decision]:
-        return lifecycle.approve(
+        return clicks.approve(
             d, policy, request_id=rid, team_id=TEAM, user_id=user, channel_id=CLICK_CHANNEL
         )
 
@@ -105,7 +105,7 @@ async def test_approve_and_reject_at_once(db: Database, connections: list[Databa
     rid = await open_request(db)
 
     def click(d: Database, user: str) -> Awaitable[Decision]:
-        act = lifecycle.approve if int(user[-2:]) % 2 else lifecycle.reject
+        act = clicks.approve if int(user[-2:]) % 2 else clicks.reject
         return act(d, POLICY, request_id=rid, team_id=TEAM, user_id=user)
 
     decisions, refused = by_type(await all_at_once(connections, click))

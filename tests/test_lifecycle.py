@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from bot import directory, lifecycle
+from bot import apply, clicks, directory, lifecycle
+from bot.apply import ApplyOutcome
 from bot.errors import (
     AlreadyDecided,
     BadInput,
@@ -31,7 +32,6 @@ from bot.errors import (
     UnknownSubscription,
     WrongTeam,
 )
-from bot.lifecycle import ApplyOutcome
 from bot.policy import Policy
 from storage.db import Database
 from storage.models import Approval, AuditEvent, ChangeRequest, OutboxMessage, Subscription, utcnow
@@ -84,9 +84,9 @@ async def open_request(db: Database, policy: Policy = POLICY, *, user_id: str = 
 
 async def failed_request(db: Database, policy: Policy = POLICY) -> int:
     rid = await open_request(db, policy)
-    await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
-    await lifecycle.start_apply(db, rid)
-    await lifecycle.finish_apply(db, policy, rid, ApplyOutcome(ok=False, error="409 Conflict"))
+    await clicks.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
+    await apply.start_apply(db, rid)
+    await apply.finish_apply(db, policy, rid, ApplyOutcome(ok=False, error="409 Conflict"))
     return rid
 
 
@@ -161,7 +161,7 @@ async def written_since(db: Database, since: Mark) -> Written:
         return Written(outbox, list(events))
 
 
-CLICKS = {"approve": lifecycle.approve, "reject": lifecycle.reject, "retry": lifecycle.retry}
+CLICKS = {"approve": clicks.approve, "reject": clicks.reject, "retry": clicks.retry}
 
 
 async def click_refused(
@@ -267,7 +267,7 @@ async def test_approve_then_apply_succeeds(db: Database) -> None:
     rid = await open_request(db)
 
     since = await mark(db)
-    decision = await lifecycle.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
+    decision = await clicks.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
     assert (decision.decided, decision.approvals, decision.required) == (True, 1, 1)
     req = await load(db, rid)
     assert (req.status, req.decided_by) == ("approved", OWNER)
@@ -286,7 +286,7 @@ async def test_approve_then_apply_succeeds(db: Database) -> None:
     assert [(a.approver_id, a.decision) for a in approvals] == [(OWNER, "approve")]
 
     since = await mark(db)
-    started = await lifecycle.start_apply(db, rid)
+    started = await apply.start_apply(db, rid)
     assert started is not None
     req = await load(db, rid)
     assert (req.status, req.apply_attempts) == ("applying", 1)
@@ -303,7 +303,7 @@ async def test_approve_then_apply_succeeds(db: Database) -> None:
         partner_name="Contoso Ltd",
         detail={"tenant_id": "tid", "object_id": "oid"},
     )
-    await lifecycle.finish_apply(db, POLICY, rid, outcome)
+    await apply.finish_apply(db, POLICY, rid, outcome)
     req = await load(db, rid)
     assert req.status == "applied"
     assert req.applied_at is not None
@@ -331,16 +331,16 @@ async def test_approve_then_apply_succeeds(db: Database) -> None:
     assert event.data["tenant_id"] == "tid"
 
     # Nothing more to do: a second apply of the same request is a no-op.
-    assert await lifecycle.start_apply(db, rid) is None
+    assert await apply.start_apply(db, rid) is None
 
 
 async def test_an_outcome_without_a_partner_id_records_the_requested_one(db: Database) -> None:
     await seed(db)
     rid = await open_request(db)
-    await lifecycle.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
-    await lifecycle.start_apply(db, rid)
+    await clicks.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
+    await apply.start_apply(db, rid)
     since = await mark(db)
-    await lifecycle.finish_apply(db, POLICY, rid, ApplyOutcome(ok=True))
+    await apply.finish_apply(db, POLICY, rid, ApplyOutcome(ok=True))
     assert (await subscription(db)).partner_id == PARTNER
     assert (await load(db, rid)).result["partner_id"] == PARTNER
     [event] = (await written_since(db, since)).audit
@@ -351,11 +351,11 @@ async def test_apply_failure_keeps_the_error_and_an_owner_retries(db: Database) 
     await seed(db)
     await set_partner(db, SUB, OLD_PARTNER)
     rid = await open_request(db)
-    await lifecycle.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
-    await lifecycle.start_apply(db, rid)
+    await clicks.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
+    await apply.start_apply(db, rid)
 
     since = await mark(db)
-    await lifecycle.finish_apply(db, POLICY, rid, ApplyOutcome(ok=False, error="400 PartnerIdInvalid"))
+    await apply.finish_apply(db, POLICY, rid, ApplyOutcome(ok=False, error="400 PartnerIdInvalid"))
     req = await load(db, rid)
     assert (req.status, req.error) == ("failed", "400 PartnerIdInvalid")
     assert (await subscription(db)).partner_id == OLD_PARTNER
@@ -370,7 +370,7 @@ async def test_apply_failure_keeps_the_error_and_an_owner_retries(db: Database) 
     ]
 
     since = await mark(db)
-    decision = await lifecycle.retry(db, POLICY, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
+    decision = await clicks.retry(db, POLICY, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
     assert decision.decided
     req = await load(db, rid)
     # A retry starts a fresh budget of attempts: a failure by exhausted retries is retried in full.
@@ -383,11 +383,11 @@ async def test_apply_failure_keeps_the_error_and_an_owner_retries(db: Database) 
 
     # The worker picks the retried request up where it stands: applying, its first attempt again.
     since = await mark(db)
-    assert await lifecycle.start_apply(db, rid) is not None
+    assert await apply.start_apply(db, rid) is not None
     assert (await load(db, rid)).apply_attempts == 1
     assert (await written_since(db, since)).audit == []
 
-    await lifecycle.finish_apply(db, POLICY, rid, ApplyOutcome(ok=True, partner_id=PARTNER))
+    await apply.finish_apply(db, POLICY, rid, ApplyOutcome(ok=True, partner_id=PARTNER))
     assert (await load(db, rid)).status == "applied"
     assert (await subscription(db)).partner_id == PARTNER
 
@@ -396,7 +396,7 @@ async def test_reject(db: Database) -> None:
     await seed(db)
     rid = await open_request(db)
     since = await mark(db)
-    decision = await lifecycle.reject(db, POLICY, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
+    decision = await clicks.reject(db, POLICY, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
     assert decision.decided
     req = await load(db, rid)
     assert (req.status, req.decided_by) == ("rejected", OTHER_OWNER)
@@ -446,11 +446,11 @@ async def test_expire_due_expires_pending_requests_past_their_ttl(db: Database) 
     await seed(db)
     policy = Policy(request_ttl=timedelta(seconds=30), approval_channel=APPROVAL_CHANNEL)
     rid = await open_request(db, policy)
-    assert await lifecycle.expire_due(db, policy) == []
+    assert await lifecycle.expire_due(db) == []
     assert (await load(db, rid)).status == "pending"
 
     since = await mark(db)
-    assert await lifecycle.expire_due(db, policy, now=utcnow() + timedelta(seconds=31)) == [rid]
+    assert await lifecycle.expire_due(db, now=utcnow() + timedelta(seconds=31)) == [rid]
     req = await load(db, rid)
     assert req.status == "expired"
     assert req.decided_at is not None
@@ -461,15 +461,15 @@ async def test_expire_due_expires_pending_requests_past_their_ttl(db: Database) 
     ]
     assert [(e.action, e.actor) for e in written.audit] == [("request.expired", "dpor-bot")]
 
-    assert await lifecycle.expire_due(db, policy, now=utcnow() + timedelta(days=1)) == []
+    assert await lifecycle.expire_due(db, now=utcnow() + timedelta(days=1)) == []
 
 
 async def test_expire_due_leaves_decided_requests_alone(db: Database) -> None:
     await seed(db)
     policy = Policy(request_ttl=timedelta(seconds=30))
     rid = await open_request(db, policy)
-    await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
-    assert await lifecycle.expire_due(db, policy, now=utcnow() + timedelta(days=1)) == []
+    await clicks.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
+    assert await lifecycle.expire_due(db, now=utcnow() + timedelta(days=1)) == []
     assert (await load(db, rid)).status == "approved"
 
 
@@ -480,7 +480,7 @@ async def test_a_click_on_an_expired_request_expires_it_and_refuses(db: Database
     await asyncio.sleep(0.01)
     since = await mark(db)
     with pytest.raises(RequestExpired, match=f"Request #{rid} expired"):
-        await lifecycle.approve(
+        await clicks.approve(
             db, policy, request_id=rid, team_id=TEAM, user_id=OWNER, channel_id=CLICK_CHANNEL
         )
     req = await load(db, rid)
@@ -499,7 +499,7 @@ async def test_two_required_approvals(db: Database) -> None:
     rid = await open_request(db, policy)
 
     since = await mark(db)
-    first = await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
+    first = await clicks.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
     assert (first.decided, first.approvals, first.required) == (False, 1, 2)
     req = await load(db, rid)
     assert (req.status, req.decided_by) == ("pending", None)
@@ -514,7 +514,7 @@ async def test_two_required_approvals(db: Database) -> None:
     assert "1 of 2" in refusal.message
 
     since = await mark(db)
-    second = await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
+    second = await clicks.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
     assert (second.decided, second.approvals, second.required) == (True, 2, 2)
     req = await load(db, rid)
     assert (req.status, req.decided_by) == ("approved", OTHER_OWNER)
@@ -529,7 +529,7 @@ async def test_self_approval_when_allowed(db: Database) -> None:
     await seed(db)
     policy = Policy(allow_self_approval=True)
     rid = await open_request(db, policy, user_id=OWNER)
-    decision = await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
+    decision = await clicks.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
     assert decision.decided
     req = await load(db, rid)
     assert (req.status, req.requester_id, req.decided_by) == ("approved", OWNER, OWNER)
@@ -599,9 +599,9 @@ async def test_an_open_request_blocks_a_second(db: Database, advance: str) -> No
     await seed(db)
     rid = await open_request(db)
     if advance in ("approved", "applying"):
-        await lifecycle.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
+        await clicks.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
     if advance == "applying":
-        await lifecycle.start_apply(db, rid)
+        await apply.start_apply(db, rid)
     refusal = await refused_quietly(
         db,
         OpenRequestExists,
@@ -689,7 +689,7 @@ async def test_a_revoked_owner_no_longer_approves(db: Database) -> None:
 async def test_already_decided_says_by_whom_and_how(db: Database) -> None:
     await seed(db)
     rid = await open_request(db)
-    await lifecycle.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
+    await clicks.approve(db, POLICY, request_id=rid, team_id=TEAM, user_id=OWNER)
     for act in ("approve", "reject"):
         refusal = await click_refused(db, act, AlreadyDecided, request_id=rid, user_id=OTHER_OWNER)
         assert f"Request #{rid} was already approved by <@{OWNER}>" in refusal.message
@@ -698,7 +698,7 @@ async def test_already_decided_says_by_whom_and_how(db: Database) -> None:
     other = await lifecycle.create_request(
         db, POLICY, team_id=TEAM, user_id=OWNER, subscription=OTHER_SUB, partner=PARTNER
     )
-    await lifecycle.reject(db, POLICY, request_id=other.id, team_id=TEAM, user_id=OWNER)
+    await clicks.reject(db, POLICY, request_id=other.id, team_id=TEAM, user_id=OWNER)
     refusal = await click_refused(db, "approve", AlreadyDecided, request_id=other.id, user_id=OWNER)
     assert f"was already rejected by <@{OWNER}>" in refusal.message
 
@@ -779,10 +779,10 @@ async def test_an_approval_by_an_owner_since_revoked_no_longer_counts(db: Databa
     await seed(db)
     policy = replace(POLICY, required_approvals=2)
     rid = await open_request(db, policy)
-    await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
+    await clicks.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OWNER)
     for scope in (None, SUB):
         await directory.revoke_role(db, OWNER, "owner", scope, actor=OPERATOR)
-    decision = await lifecycle.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
+    decision = await clicks.approve(db, policy, request_id=rid, team_id=TEAM, user_id=OTHER_OWNER)
     assert (decision.decided, decision.approvals) == (False, 1)
     assert (await load(db, rid)).status == "pending"
 

@@ -33,6 +33,15 @@ TABLE = [
     ("cancel", NONE, False),
     ("cancel", ADMIN, False),
     ("cancel", OWNER, True),
+    ("manage_roles", NONE, False),
+    ("manage_roles", ADMIN, False),
+    ("manage_roles", OWNER, True),
+    ("subscribe", NONE, False),
+    ("subscribe", ADMIN, True),
+    ("subscribe", OWNER, True),
+    ("unsubscribe", NONE, False),
+    ("unsubscribe", ADMIN, True),
+    ("unsubscribe", OWNER, True),
 ]
 
 

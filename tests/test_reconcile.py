@@ -13,7 +13,8 @@ from sqlalchemy import func, select, update
 
 from bot import audit, directory, reconcile
 from bot.cli import cli
-from bot.lifecycle import SYSTEM_ACTOR
+from bot.errors import SYSTEM_ACTOR
+from handlers.messages import drift_text
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
 from tests.providers.conftest import (
@@ -165,8 +166,17 @@ async def test_webhook_targets_are_unchecked(sqlite_url: str) -> None:
 
 
 def test_drift_text_escapes_names() -> None:
-    found = reconcile.Finding(SUB, "<!channel> prod & co", "p<", "azure", "drift", OLD, NEW)
-    text = reconcile.drift_text(found, "Fabrikam", "<@U123> Contoso")
+    facts = {
+        "subscription_id": SUB,
+        "name": "<!channel> prod & co",
+        "alias": "p<",
+        "provider": "azure",
+        "recorded": OLD,
+        "recorded_name": "Fabrikam",
+        "observed": NEW,
+        "observed_name": "<@U123> Contoso",
+    }
+    text = drift_text(facts)
     assert "<!channel>" not in text and "&lt;!channel&gt; prod &amp; co" in text
     assert "&lt;@U123&gt; Contoso" in text and "(p&lt;)" in text
 

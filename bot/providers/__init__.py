@@ -8,12 +8,10 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select
-
 from bot.settings import ConfigError, Settings
 from storage.db import Database
-from storage.models import Subscription
-from storage.queries import partner_name
+from storage.queries import partner_name, providers_named
+from storage.requests import subscription
 
 NAMES = ("ledger", "azure", "webhook")
 # A Retry-After longer than this is a misbehaving server; the outbox waits this long at most.
@@ -70,17 +68,13 @@ class Providers:
     async def check(self) -> None:
         """Build every provider a subscription names, so one that is misconfigured stops start-up too."""
         async with self.db.read() as session:
-            names = (
-                await session.scalars(
-                    select(Subscription.provider).where(Subscription.provider.is_not(None)).distinct()
-                )
-            ).all()
-        for name in sorted(n for n in names if n):
+            names = await providers_named(session)
+        for name in names:
             self.get(name)
 
     async def for_subscription(self, subscription_id: str) -> PartnerProvider:
         async with self.db.read() as session:
-            sub = await session.get(Subscription, subscription_id)
+            sub = await subscription(session, subscription_id)
         name = (sub.provider if sub else None) or self.settings.provider
         try:
             return self.get(name)
@@ -113,8 +107,8 @@ def _build(name: str, settings: Settings, db: Database) -> PartnerProvider:
             from bot.providers.azure import AzureProvider
         except ImportError as exc:
             raise ConfigError(
-                f"DPOR_PROVIDER: azure needs azure-identity and azure-mgmt-managementpartner ({exc.name} "
-                "is missing): pip install azure-identity azure-mgmt-managementpartner"
+                f"DPOR_PROVIDER: azure needs the Azure extra ({exc.name} is missing): "
+                "pip install 'dpor-bot[azure]'"
             ) from None
         return AzureProvider(settings, db)
     if name == "webhook":

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from bot.providers import PartnerState
 from storage.db import Database
-from storage.models import Subscription
 from storage.queries import partner_name
+from storage.requests import subscription
 
 
 class LedgerProvider:
@@ -21,6 +21,6 @@ class LedgerProvider:
 
     async def current(self, subscription_id: str) -> PartnerState:
         async with self.db.read() as session:
-            sub = await session.get(Subscription, subscription_id)
+            sub = await subscription(session, subscription_id)
             pid = sub.partner_id if sub else None
             return PartnerState(pid, await partner_name(session, pid), {"ledger": True})

@@ -17,12 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from sqlalchemy import select
 
 from bot.providers import CannotRead, PartnerState, ProviderError, name_check, retry_after
 from bot.settings import ConfigError, Settings
+from storage import requests
 from storage.db import Database
-from storage.models import ChangeRequest, Subscription, utcnow
+from storage.models import utcnow
 from storage.queries import partner_name
 
 log = logging.getLogger("dpor.providers.webhook")
@@ -128,18 +128,8 @@ class WebhookProvider:
     async def _change(self, subscription_id: str, partner_id: str) -> dict[str, Any]:
         """The JSON description of the change: what, where, from what, and which request asked for it."""
         async with self.db.read() as session:
-            sub = await session.get(Subscription, subscription_id)
-            req = (
-                await session.scalars(
-                    select(ChangeRequest)
-                    .where(
-                        ChangeRequest.subscription_id == subscription_id,
-                        ChangeRequest.partner_id == partner_id,
-                        ChangeRequest.status == "applying",
-                    )
-                    .order_by(ChangeRequest.id.desc())
-                )
-            ).first()
+            sub = await requests.subscription(session, subscription_id)
+            req = await requests.applying_for(session, subscription_id, partner_id)
             previous = sub.partner_id if sub else None
             return {
                 "type": EVENT,

@@ -2,7 +2,8 @@
 against one Slack stand-in and one database (SQLite, and PostgreSQL when DPOR_TEST_DATABASE_URL is set).
 
 A crash is either `kill -9` from the test at a moment it controls (the stand-in holds a call in flight), or
-the bot's own test-only crash point (DPOR_TEST_CRASH_AT), which kills it at a named place in the worker.
+a crash point (DPOR_TEST_CRASH_AT) that tests/durability/crashpoints loads into the process through
+PYTHONPATH, which kills it at a named place in the worker.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from sqlalchemy import func, select
 
 from bot import audit, directory
 from bot.slack_standin import SlackStandin
-from bot.worker import CRASH_AT_ENV
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
 
@@ -51,6 +51,9 @@ from tests.e2e.conftest import (  # noqa: F401
 from tests.slack import SignedSlackClient
 
 DPOR_BOT = str(Path(sys.executable).with_name("dpor-bot"))
+CRASH_AT_ENV = "DPOR_TEST_CRASH_AT"
+# Loaded by the processes started with a crash point (its sitecustomize installs the points).
+CRASH_POINTS = str(Path(__file__).with_name("crashpoints"))
 # Short enough that a restarted process takes over a dead one's rows by the time it is up (~1.5 s).
 LEASE = "1"
 
@@ -89,6 +92,7 @@ class BotProcess:
         env = {**self.env, "PORT": str(self.port)}
         if self.crash_at:
             env[CRASH_AT_ENV] = self.crash_at
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [CRASH_POINTS, env.get("PYTHONPATH")]))
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 DPOR_BOT, "serve", env=env, cwd=self.cwd, stdout=log, stderr=log

@@ -11,8 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.worker import CRASH_AT_ENV
-from tests.durability.conftest import BotProcess, Stack
+from tests.durability.conftest import CRASH_AT_ENV, BotProcess, Stack
 from tests.e2e.conftest import ADMIN, NEW_PARTNER, NOTIFY, OWNER, PROD
 
 SET = f"set prod {NEW_PARTNER} Contoso runs our support now"

@@ -12,10 +12,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from bot import lifecycle
+from bot import clicks, lifecycle
 from bot import outbox as outbox_rows
+from bot.app import outbox_worker
 from bot.errors import Refusal
-from bot.worker import OutboxWorker
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, utcnow
 from tests import test_lifecycle as lc
@@ -220,9 +220,7 @@ async def test_stop_releases_the_rows_it_could_not_finish(harness_any_db: Harnes
     await bot.worker.stop()
     h.slack.hold("chat.postMessage")
     rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
-    first = OutboxWorker(
-        bot.db, bot.policy, bot.worker.client, bot.providers, poll_interval=0.05, shutdown_grace=0.2
-    )
+    first = outbox_worker(bot.ctx, bot.providers, bot.worker_client, poll_interval=0.05, shutdown_grace=0.2)
     first.start()
     await h.slack.wait_held("chat.postMessage")
     await first.stop()
@@ -230,7 +228,7 @@ async def test_stop_releases_the_rows_it_could_not_finish(harness_any_db: Harnes
     assert (row.status, row.claimed_by, row.claimed_until, row.attempts) == ("pending", None, None, 0)
     h.slack.release("chat.postMessage", drop=True)
 
-    second = OutboxWorker(bot.db, bot.policy, bot.worker.client, bot.providers, poll_interval=0.05)
+    second = outbox_worker(bot.ctx, bot.providers, bot.worker_client, poll_interval=0.05)
     second.start()
     try:
         await until("the card posted", lambda: card_posted(h, rid))
@@ -249,7 +247,7 @@ async def test_a_row_abandoned_by_crashed_processes_goes_dead(harness: Harness) 
     rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
     async with bot.db.write(chain=False) as session:
         await session.execute(update(OutboxMessage).values(attempts=bot.worker.max_attempts))
-    worker = OutboxWorker(bot.db, bot.policy, bot.worker.client, bot.providers, poll_interval=0.05)
+    worker = outbox_worker(bot.ctx, bot.providers, bot.worker_client, poll_interval=0.05)
     worker.start()
     try:
         await until("the row dead", lambda: _statuses(h, ["dead"]))
@@ -319,9 +317,9 @@ async def test_remind_due_skips_decided_and_overdue_requests(db: Database) -> No
     overdue = await lc.open_request(db)
     too_late = utcnow() + lc.POLICY.request_ttl + timedelta(minutes=1)
     assert await lifecycle.remind_due(db, timedelta(hours=1), now=too_late) == []
-    assert await lifecycle.expire_due(db, lc.POLICY, now=too_late) == [overdue]
+    assert await lifecycle.expire_due(db, now=too_late) == [overdue]
     decided = await lc.open_request(db)
-    await lifecycle.approve(db, lc.POLICY, request_id=decided, team_id=lc.TEAM, user_id=lc.OWNER)
+    await clicks.approve(db, lc.POLICY, request_id=decided, team_id=lc.TEAM, user_id=lc.OWNER)
     assert await lifecycle.remind_due(db, timedelta(hours=1), now=utcnow() + timedelta(hours=2)) == []
 
 

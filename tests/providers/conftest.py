@@ -14,7 +14,9 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import func, select, update
 
-from bot import directory, lifecycle, outbox
+from bot import clicks, directory, lifecycle, outbox
+from bot.app import outbox_worker
+from bot.context import BotContext
 from bot.policy import Policy
 from bot.providers import Providers
 from bot.settings import Settings
@@ -79,9 +81,8 @@ class World:
     providers: Providers
 
     def worker(self, max_attempts: int = 8) -> OutboxWorker:
-        return OutboxWorker(
-            self.db, self.policy, self.client, self.providers, max_attempts=max_attempts, poll_interval=0.01
-        )
+        ctx = BotContext(settings=self.settings, db=self.db, policy=self.policy)
+        return outbox_worker(ctx, self.providers, self.client, max_attempts=max_attempts, poll_interval=0.01)
 
     async def drive(self, worker: OutboxWorker, within: float = 10.0) -> None:
         """Run the worker until every row due now is delivered (rows waiting for their backoff wait)."""
@@ -154,7 +155,7 @@ class World:
             partner=partner,
             channel_id=APPROVALS,
         )
-        await lifecycle.approve(self.db, self.policy, request_id=req.id, team_id=TEAM, user_id=OWNER)
+        await clicks.approve(self.db, self.policy, request_id=req.id, team_id=TEAM, user_id=OWNER)
         return req.id
 
 

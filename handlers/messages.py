@@ -1,9 +1,12 @@
-"""Block Kit builders: pure functions from domain objects to Slack messages (cards, notices, replies)."""
+"""Block Kit and mrkdwn builders: pure functions from the bot's read models to Slack messages.
+
+One wording per fact: the card, the requester's DM, the channel notification, the reminder and the drift
+notice all say what happened in the sentences below.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 
 from slack_sdk.models.blocks import (
@@ -19,7 +22,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from storage.models import ChangeRequest, Subscription
+from bot.errors import person
+from bot.views import CardView, Subscription
 
 SECTION_LIMIT = 3000
 MAX_BLOCKS = 50
@@ -51,9 +55,7 @@ def when(at: datetime | None) -> str:
 
 
 def user(user_id: str | None) -> str:
-    if not user_id or user_id == "dpor-bot":
-        return "dpor-bot"
-    return f"<@{escape(user_id)}>"
+    return person(escape(user_id) if user_id else None)
 
 
 def subscription_label(sub: Subscription) -> str:
@@ -72,18 +74,6 @@ def partner_label(partner_id: str | None, name: str | None, *, new: bool = False
         else "_not in the partner directory_"
     )
     return f"`{partner_id}`\n{warning}"
-
-
-@dataclass(frozen=True)
-class CardView:
-    """Everything a card shows, loaded by the worker at delivery time."""
-
-    request: ChangeRequest
-    subscription: Subscription
-    current_name: str | None
-    new_name: str | None
-    approvers: list[str]
-    required: int
 
 
 STATUS_LINE = {
@@ -118,7 +108,10 @@ def _status_detail(view: CardView) -> str:
             )
         return f"{status} at {when(req.applied_at)} (approved by {user(req.decided_by)}){detail}"
     if req.status == "failed":
-        return f"{status}: {escape(req.error or 'unknown error')}\nAn owner can retry."
+        return (
+            f"{status}: {escape(req.error or 'unknown error')}\n"
+            f"An owner can retry until {when(req.expires_at)} unless the partner or a newer request moves on."
+        )
     if req.status == "expired":
         return f"{status} at {when(req.expires_at)} without a decision"
     return status
@@ -199,6 +192,9 @@ EVENT_SENTENCES = {
     "expired": "expired without a decision.",
     "applied": "was applied: the partner of record is now {new}.",
     "failed": "could not be applied: {error}",
+    "withdrawn": (
+        "was withdrawn by dpor-bot: you no longer hold a role that may request changes on that subscription."
+    ),
     "unposted": (
         "has no approval card: Slack would not post it in that channel. Cancel it, and ask an operator "
         "to set DPOR_APPROVAL_CHANNEL to a channel the bot is in, or run /dpor set where the bot is."
@@ -247,3 +243,22 @@ def notification_blocks(view: CardView, event: str) -> list[Block]:
 
 def to_dicts(blocks: list[Block]) -> list[dict]:
     return [b.to_dict() for b in blocks]
+
+
+def drift_text(facts: dict) -> str:
+    """The channel notice of a partner drift found by reconcile (every name from outside is escaped)."""
+
+    def label(pid: str | None, name: str | None) -> str:
+        if not pid:
+            return "no partner"
+        return f"*{escape(name)}* (`{pid}`)" if name else f"`{pid}`"
+
+    alias = f" ({escape(facts['alias'])})" if facts.get("alias") else ""
+    recorded = label(facts.get("recorded"), facts.get("recorded_name"))
+    observed = label(facts.get("observed"), facts.get("observed_name"))
+    return (
+        f":warning: *Partner drift* on *{escape(facts['name'])}*{alias} `{facts['subscription_id']}`: "
+        f"dpor-bot's record says {recorded}, but the {escape(facts['provider'])} provider "
+        f"reports {observed}. The change did not go through dpor-bot; "
+        "find out who made it, and request the intended partner if it must change."
+    )

@@ -1,0 +1,148 @@
+"""Applying an approved change through its subscription's partner provider, and recording the outcome.
+
+An `apply` outbox row runs `Applier.deliver`: approved -> applying (audited), the provider call, then
+applying -> applied | failed with the card, the requester's DM and the notifications. A provider is
+idempotent (read, then create or update), so a retry after a crash does no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bot import lifecycle
+from bot.errors import SYSTEM_ACTOR, Refusal, UnknownRequest
+from bot.lifecycle import event
+from bot.outbox import Undeliverable
+from bot.policy import Policy
+from bot.providers import ProviderError, Providers
+from storage import requests
+from storage.db import Database
+from storage.models import ChangeRequest, OutboxMessage, RequestStatus, utcnow
+
+log = logging.getLogger("dpor.apply")
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    ok: bool
+    partner_id: str | None = None
+    partner_name: str | None = None
+    detail: dict[str, Any] | None = None
+    error: str | None = None
+
+
+async def start_apply(db: Database, request_id: int) -> ChangeRequest | None:
+    """Move an approved request to applying (or pick up one left applying); None if there is nothing to do."""
+    async with db.write() as session:
+        req = await requests.get(session, request_id)
+        if req is None or req.status not in (RequestStatus.APPROVED, RequestStatus.APPLYING):
+            return None
+        attempts = req.apply_attempts + 1
+        if req.status == RequestStatus.APPROVED:
+            entry = event(req, SYSTEM_ACTOR, "apply.started", partner_id=req.partner_id)
+            await lifecycle.record(
+                session,
+                req,
+                RequestStatus.APPROVED,
+                RequestStatus.APPLYING,
+                entry,
+                lifecycle.effects(req),
+                apply_attempts=attempts,
+            )
+        else:
+            await lifecycle.record(
+                session,
+                req,
+                RequestStatus.APPLYING,
+                RequestStatus.APPLYING,
+                None,
+                lifecycle.Outbox(),
+                apply_attempts=attempts,
+            )
+        return req
+
+
+async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: ApplyOutcome) -> ChangeRequest:
+    """applying -> applied (the record follows) or failed (Retry possible for DPOR_REQUEST_TTL)."""
+    async with db.write() as session:
+        req = await requests.get(session, request_id)
+        if req is None:
+            raise UnknownRequest(f"There is no request #{request_id}.")
+        now = utcnow()
+        result = {
+            "partner_id": outcome.partner_id,
+            "partner_name": outcome.partner_name,
+            **(outcome.detail or {}),
+        }
+        rows = lifecycle.effects(req)
+        if outcome.ok:
+            # A provider that does not read the partner back applied the one requested.
+            result["partner_id"] = outcome.partner_id or req.partner_id
+            news, status = "applied", RequestStatus.APPLIED
+            entry = event(
+                req,
+                SYSTEM_ACTOR,
+                "apply.succeeded",
+                **{"partner_id": req.partner_id, "previous_partner_id": req.previous_partner_id, **result},
+            )
+            values: dict[str, Any] = {"applied_at": now, "result": result, "error": None}
+        else:
+            news, status = "failed", RequestStatus.FAILED
+            entry = event(req, SYSTEM_ACTOR, "apply.failed", partner_id=req.partner_id, error=outcome.error)
+            # A failed change may be retried for as long as a pending one waits for approval, no longer.
+            values = {"error": outcome.error, "result": result, "expires_at": now + pol.request_ttl}
+        rows.dm(req.requester_id, req.id, news)
+        rows.notify(await lifecycle.notify_targets(session, pol, req.subscription_id), req.id, news)
+        await lifecycle.record(session, req, RequestStatus.APPLYING, status, entry, rows, **values)
+        if outcome.ok:
+            await requests.set_partner(session, req.subscription_id, result["partner_id"], now)
+        return req
+
+
+class Applier:
+    """Delivers `apply` outbox rows: the provider call between start_apply and finish_apply."""
+
+    def __init__(self, db: Database, pol: Policy, providers: Providers, *, max_attempts: int) -> None:
+        self.db = db
+        self.policy = pol
+        self.providers = providers
+        self.max_attempts = max_attempts
+
+    async def deliver(self, row: OutboxMessage) -> None:
+        request_id = row.payload["request_id"]
+        req = await start_apply(self.db, request_id)
+        if req is None:
+            return
+        provider = await self.providers.for_subscription(req.subscription_id)
+        try:
+            state = await provider.apply(req.subscription_id, req.partner_id)
+        except ProviderError as exc:
+            if exc.retryable and req.apply_attempts < self.max_attempts:
+                raise Undeliverable(exc.message, retry_after=exc.retry_after) from None
+            outcome = ApplyOutcome(ok=False, error=exc.message)
+        except Exception as exc:
+            # A provider bug must not leave the request applying (and its subscription blocked).
+            log.exception("applying request %s failed unexpectedly", request_id)
+            if req.apply_attempts < self.max_attempts:
+                raise Undeliverable(f"{type(exc).__name__}: {exc}") from None
+            outcome = ApplyOutcome(ok=False, error=f"unexpected error in the provider ({type(exc).__name__})")
+        else:
+            outcome = ApplyOutcome(
+                ok=True,
+                partner_id=state.partner_id,
+                partner_name=state.partner_name,
+                detail={"provider": provider.name, "identity": state.identity, **state.detail},
+            )
+        await finish_apply(self.db, self.policy, request_id, outcome)
+
+    async def give_up(self, row: OutboxMessage, error: str) -> None:
+        """An apply row that died fails its request, so the card offers Retry instead of staying open."""
+        request_id = row.payload["request_id"]
+        try:
+            if await start_apply(self.db, request_id) is not None:
+                outcome = ApplyOutcome(ok=False, error=f"could not be applied: {error}")
+                await finish_apply(self.db, self.policy, request_id, outcome)
+        except Refusal as exc:
+            log.info("request %s was decided meanwhile: %s", request_id, exc.message)

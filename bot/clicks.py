@@ -1,0 +1,268 @@
+"""Clicks on a request (approve, reject, retry): facts read once, a pure decision, one place that acts on it.
+
+Everything happens in one transaction: load the request, expire it if its time is up, read the facts,
+decide, and either record the transition or record the refusal (`approval.denied`, and an ephemeral
+answer to the clicker). Roles are read now, never taken from the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import audit, lifecycle, policy
+from bot.errors import (
+    AlreadyDecided,
+    NotOwner,
+    OpenRequestExists,
+    Refusal,
+    RequestExpired,
+    SelfApproval,
+    person,
+)
+from bot.lifecycle import event
+from bot.outbox import Outbox
+from bot.policy import Policy
+from storage import requests
+from storage.db import Database
+from storage.directory import roles_for
+from storage.models import ChangeRequest, RequestStatus, Subscription, utcnow
+
+APPROVE, REJECT, RETRY = "approve", "reject", "retry"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a click did: the request as it now stands, and the approvals counted so far."""
+
+    request: ChangeRequest
+    approvals: int
+    required: int
+    decided: bool
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a click is decided on, read in the click's transaction."""
+
+    act: str
+    user_id: str
+    request: ChangeRequest
+    subscription: Subscription
+    roles: frozenset[str]
+    requester_roles: frozenset[str]
+    mine: str | None  # what this person already decided on the request
+    approvers: tuple[str, ...]  # approvals by people who are owners now
+    open_request: ChangeRequest | None  # the subscription's open request (for a retry)
+    newer: ChangeRequest | None  # a request for the subscription made after this one (for a retry)
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The transition a click causes: `withdraw` when the requester may no longer ask for it."""
+
+    expected: str
+    new: str
+    approvals: int
+    final: bool
+    withdraw: bool = False
+
+
+def decide(facts: Facts, pol: Policy) -> Verdict:
+    """Decide a click from facts alone; a refusal raises with a sentence for the clicker."""
+    req, sub, act = facts.request, facts.subscription, facts.act
+    if act == RETRY:
+        if req.status != RequestStatus.FAILED:
+            raise AlreadyDecided(
+                f"Request #{req.id} is {req.status}, not failed, so there is nothing to retry."
+            )
+    elif req.status != RequestStatus.PENDING:
+        raise AlreadyDecided(lifecycle.decided_sentence(req))
+    if not policy.allowed(act, facts.roles):
+        raise NotOwner(
+            f"Only an owner of subscription {sub.name} (`{sub.id}`) can {act} this request, "
+            "and you do not hold the owner role on it now."
+        )
+    count = len(facts.approvers)
+    if act == RETRY:
+        _retryable(facts)
+        return Verdict(RequestStatus.FAILED, RequestStatus.APPLYING, count, final=True)
+    if not policy.allowed("request", facts.requester_roles):
+        # Whoever asked may no longer ask for this subscription: nobody may carry the request on.
+        return Verdict(RequestStatus.PENDING, RequestStatus.CANCELLED, count, final=True, withdraw=True)
+    if act == REJECT:
+        if facts.mine is not None:
+            raise AlreadyDecided(f"You already approved request #{req.id}; you cannot also reject it.")
+        return Verdict(RequestStatus.PENDING, RequestStatus.REJECTED, count, final=True)
+    if facts.user_id == req.requester_id and not pol.allow_self_approval:
+        raise SelfApproval("You asked for this change, so another owner must approve it.")
+    if facts.mine is not None:
+        raise AlreadyDecided(
+            f"You already approved request #{req.id}; it has {count} of "
+            f"{pol.required_approvals} approvals and needs another owner."
+        )
+    final = count + 1 >= pol.required_approvals
+    return Verdict(
+        RequestStatus.PENDING, RequestStatus.APPROVED if final else RequestStatus.PENDING, count + 1, final
+    )
+
+
+def _retryable(facts: Facts) -> None:
+    """A failed request may be applied again only while nothing has moved on since it was approved."""
+    req, sub = facts.request, facts.subscription
+    if facts.open_request is not None:
+        raise OpenRequestExists(
+            f"Request #{facts.open_request.id} for {sub.name} is open now, so #{req.id} cannot be retried; "
+            f"decide or cancel #{facts.open_request.id} first.",
+            request_id=facts.open_request.id,
+        )
+    if facts.newer is not None:
+        raise AlreadyDecided(
+            f"Request #{facts.newer.id} for {sub.name} was made after #{req.id}, so #{req.id} is superseded "
+            "and cannot be retried. Make a new request if this change is still wanted."
+        )
+    if sub.partner_id != req.previous_partner_id:
+        raise AlreadyDecided(
+            f"The partner of record of {sub.name} has changed since request #{req.id} was approved, "
+            "so it cannot be retried. Make a new request if this change is still wanted."
+        )
+    if req.expires_at <= facts.now:
+        raise RequestExpired(
+            f"Request #{req.id} could be retried until {req.expires_at:%Y-%m-%d %H:%M} UTC. "
+            "Make a new request if this change is still wanted."
+        )
+
+
+async def _facts(session: AsyncSession, act: str, user_id: str, req: ChangeRequest) -> Facts:
+    sub = await lifecycle.subscription_of(session, req)
+    return Facts(
+        act=act,
+        user_id=user_id,
+        request=req,
+        subscription=sub,
+        roles=frozenset(await roles_for(session, user_id, sub.id)),
+        requester_roles=frozenset(await roles_for(session, req.requester_id, sub.id)),
+        mine=await requests.decision_of(session, req.id, user_id),
+        approvers=tuple(await requests.current_owner_approvals(session, req.id, sub.id)),
+        open_request=await requests.open_for(session, sub.id) if act == RETRY else None,
+        newer=await requests.newer_than(session, req) if act == RETRY else None,
+        now=utcnow(),
+    )
+
+
+async def _act(session: AsyncSession, facts: Facts, verdict: Verdict, pol: Policy) -> Decision:
+    """Record the verdict. The conditional UPDATE comes first: when it finds the request moved on,
+    nothing of this click has been written and the refusal is recorded in its place."""
+    req, user_id = facts.request, facts.user_id
+    if verdict.withdraw:
+        await lifecycle.withdraw(session, req, "requester_no_longer_authorised")
+        raise AlreadyDecided(
+            f"Request #{req.id} was withdrawn: {person(req.requester_id)}, who asked for it, "
+            f"no longer holds a role that may request changes on {facts.subscription.name}."
+        )
+    rows = lifecycle.effects(req)
+    now = utcnow()
+    if facts.act == RETRY:
+        rows.apply(req.id)
+        # A retry gets the whole budget of attempts again, not what was left of the failed one.
+        entry = event(req, user_id, "apply.started", retry=True)
+        await lifecycle.record(
+            session, req, verdict.expected, verdict.new, entry, rows, error=None, apply_attempts=0
+        )
+    elif facts.act == REJECT:
+        rows.dm(req.requester_id, req.id, "rejected")
+        rows.notify(await lifecycle.notify_targets(session, pol, req.subscription_id), req.id, "rejected")
+        entry = event(req, user_id, "request.rejected")
+        await lifecycle.record(
+            session, req, verdict.expected, verdict.new, entry, rows, decided_by=user_id, decided_at=now
+        )
+        await requests.add_decision(session, req.id, user_id, "reject")
+    else:
+        entry = event(
+            req,
+            user_id,
+            "request.approved",
+            approvals=verdict.approvals,
+            required=pol.required_approvals,
+            final=verdict.final,
+        )
+        decided = {"decided_by": user_id, "decided_at": now} if verdict.final else {}
+        if verdict.final:
+            rows.apply(req.id)
+            rows.dm(req.requester_id, req.id, "approved")
+        await lifecycle.record(session, req, verdict.expected, verdict.new, entry, rows, **decided)
+        await requests.add_decision(session, req.id, user_id, "approve")
+    return Decision(req, verdict.approvals, pol.required_approvals, decided=verdict.final)
+
+
+async def click(
+    db: Database,
+    pol: Policy,
+    act: str,
+    *,
+    request_id: int | str,
+    team_id: str,
+    user_id: str,
+    channel_id: str | None = None,
+) -> Decision:
+    """Decide and record one click; a refusal is audited as `approval.denied` and answered privately."""
+    async with db.write() as session:
+        req: ChangeRequest | None = None
+        try:
+            req = await lifecycle.load(session, request_id, team_id)
+            if lifecycle.is_expired(req, utcnow()):
+                await lifecycle.expire(session, req)
+                refusal: Refusal = RequestExpired(
+                    f"Request #{req.id} expired at {req.expires_at:%Y-%m-%d %H:%M} UTC."
+                )
+            else:
+                facts = await _facts(session, act, user_id, req)
+                return await _act(session, facts, decide(facts, pol), pol)
+        except Refusal as exc:
+            refusal = exc
+        await _deny(session, act, refusal, user_id=user_id, req=req, channel_id=channel_id, raw=request_id)
+    raise refusal
+
+
+async def _deny(
+    session: AsyncSession,
+    act: str,
+    refusal: Refusal,
+    *,
+    user_id: str,
+    req: ChangeRequest | None,
+    channel_id: str | None,
+    raw: object,
+) -> None:
+    data: dict[str, object] = {"act": act, "reason": refusal.code, "message": refusal.message}
+    if req is None:
+        data["value"] = str(raw)[:100]
+    await audit.append(
+        session,
+        audit.Entry(
+            actor=user_id,
+            action="approval.denied",
+            request_id=req.id if req else None,
+            subscription_id=req.subscription_id if req else None,
+            data=data,
+        ),
+    )
+    if channel_id:
+        rows = Outbox()
+        rows.ephemeral(channel_id, user_id, refusal.message)
+        await rows.flush(session)
+
+
+async def approve(db: Database, pol: Policy, **click_args: object) -> Decision:
+    return await click(db, pol, APPROVE, **click_args)  # type: ignore[arg-type]
+
+
+async def reject(db: Database, pol: Policy, **click_args: object) -> Decision:
+    return await click(db, pol, REJECT, **click_args)  # type: ignore[arg-type]
+
+
+async def retry(db: Database, pol: Policy, **click_args: object) -> Decision:
+    return await click(db, pol, RETRY, **click_args)  # type: ignore[arg-type]

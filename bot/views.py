@@ -1,0 +1,102 @@
+"""Read models for the Slack surface: what a card, a `/dpor show` or a list shows, each from one read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.directory import resolve_subscription
+from storage import queries, requests
+from storage.db import Database
+from storage.models import ALL_SUBSCRIPTIONS, OPEN_STATUSES, ChangeRequest, RoleAssignment, Subscription
+from storage.queries import Page
+
+__all__ = [
+    "ALL_SUBSCRIPTIONS",
+    "CardView",
+    "ChangeRequest",
+    "Overview",
+    "Page",
+    "RoleAssignment",
+    "Subscription",
+]
+
+
+@dataclass(frozen=True)
+class CardView:
+    """Everything a card (and a DM or notification about its request) shows, read at delivery time."""
+
+    request: ChangeRequest
+    subscription: Subscription
+    current_name: str | None
+    new_name: str | None
+    # Who approved, in order: for a pending request only those who are owners now (they are what counts).
+    approvers: list[str]
+    required: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    subscription: Subscription
+    partner_name: str | None
+    open_request: ChangeRequest | None
+
+
+async def card(db: Database, request_id: int, required: int) -> CardView | None:
+    async with db.read() as session:
+        req = await requests.get(session, request_id)
+        if req is None:
+            return None
+        sub = await requests.subscription(session, req.subscription_id)
+        assert sub is not None  # a foreign key
+        names = await queries.partner_names(session, [req.previous_partner_id, req.partner_id])
+        approvers = await requests.current_owner_approvals(session, req.id, sub.id)
+    return CardView(
+        request=req,
+        subscription=sub,
+        current_name=names.get(req.previous_partner_id or ""),
+        new_name=names.get(req.partner_id),
+        approvers=approvers,
+        required=required,
+    )
+
+
+async def overview(db: Database, ref: str) -> Overview:
+    """`/dpor show`: a subscription by ID or alias, its partner's name and its open request."""
+    async with db.read() as session:
+        found = await queries.subscription_overview(session, ref.strip())
+        if found is None:
+            await resolve_subscription(session, ref)  # refuses, saying how to fix the reference
+        assert found is not None
+    return Overview(*found)
+
+
+async def subscriptions(
+    db: Database, *, limit: int, offset: int
+) -> tuple[Page[Subscription], dict[str, str]]:
+    async with db.read() as session:
+        page = await queries.subscriptions_page(session, limit=limit, offset=offset)
+        names = await queries.partner_names(session, [s.partner_id for s in page.items])
+    return page, names
+
+
+async def history(
+    db: Database, ref: str, *, limit: int, offset: int
+) -> tuple[Subscription, Page[ChangeRequest]]:
+    async with db.read() as session:
+        sub = await resolve_subscription(session, ref)
+        page = await queries.requests_page(session, subscription_id=sub.id, limit=limit, offset=offset)
+    return sub, page
+
+
+async def pending(
+    db: Database, *, limit: int, offset: int
+) -> tuple[Page[ChangeRequest], dict[str, Subscription]]:
+    async with db.read() as session:
+        page = await queries.requests_page(session, statuses=OPEN_STATUSES, limit=limit, offset=offset)
+        subs = await queries.subscriptions_by_id(session, {r.subscription_id for r in page.items})
+    return page, subs
+
+
+async def subscriptions_named(db: Database, ids: set[str]) -> dict[str, Subscription]:
+    async with db.read() as session:
+        return await queries.subscriptions_by_id(session, ids)

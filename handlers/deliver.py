@@ -1,0 +1,199 @@
+"""The deliverer: turns outbox rows into Slack Web API calls, rendered from the database at delivery time.
+
+Slack's 429 holds the channel (in this process here, in every process through the worker's record), and
+Slack's permanent errors bury the row at once instead of retrying what no retry fixes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from bot import outbox, views
+from bot.context import BotContext
+from bot.outbox import OutboxMessage, Recorder, Undeliverable
+from bot.views import CardView
+from handlers.messages import (
+    card_blocks,
+    card_text,
+    drift_text,
+    event_text,
+    notification_blocks,
+    reminder_text,
+    safe,
+    to_dicts,
+)
+
+# Slack errors that no retry will fix: the row goes straight to dead with the error kept.
+PERMANENT_SLACK_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_blocks",
+        "msg_too_long",
+        "invalid_auth",
+        "account_inactive",
+        "token_revoked",
+        "missing_scope",
+        "no_text",
+        "user_not_found",
+        "cant_update_message",
+        "message_not_found",
+        "user_not_in_channel",
+    }
+)
+
+Deliver = Callable[[OutboxMessage], Awaitable[Recorder | None]]
+
+
+class SlackDeliverer:
+    """Delivers every kind of row that speaks Slack; `deliverers()` is what the worker is handed."""
+
+    def __init__(self, ctx: BotContext, client: AsyncWebClient) -> None:
+        self.db = ctx.db
+        self.client = client
+        self.required = ctx.policy.required_approvals
+        # Channels Slack answered 429 for, and until when this process leaves them alone.
+        self._holds: dict[str, datetime] = {}
+
+    def deliverers(self) -> dict[str, Deliver]:
+        return {
+            outbox.CARD: self.card,
+            outbox.REMIND: self.remind,
+            outbox.DM: self.dm,
+            outbox.NOTIFY: self.notify,
+            outbox.NOTICE: self.notice,
+            outbox.EPHEMERAL: self.ephemeral,
+        }
+
+    async def _view(self, row: OutboxMessage) -> CardView:
+        view = await views.card(self.db, row.payload["request_id"], self.required)
+        if view is None:
+            raise Undeliverable(f"request {row.payload['request_id']} does not exist", permanent=True)
+        return view
+
+    async def card(self, row: OutboxMessage) -> Recorder:
+        """Post the card, or update it in place; later card rows already committed are covered by it."""
+        covered = await outbox.newest_card_row(self.db, row)
+        view = await self._view(row)
+        req = view.request
+        if req.card_channel is None:
+            raise Undeliverable(f"request {req.id} has no approval channel", permanent=True)
+        blocks, text = to_dicts(card_blocks(view)), card_text(view)
+        posted = None
+        if req.card_ts is None:
+            answer = await self._call(
+                req.card_channel,
+                self.client.chat_postMessage,
+                channel=req.card_channel,
+                blocks=blocks,
+                text=text,
+            )
+            posted = (answer["channel"], answer["ts"])
+        else:
+            await self._call(
+                req.card_channel,
+                self.client.chat_update,
+                channel=req.card_channel,
+                ts=req.card_ts,
+                blocks=blocks,
+                text=text,
+            )
+        return outbox.card_delivered(row, posted, covered)
+
+    async def remind(self, row: OutboxMessage) -> None:
+        view = await self._view(row)
+        req = view.request
+        if req.status != "pending" or req.card_channel is None:
+            return  # decided since the reminder was queued: nothing to remind anyone of
+        await self._call(
+            req.card_channel,
+            self.client.chat_postMessage,
+            channel=req.card_channel,
+            thread_ts=req.card_ts,
+            text=reminder_text(view),
+        )
+
+    async def dm(self, row: OutboxMessage) -> None:
+        view = await self._view(row)
+        opened = await self._call(None, self.client.conversations_open, users=row.payload["user_id"])
+        await self._post_event(opened["channel"]["id"], view, row.payload["event"])
+
+    async def notify(self, row: OutboxMessage) -> None:
+        await self._post_event(row.payload["channel"], await self._view(row), row.payload["event"])
+
+    async def _post_event(self, channel: str, view: CardView, event: str) -> None:
+        await self._call(
+            channel,
+            self.client.chat_postMessage,
+            channel=channel,
+            text=event_text(view, event),
+            blocks=to_dicts(notification_blocks(view, event)),
+        )
+
+    async def notice(self, row: OutboxMessage) -> None:
+        channel = row.payload["channel"]
+        if row.payload.get("topic") != "drift":
+            raise Undeliverable(f"unknown notice {row.payload.get('topic')!r}", permanent=True)
+        await self._call(
+            channel, self.client.chat_postMessage, channel=channel, text=drift_text(row.payload["facts"])
+        )
+
+    async def ephemeral(self, row: OutboxMessage) -> None:
+        channel = row.payload["channel"]
+        await self._call(
+            channel,
+            self.client.chat_postEphemeral,
+            channel=channel,
+            user=row.payload["user_id"],
+            text=safe(row.payload["text"]),  # refusals may echo names and button values
+        )
+
+    async def _call(
+        self, channel: str | None, method: Callable[..., Awaitable[AsyncSlackResponse]], /, **kwargs: Any
+    ) -> AsyncSlackResponse:
+        """One Web API call, unless Slack asked us to leave the channel alone for now."""
+        if channel is not None:
+            until = self._holds.get(channel)
+            wait = (until - datetime.now(UTC)).total_seconds() if until is not None else 0.0
+            if wait > 0:
+                raise Undeliverable(
+                    f"{channel} is rate limited for {wait:.1f}s more", retry_after=wait, rate_limited=True
+                )
+            self._holds.pop(channel, None)
+        try:
+            return await method(**kwargs)
+        except SlackApiError as exc:
+            failure = slack_failure(exc, channel)
+            if failure.channel is not None and failure.retry_after is not None:
+                until = datetime.now(UTC) + timedelta(seconds=failure.retry_after)
+                self._holds[failure.channel] = max(until, self._holds.get(failure.channel, until))
+            raise failure from None
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
+            raise Undeliverable(f"Slack unreachable: {type(exc).__name__}") from None
+
+
+def slack_failure(exc: SlackApiError, channel: str | None) -> Undeliverable:
+    response = exc.response
+    error = str(response.get("error", "unknown_error")) if response is not None else "unknown_error"
+    if getattr(response, "status_code", None) == 429:
+        headers = {k.lower(): v for k, v in (response.headers or {}).items()}
+        try:
+            retry_after = max(0.0, float(headers.get("retry-after", 1)))
+        except (TypeError, ValueError):
+            retry_after = 1.0
+        where = f" for {channel}" if channel else ""
+        return Undeliverable(
+            f"Slack rate limited{where} (429), retry after {retry_after:g}s",
+            retry_after=retry_after,
+            rate_limited=True,
+            channel=channel,
+        )
+    return Undeliverable(f"Slack answered {error}", permanent=error in PERMANENT_SLACK_ERRORS)

@@ -1,0 +1,163 @@
+"""The outbox table: rows written with the state they follow from, claimed under a lease, recorded, buried."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from storage.models import ChangeRequest, OutboxMessage, utcnow
+
+PENDING, DONE, DEAD = "pending", "done", "dead"
+# Kinds of rows whose Slack channel is the request's card channel rather than a `channel` in the payload.
+CARD_CHANNEL_KINDS = ("card", "remind")
+
+
+async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of `{"kind", "key", "payload"}`, in one INSERT."""
+    if rows:
+        await session.execute(insert(OutboxMessage), list(rows))
+
+
+def _mine(ids: Sequence[int], owner: str):
+    """The rows among `ids` that `owner` still holds: the clause every lease write is conditional on."""
+    return and_(OutboxMessage.id.in_(ids), OutboxMessage.claimed_by == owner, OutboxMessage.status == PENDING)
+
+
+async def claim(
+    session: AsyncSession, owner: str, lease: timedelta, limit: int, *, skip_locked: bool
+) -> list[OutboxMessage]:
+    """Take up to `limit` due rows for `owner` until the lease runs out; each claim counts as an attempt.
+
+    Rows sharing a key go one at a time, in id order (a card's post before its updates). On PostgreSQL
+    rows another process is claiming are skipped, not waited for (SQLite's write lock already
+    serialises claims).
+    """
+    now = utcnow()
+    earlier = aliased(OutboxMessage)
+    blocked = exists().where(
+        earlier.key == OutboxMessage.key, earlier.id < OutboxMessage.id, earlier.status == PENDING
+    )
+    query = (
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.status == PENDING,
+            OutboxMessage.available_at <= now,
+            or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+            ~blocked,
+        )
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    )
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True, of=OutboxMessage)
+    rows = list((await session.scalars(query)).all())
+    if rows:
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_([r.id for r in rows]))
+            .values(claimed_by=owner, claimed_until=now + lease, attempts=OutboxMessage.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+    return rows
+
+
+async def renew(session: AsyncSession, ids: Sequence[int], owner: str, lease: timedelta) -> None:
+    await session.execute(
+        update(OutboxMessage)
+        .where(_mine(ids, owner))
+        .values(claimed_until=utcnow() + lease)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def release(session: AsyncSession, ids: Sequence[int], owner: str) -> None:
+    """Give rows back unattempted (shutting down before their delivery finished)."""
+    await session.execute(
+        update(OutboxMessage)
+        .where(_mine(ids, owner))
+        .values(claimed_by=None, claimed_until=None, attempts=OutboxMessage.attempts - 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def settle(session: AsyncSession, row_id: int, owner: str, status: str, **values: Any) -> bool:
+    """Record a row's outcome; False when another process took it over (its lease had lapsed)."""
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == row_id, OutboxMessage.claimed_by == owner)
+        .values(status=status, claimed_by=None, claimed_until=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+async def hold_channel(session: AsyncSession, channel: str, until: datetime) -> None:
+    """Slack answered 429 for `channel`: every waiting row for it waits until `until`, in every process."""
+    card_requests = select(ChangeRequest.id).where(ChangeRequest.card_channel == channel)
+    for_channel = or_(
+        OutboxMessage.payload["channel"].as_string() == channel,
+        and_(
+            OutboxMessage.kind.in_(CARD_CHANNEL_KINDS),
+            OutboxMessage.payload["request_id"].as_integer().in_(card_requests),
+        ),
+    )
+    await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.status == PENDING, OutboxMessage.available_at < until, for_channel)
+        .values(available_at=until)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def newest_waiting(session: AsyncSession, key: str, kind: str) -> int | None:
+    """The id of the newest waiting row of this key and kind (a card delivery covers up to it)."""
+    return await session.scalar(
+        select(func.max(OutboxMessage.id)).where(
+            OutboxMessage.key == key, OutboxMessage.kind == kind, OutboxMessage.status == PENDING
+        )
+    )
+
+
+async def cover(session: AsyncSession, key: str, kind: str, after: int, upto: int) -> None:
+    """Mark waiting rows (after, upto] of a key done: the delivery of row `after` already showed them."""
+    await session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.key == key,
+            OutboxMessage.kind == kind,
+            OutboxMessage.id > after,
+            OutboxMessage.id <= upto,
+            OutboxMessage.status == PENDING,
+        )
+        .values(status=DONE, delivered_at=utcnow(), last_error=f"covered by row {after}")
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def undelivered(session: AsyncSession, statuses: Sequence[str]) -> list[OutboxMessage]:
+    query = select(OutboxMessage).where(OutboxMessage.status.in_(statuses)).order_by(OutboxMessage.id)
+    return list((await session.scalars(query)).all())
+
+
+async def statuses_of(session: AsyncSession, ids: Sequence[int] | None) -> dict[int, str]:
+    """Status by id of these rows (those that exist), or of every dead row when `ids` is None."""
+    query = select(OutboxMessage.id, OutboxMessage.status).order_by(OutboxMessage.id)
+    if ids is None:
+        query = query.where(OutboxMessage.status == DEAD)
+    else:
+        query = query.where(OutboxMessage.id.in_(ids))
+    return {row_id: status for row_id, status in await session.execute(query)}
+
+
+async def revive(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Dead rows get a fresh set of attempts, due now."""
+    await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(list(ids)), OutboxMessage.status == DEAD)
+        .values(status=PENDING, attempts=0, available_at=utcnow(), claimed_by=None, claimed_until=None)
+    )

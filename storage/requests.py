@@ -1,0 +1,211 @@
+"""Change requests and their approvals: each statement the state machine runs, named for what it does."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import (
+    ALL_SUBSCRIPTIONS,
+    OPEN_STATUSES,
+    Approval,
+    ChangeRequest,
+    RequestStatus,
+    RoleAssignment,
+    Subscription,
+    utcnow,
+)
+
+
+async def get(session: AsyncSession, request_id: int) -> ChangeRequest | None:
+    return await session.get(ChangeRequest, request_id)
+
+
+async def reload(session: AsyncSession, req: ChangeRequest) -> None:
+    """Read the request's row again (after a conditional UPDATE, or to see who decided first)."""
+    await session.refresh(req)
+
+
+async def open_for(session: AsyncSession, subscription_id: str) -> ChangeRequest | None:
+    """The subscription's open request (pending, approved or applying), if any."""
+    return (
+        await session.scalars(
+            select(ChangeRequest).where(
+                ChangeRequest.subscription_id == subscription_id, ChangeRequest.status.in_(OPEN_STATUSES)
+            )
+        )
+    ).first()
+
+
+async def newer_than(session: AsyncSession, req: ChangeRequest) -> ChangeRequest | None:
+    """The newest request for the same subscription made after `req`, in any state."""
+    return (
+        await session.scalars(
+            select(ChangeRequest)
+            .where(ChangeRequest.subscription_id == req.subscription_id, ChangeRequest.id > req.id)
+            .order_by(ChangeRequest.id.desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def insert(session: AsyncSession, **values: Any) -> ChangeRequest:
+    """Add a request and flush, so it has its id (the partial unique index may refuse it here)."""
+    req = ChangeRequest(**values)
+    session.add(req)
+    await session.flush()
+    return req
+
+
+async def move(session: AsyncSession, request_id: int, expected: str, new: str, **values: Any) -> bool:
+    """UPDATE ... WHERE id = :id AND status = :expected; False when someone else moved it first."""
+    result = await session.execute(
+        update(ChangeRequest)
+        .where(ChangeRequest.id == request_id, ChangeRequest.status == expected)
+        .values(status=new, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+async def decision_of(session: AsyncSession, request_id: int, user_id: str) -> str | None:
+    """What this person already decided on the request (approve or reject), if anything."""
+    return await session.scalar(
+        select(Approval.decision).where(Approval.request_id == request_id, Approval.approver_id == user_id)
+    )
+
+
+async def add_decision(session: AsyncSession, request_id: int, user_id: str, decision: str) -> None:
+    session.add(Approval(request_id=request_id, approver_id=user_id, decision=decision))
+    await session.flush()
+
+
+def _by_current_owner(subscription_id: str):
+    return exists().where(
+        RoleAssignment.user_id == Approval.approver_id,
+        RoleAssignment.role == "owner",
+        RoleAssignment.scope.in_((subscription_id, ALL_SUBSCRIPTIONS)),
+    )
+
+
+async def current_owner_approvals(session: AsyncSession, request_id: int, subscription_id: str) -> list[str]:
+    """Who approved, in order, among the people who are owners of the subscription now."""
+    return list(
+        (
+            await session.scalars(
+                select(Approval.approver_id)
+                .where(
+                    Approval.request_id == request_id,
+                    Approval.decision == "approve",
+                    _by_current_owner(subscription_id),
+                )
+                .order_by(Approval.id)
+            )
+        ).all()
+    )
+
+
+async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, datetime]]:
+    """Every approval (who, when), in order: what a decided card lists."""
+    rows = await session.execute(
+        select(Approval.approver_id, Approval.at)
+        .where(Approval.request_id == request_id, Approval.decision == "approve")
+        .order_by(Approval.id)
+    )
+    return [(who, at) for who, at in rows]
+
+
+async def due_to_expire(session: AsyncSession, now: datetime, limit: int) -> list[int]:
+    return list(
+        (
+            await session.scalars(
+                select(ChangeRequest.id)
+                .where(ChangeRequest.status == RequestStatus.PENDING, ChangeRequest.expires_at <= now)
+                .order_by(ChangeRequest.expires_at)
+                .limit(limit)
+            )
+        ).all()
+    )
+
+
+async def mark_reminded(session: AsyncSession, now: datetime, waiting_since: datetime) -> list[int]:
+    """Mark pending requests created before `waiting_since` and never reminded; returns their ids.
+
+    A conditional UPDATE, so several processes sweeping at once remind each request once.
+    """
+    return sorted(
+        (
+            await session.scalars(
+                update(ChangeRequest)
+                .where(
+                    ChangeRequest.status == RequestStatus.PENDING,
+                    ChangeRequest.reminded_at.is_(None),
+                    ChangeRequest.created_at <= waiting_since,
+                    ChangeRequest.expires_at > now,
+                    ChangeRequest.card_channel.is_not(None),
+                )
+                .values(reminded_at=now)
+                .returning(ChangeRequest.id)
+            )
+        ).all()
+    )
+
+
+async def record_card(session: AsyncSession, request_id: int, channel: str, ts: str) -> None:
+    """Where Slack posted the request's card (set once: a later post never moves it)."""
+    await session.execute(
+        update(ChangeRequest)
+        .where(ChangeRequest.id == request_id, ChangeRequest.card_ts.is_(None))
+        .values(card_channel=channel, card_ts=ts)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def set_partner(session: AsyncSession, subscription_id: str, partner_id: str, at: datetime) -> None:
+    """The subscription's partner of record, as the bot applied it."""
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id)
+        .values(partner_id=partner_id, partner_set_at=at)
+    )
+
+
+async def subscription(session: AsyncSession, subscription_id: str) -> Subscription | None:
+    return await session.get(Subscription, subscription_id)
+
+
+async def applying_for(session: AsyncSession, subscription_id: str, partner_id: str) -> ChangeRequest | None:
+    """The request being applied that sets this partner on this subscription (what a provider is told of)."""
+    return (
+        await session.scalars(
+            select(ChangeRequest)
+            .where(
+                ChangeRequest.subscription_id == subscription_id,
+                ChangeRequest.partner_id == partner_id,
+                ChangeRequest.status == RequestStatus.APPLYING,
+            )
+            .order_by(ChangeRequest.id.desc())
+        )
+    ).first()
+
+
+async def in_flight(session: AsyncSession) -> dict[str, int]:
+    """Subscriptions with an approved or applying request, and that request's id."""
+    rows = await session.execute(
+        select(ChangeRequest.subscription_id, ChangeRequest.id).where(
+            ChangeRequest.status.in_((RequestStatus.APPROVED, RequestStatus.APPLYING))
+        )
+    )
+    return dict(rows.all())
+
+
+async def count_open(session: AsyncSession) -> int:
+    return (
+        await session.scalar(
+            select(func.count()).select_from(ChangeRequest).where(ChangeRequest.status.in_(OPEN_STATUSES))
+        )
+        or 0
+    )
