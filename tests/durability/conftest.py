@@ -24,8 +24,8 @@ import pytest
 from sqlalchemy import func, select
 
 from bot import audit, directory
-from bot.slack_standin import SlackStandin
 from bot.worker import CRASH_AT_ENV
+from sandbox.standin import SlackStandin
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
 

@@ -16,7 +16,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bot.messages import card_blocks, to_dicts
-from bot.sandbox import Sandbox, render
+from sandbox import render
+from sandbox.server import Sandbox
 from tests.sandbox.test_render import NAMES, ORIGIN, _view
 
 CHROMIUM = "/usr/bin/chromium"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bot.messages import CardView, card_blocks, notification_blocks, to_dicts, when
-from bot.sandbox.render import Names, Origin, blocks, mrkdwn
+from sandbox.render import Names, Origin, blocks, mrkdwn
 from tests.sandbox.tree import find, tags, text_of
 
 NAMES = Names(

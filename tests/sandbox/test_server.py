@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from bot.sandbox import Sandbox
-from bot.sandbox.seed import APPROVALS, NOTIFICATIONS
+from sandbox.seed import APPROVALS, NOTIFICATIONS
+from sandbox.server import Sandbox
 from tests.sandbox.tree import find, text_of
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ async def until(check: Callable[[], T], timeout: float = 10.0) -> T:  # noqa: AS
 
 
 def items(sandbox: Sandbox, channel: str, user: str) -> list[dict[str, Any]]:
-    return sandbox.timeline(channel, user)
+    return sandbox.page.timeline(channel, user)
 
 
 def seen(sandbox: Sandbox, channel: str, user: str) -> str:
@@ -112,7 +112,7 @@ async def test_the_bot_checks_the_signature_of_what_the_sandbox_sends(
 
 def test_command_text_arrives_as_slack_sends_it() -> None:
     sandbox = Sandbox(port=0)
-    sent = sandbox._as_slack_sends("R&D <b>x</b> @ben @Olivia @nobody #dpor-approvals ticket #123 a@ben")
+    sent = sandbox.page.as_slack_sends("R&D <b>x</b> @ben @Olivia @nobody #dpor-approvals ticket #123 a@ben")
     assert sent == (
         "R&amp;D &lt;b&gt;x&lt;/b&gt; <@U0BYSTAND|ben> <@U0OWNER1|olivia> @nobody "
         "<#C0APPROVALS|dpor-approvals> ticket #123 a@ben"
@@ -175,7 +175,7 @@ async def test_the_page_and_its_files(sandbox: Sandbox, http: aiohttp.ClientSess
 async def test_a_waiting_page_hears_of_a_change_at_once(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
-    version = sandbox.view(ADMIN)["version"]
+    version = sandbox.page.view(ADMIN)["version"]
 
     async def wait() -> dict[str, Any]:
         async with http.get(f"{sandbox.url}sandbox/state?user={OWNER}&after={version}") as response:
@@ -198,7 +198,7 @@ async def test_stopping_answers_waiting_pages_and_removes_the_temporary_database
     database = Path(first.bot.settings.database_url.split("///", 1)[1])
     assert await asyncio.to_thread(database.exists)
     await api(http, first, "/sandbox/command", user=ADMIN, channel=APPROVALS, text=SET)
-    version = first.view(ADMIN)["version"]
+    version = first.page.view(ADMIN)["version"]
     waiting = asyncio.create_task(http.get(f"{first.url}sandbox/state?user={ADMIN}&after={version}"))
     await asyncio.sleep(0.2)
     await asyncio.wait_for(first.stop(), 5)
