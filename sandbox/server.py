@@ -4,6 +4,10 @@ The Slack side is the Web API stand-in (sandbox.standin) with the page's routes 
 page turns what someone does into the requests Slack would send; this module signs them with the signing
 secret and posts them to the bot's /slack/events over HTTP. The bot runs as `dpor-bot serve` does,
 signature checks on, on a port of its own in the same process.
+
+Both listen on 127.0.0.1 only, and the Slack side answers only requests addressed to it by a loopback
+name (the Host header): a web page elsewhere cannot reach it through a DNS name rebound to 127.0.0.1.
+Its data goes to a temporary database, or to one named for it and checked first (sandbox.database).
 """
 
 from __future__ import annotations
@@ -12,19 +16,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from bot.app import Bot, configure_logging, web_app
-from bot.settings import ConfigError, load_settings
+from bot.settings import ConfigError, load_settings, normalise_database_url
+from sandbox.database import VARIABLE, foreign_data
 from sandbox.page import BotAnswer, BotUnreachable, Page
 from sandbox.seed import APPROVALS, NOTIFICATIONS, PEOPLE, TEAM_ID, seed
 from sandbox.signing import FORM_CONTENT_TYPE, sign
@@ -51,6 +57,7 @@ class Sandbox:
         self._bot_running = False
         self._http: aiohttp.ClientSession | None = None
         self._tmpdir: str | None = None
+        self.slack.app.middlewares.append(self._addressed_to_us())
         self.page = Page(self.slack, self.post)
         self.page.add_routes(self.slack.app)
 
@@ -70,10 +77,7 @@ class Sandbox:
         return self.url
 
     async def _start(self) -> None:
-        database_url = self.database_url
-        if database_url is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="dpor-sandbox-")
-            database_url = f"sqlite:///{Path(self._tmpdir) / 'sandbox.db'}"
+        database_url = await self._database()
         for person in PEOPLE:
             self.slack.add_user(person.id, name=person.handle, real_name=person.name)
         try:
@@ -101,6 +105,41 @@ class Sandbox:
         await web.TCPSite(self._bot_runner, HOST, 0).start()
         self.bot_url = f"http://{HOST}:{self._bot_runner.addresses[0][1]}/slack/events"
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def _database(self) -> str:
+        """A new temporary SQLite database, or the one given when it holds no data that is not ours."""
+        if self.database_url is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="dpor-sandbox-")
+            return f"sqlite:///{Path(self._tmpdir) / 'sandbox.db'}"
+        try:
+            url = normalise_database_url(self.database_url)
+        except ValueError as exc:
+            raise ConfigError(f"--database-url or {VARIABLE}: {exc}") from None
+        found = await foreign_data(url)
+        if found is not None:
+            raise ConfigError(
+                f"refusing the sandbox's database: {found}, so it holds data that is not the sandbox's; "
+                f"name an empty database, or leave out --database-url and {VARIABLE} for a temporary one"
+            )
+        return url
+
+    def _addressed_to_us(self) -> Callable[..., Awaitable[web.StreamResponse]]:
+        """Middleware: 421 for a request whose Host is not a loopback name with our port (DNS rebinding)."""
+
+        @web.middleware
+        async def check_host(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            port = urlsplit(self.slack.url).port
+            names = ("127.0.0.1", "localhost", "[::1]")
+            allowed = {f"{name}:{port}" for name in names} | (set(names) if port == 80 else set())
+            if request.headers.get("Host", "").lower() not in allowed:
+                raise web.HTTPMisdirectedRequest(
+                    text=f"The sandbox answers only at http://127.0.0.1:{port}/ or http://localhost:{port}/.\n"
+                )
+            return await handler(request)
+
+        return check_host
 
     async def stop(self) -> None:
         self.page.close()
@@ -151,19 +190,24 @@ class Sandbox:
         return BotAnswer(status, text, seconds)
 
 
-async def run_sandbox(port: int = DEFAULT_PORT) -> None:
-    """`dpor-bot sandbox`: run until Ctrl-C or SIGTERM, then stop both sides and remove the temporary data."""
+async def run_sandbox(port: int = DEFAULT_PORT, database_url: str | None = None) -> None:
+    """`dpor-bot sandbox`: run until Ctrl-C or SIGTERM, then stop both sides and remove the temporary data.
+
+    The data goes to a temporary database unless `database_url` (--database-url, DPOR_SANDBOX_DATABASE_URL)
+    names one; DATABASE_URL is never read."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     configure_logging(logging.WARNING)
-    database_url = os.environ.get("DATABASE_URL") or None
+    database_url = database_url or None
     sandbox = Sandbox(port=port, database_url=database_url)
     try:
         url = await sandbox.start()
-        where = "a temporary database, removed on exit" if database_url is None else "DATABASE_URL"
+        where = "a temporary database, removed on exit"
+        if database_url is not None:
+            where = f"the database named by --database-url or {VARIABLE}, kept on exit"
         print(f"dpor-bot sandbox: open {url} in a browser", flush=True)
         print(f"  the bot answers on {sandbox.bot_url} and keeps its data in {where}", flush=True)
         print("  press Ctrl-C to stop", flush=True)
