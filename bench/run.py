@@ -35,8 +35,8 @@ import aiohttp
 
 from bench import seed
 from bot.settings import normalise_database_url
-from bot.slack_requests import block_actions_body, sign, slash_command_body
-from bot.slack_standin import SlackStandin
+from sandbox.signing import block_actions_body, sign, slash_command_body
+from sandbox.standin import SlackStandin
 
 HERE = Path(__file__).parent
 SECRET = "bench-signing-secret"

@@ -1,12 +1,17 @@
-"""Reference data the requests stand on: subscriptions, the partner directory, roles, channel watches."""
+"""Reference data the requests stand on: subscriptions, the partner directory, roles, channel watches.
+
+Here the rules (what a valid ID, name, alias, role and scope is) and the audit; the SQL is in
+storage/directory.py.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 
-from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit
@@ -18,16 +23,23 @@ from bot.errors import (
     UnknownSubscription,
 )
 from bot.providers import NAMES as PROVIDER_NAMES
-from bot.text import clean
+from bot.text import clean, has_invisible
+from storage import directory as store
 from storage.db import Database
-from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, RoleAssignment, Subscription
+
+# Re-exported while other modules still read them from here; their home is storage.directory.
+from storage.directory import partner_names as partner_names
+from storage.directory import roles_for as roles_for
+from storage.directory import watching_channels as watching_channels
+from storage.models import ALL_SUBSCRIPTIONS, Partner, RoleAssignment, Subscription
 
 ROLES = ("owner", "admin")
+# The words that mean every subscription wherever a subscription or a scope is named.
+SCOPE_WORDS = (ALL_SUBSCRIPTIONS, "all")
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 GUID_SHAPE = re.compile(r"^[0-9a-zA-Z]{8}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{12}$")
 PARTNER_ID = re.compile(r"^\d{6,7}$")
 ALIAS = re.compile(r"^\S{1,64}$")
-SLACK_USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
 MAX_NAME = 200
 
 
@@ -40,12 +52,6 @@ def subscription_id(text: str) -> str:
             "`00000000-0000-0000-0000-000000000000`."
         )
     return text.lower()
-
-
-def slack_user(text: str) -> str | None:
-    """`U123`, `<@U123>` or `<@U123|name>` as the user ID `U123`; None when it is not a user."""
-    match = SLACK_USER.match(text.strip())
-    return (match.group(1) or match.group(2)) if match else None
 
 
 def partner_id(text: str) -> str:
@@ -65,6 +71,16 @@ def looks_like_guid(text: str) -> bool:
     )
 
 
+def alias_key(text: str) -> str:
+    """What an alias reads as: two aliases with one key look alike (`Prod`, `prod`, `ｐｒｏｄ`)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def is_scope_word(text: str) -> bool:
+    """`*` or `all` in any case or width: every subscription."""
+    return alias_key(text.strip()) in SCOPE_WORDS
+
+
 def _name(text: str, what: str) -> str:
     text = " ".join(clean(text).split())
     if not text:
@@ -74,13 +90,29 @@ def _name(text: str, what: str) -> str:
     return text
 
 
-def _alias(text: str | None) -> str | None:
-    if text is None or not clean(text).strip():
+class Keep(Enum):
+    """An alias left out (a CSV file without the alias column): the subscription keeps the one it has."""
+
+    ALIAS = "keep"
+
+
+KEEP = Keep.ALIAS
+
+
+def _alias(text: str | Keep | None) -> str | Keep | None:
+    if text is None or text is KEEP:
+        return text
+    text = text.strip()
+    if not text:
         return None
-    text = clean(text).strip()
+    if has_invisible(text):
+        raise BadInput("An alias cannot hold invisible characters (zero-width, direction marks, controls).")
     if not ALIAS.match(text):
         raise BadInput("An alias is one word of at most 64 characters, such as `prod-eu`.")
-    if GUID.match(text):
+    key = alias_key(text)
+    if key in SCOPE_WORDS:
+        raise BadInput(f"`{text}` cannot be an alias: `*` and `all` mean every subscription.")
+    if GUID.match(key) or looks_like_guid(key):
         raise BadInput("An alias cannot itself look like a subscription ID.")
     return text
 
@@ -88,15 +120,19 @@ def _alias(text: str | None) -> str | None:
 async def resolve_subscription(session: AsyncSession, ref: str) -> Subscription:
     """Find a subscription by ID or alias; refuse with a sentence that says how to fix the reference."""
     ref = ref.strip()
+    if is_scope_word(ref):
+        raise UnknownSubscription(
+            f"`{ref}` means every subscription, not one: name a subscription by its ID or alias."
+        )
     if GUID.match(ref):
-        sub = await session.get(Subscription, ref.lower())
+        sub = await store.subscription_by_id(session, ref.lower())
         if sub is None:
             raise UnknownSubscription(
                 f"Subscription `{ref}` is not known to dpor-bot. "
                 "An operator adds it with `dpor-bot subscriptions add`."
             )
         return sub
-    sub = (await session.scalars(select(Subscription).where(Subscription.alias == ref))).first()
+    sub = await store.subscription_by_alias(session, ref)
     if sub is not None:
         return sub
     if looks_like_guid(ref):
@@ -106,11 +142,19 @@ async def resolve_subscription(session: AsyncSession, ref: str) -> Subscription:
     )
 
 
+async def resolve_scope(session: AsyncSession, ref: str | None) -> str:
+    """The scope a role or a channel watch names: `*` (nothing, `*` or `all`) or one subscription's ID."""
+    if ref is None or is_scope_word(ref):
+        return ALL_SUBSCRIPTIONS
+    return (await resolve_subscription(session, ref)).id
+
+
 @dataclass(frozen=True)
 class SubscriptionRow:
     id: str
     name: str
-    alias: str | None = None
+    # None: no alias; KEEP: the one the subscription has (a new one gets none).
+    alias: str | Keep | None = None
     # The subscription's partner provider; None keeps the one it has (a new one uses DPOR_PROVIDER).
     provider: str | None = None
 
@@ -140,57 +184,66 @@ def _differs(sub: Subscription, row: SubscriptionRow) -> bool:
     return (sub.name, sub.alias) != (row.name, row.alias) or row.provider not in (None, sub.provider)
 
 
+def _check_aliases(rows: dict[str, SubscriptionRow], setting: set[str], taken: list[tuple[str, str]]) -> None:
+    """Refuse an alias being set that reads the same as another subscription's (in the input or stored)."""
+    held: dict[str, tuple[str, str]] = {}
+    for row in rows.values():
+        if not isinstance(row.alias, str):
+            continue
+        key = alias_key(row.alias)
+        if key in held and (row.id in setting or held[key][1] in setting):
+            other = held[key][0]
+            if other == row.alias:
+                raise Conflict(f"Alias `{other}` is given to two subscriptions in the input.")
+            raise Conflict(
+                f"Aliases `{other}` and `{row.alias}` read the same: give each subscription its own."
+            )
+        held.setdefault(key, (row.alias, row.id))
+    for alias, owner in taken:
+        # A subscription in the input gives up its stored alias for the one the input gives it.
+        found = held.get(alias_key(alias))
+        if owner in rows or found is None or found[1] not in setting:
+            continue
+        if found[0] == alias:
+            raise Conflict(f"Alias `{alias}` already belongs to subscription `{owner}`.")
+        raise Conflict(
+            f"Alias `{found[0]}` reads the same as `{alias}`, the alias of subscription `{owner}`."
+        )
+
+
 async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *, actor: str) -> ImportResult:
     """Add or update many subscriptions in one transaction; unchanged rows write nothing.
 
     Every row is validated before anything is written, so a bad file changes nothing.
     """
-    validated = [validate_subscription(r) for r in rows]
-    by_id: dict[str, SubscriptionRow] = {}
-    for row in validated:
-        by_id[row.id] = row
-    aliases: dict[str, str] = {}
-    for row in by_id.values():
-        if row.alias is not None:
-            if row.alias in aliases and aliases[row.alias] != row.id:
-                raise Conflict(f"Alias `{row.alias}` is given to two subscriptions in the input.")
-            aliases[row.alias] = row.id
-
+    by_id = {row.id: row for row in map(validate_subscription, rows)}
     async with db.write() as session:
-        existing: dict[str, Subscription] = {}
-        ids = list(by_id)
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            for sub in await session.scalars(select(Subscription).where(Subscription.id.in_(chunk))):
-                existing[sub.id] = sub
-        if aliases:
-            taken = await session.execute(
-                select(Subscription.alias, Subscription.id).where(Subscription.alias.is_not(None))
-            )
-            for alias, owner in taken:
-                # An owner that is in the input gives the alias up (each alias is unique in the input).
-                if alias in aliases and aliases[alias] != owner and owner not in by_id:
-                    raise Conflict(f"Alias `{alias}` already belongs to subscription `{owner}`.")
+        existing = await store.subscriptions_by_ids(session, by_id)
+        final = {
+            i: replace(r, alias=existing[i].alias if i in existing else None) if r.alias is KEEP else r
+            for i, r in by_id.items()
+        }
+        # The aliases this input sets or moves (kept ones were checked when they were set).
+        setting = {
+            i
+            for i, r in final.items()
+            if r.alias is not None and (i not in existing or r.alias != existing[i].alias)
+        }
+        if setting:
+            _check_aliases(final, setting, await store.taken_aliases(session))
 
-        new = [r for r in by_id.values() if r.id not in existing]
-        changed = [r for r in by_id.values() if r.id in existing and _differs(existing[r.id], r)]
-        changed_ids = {r.id for r in changed}
+        new = [r for r in final.values() if r.id not in existing]
+        changed = [r for r in final.values() if r.id in existing and _differs(existing[r.id], r)]
         if changed:
             # Free the aliases being moved first, so swaps within one import do not collide.
-            await session.execute(
-                update(Subscription).where(Subscription.id.in_([r.id for r in changed])).values(alias=None)
-            )
+            await store.clear_aliases(session, [r.id for r in changed])
             for r in changed:
-                await session.execute(
-                    update(Subscription)
-                    .where(Subscription.id == r.id)
-                    .values(name=r.name, alias=r.alias, provider=r.provider or existing[r.id].provider)
+                await store.update_subscription(
+                    session, r.id, name=r.name, alias=r.alias, provider=r.provider or existing[r.id].provider
                 )
-        if new:
-            await session.execute(
-                insert(Subscription),
-                [{"id": r.id, "name": r.name, "alias": r.alias, "provider": r.provider} for r in new],
-            )
+        await store.insert_subscriptions(
+            session, [{"id": r.id, "name": r.name, "alias": r.alias, "provider": r.provider} for r in new]
+        )
         await audit.append_many(
             session,
             [
@@ -201,7 +254,7 @@ async def upsert_subscriptions(db: Database, rows: Sequence[SubscriptionRow], *,
                     data={
                         "name": r.name,
                         "alias": r.alias,
-                        "updated": r.id in changed_ids,
+                        "updated": r.id in existing,
                         **({"provider": r.provider} if r.provider else {}),
                     },
                 )
@@ -215,23 +268,20 @@ async def list_subscriptions(
     db: Database, *, limit: int | None = None, offset: int = 0
 ) -> list[Subscription]:
     async with db.read() as session:
-        query = select(Subscription).order_by(Subscription.name, Subscription.id).offset(offset)
-        if limit is not None:
-            query = query.limit(limit)
-        return list((await session.scalars(query)).all())
+        return await store.subscriptions_in_order(session, limit=limit, offset=offset)
 
 
 async def add_partner(db: Database, pid: str, name: str, *, actor: str) -> bool:
     """Add a partner to the directory, or rename it; returns False when nothing changed."""
     pid, name = partner_id(pid), _name(name, "partner")
     async with db.write() as session:
-        partner = await session.get(Partner, pid)
+        partner = await store.partner_by_id(session, pid)
         if partner is not None and partner.name == name:
             return False
         if partner is None:
-            session.add(Partner(partner_id=pid, name=name))
+            await store.insert_partner(session, pid, name)
         else:
-            partner.name = name
+            await store.rename_partner(session, pid, name)
         await audit.append(
             session,
             audit.Entry(
@@ -245,17 +295,7 @@ async def add_partner(db: Database, pid: str, name: str, *, actor: str) -> bool:
 
 async def list_partners(db: Database) -> list[Partner]:
     async with db.read() as session:
-        return list((await session.scalars(select(Partner).order_by(Partner.partner_id))).all())
-
-
-async def partner_names(session: AsyncSession, ids: Sequence[str | None]) -> dict[str, str]:
-    wanted = {i for i in ids if i}
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Partner.partner_id, Partner.name).where(Partner.partner_id.in_(wanted))
-    )
-    return {pid: name for pid, name in rows}
+        return await store.all_partners(session)
 
 
 def _role(role: str) -> str:
@@ -265,111 +305,46 @@ def _role(role: str) -> str:
     return role
 
 
-async def _scope(session: AsyncSession, subscription: str | None) -> str:
-    if subscription is None or subscription == ALL_SUBSCRIPTIONS:
-        return ALL_SUBSCRIPTIONS
-    return (await resolve_subscription(session, subscription)).id
+@dataclass(frozen=True)
+class RoleChange:
+    scope: str  # the subscription's ID, or `*` for every subscription
+    changed: bool  # False: the user already held (grant) or did not hold (revoke) the role there
 
 
-async def roles_for(session: AsyncSession, user_id: str, subscription_id: str) -> set[str]:
-    """The roles a user holds on one subscription now (direct or for every subscription)."""
-    rows = await session.scalars(
-        select(RoleAssignment.role).where(
-            RoleAssignment.user_id == user_id,
-            RoleAssignment.scope.in_((subscription_id, ALL_SUBSCRIPTIONS)),
-        )
-    )
-    return set(rows.all())
+async def change_role(
+    db: Database, user_id: str, role: str, subscription: str | None, *, grant: bool, actor: str
+) -> RoleChange:
+    """Grant or revoke a role on a subscription, or on every one (None, `*`, `all`); audited if it changed."""
+    role = _role(role)
+    async with db.write() as session:
+        scope = await resolve_scope(session, subscription)
+        if grant:
+            changed = await store.insert_role(session, user_id, role, scope, granted_by=actor)
+        else:
+            changed = await store.delete_role(session, user_id, role, scope)
+        if changed:
+            await audit.append(
+                session,
+                audit.Entry(
+                    actor=actor,
+                    action="role.granted" if grant else "role.revoked",
+                    subscription_id=None if scope == ALL_SUBSCRIPTIONS else scope,
+                    data={"user_id": user_id, "role": role, "scope": scope},
+                ),
+            )
+    return RoleChange(scope, changed)
 
 
 async def grant_role(db: Database, user_id: str, role: str, subscription: str | None, *, actor: str) -> bool:
-    role = _role(role)
-    async with db.write() as session:
-        scope = await _scope(session, subscription)
-        found = await session.scalar(
-            select(RoleAssignment.id).where(
-                RoleAssignment.user_id == user_id, RoleAssignment.role == role, RoleAssignment.scope == scope
-            )
-        )
-        if found is not None:
-            return False
-        session.add(RoleAssignment(user_id=user_id, role=role, scope=scope, granted_by=actor))
-        await audit.append(
-            session,
-            audit.Entry(
-                actor=actor,
-                action="role.granted",
-                subscription_id=None if scope == ALL_SUBSCRIPTIONS else scope,
-                data={"user_id": user_id, "role": role, "scope": scope},
-            ),
-        )
-    return True
+    return (await change_role(db, user_id, role, subscription, grant=True, actor=actor)).changed
 
 
 async def revoke_role(db: Database, user_id: str, role: str, subscription: str | None, *, actor: str) -> bool:
-    role = _role(role)
-    async with db.write() as session:
-        scope = await _scope(session, subscription)
-        result = await session.execute(
-            delete(RoleAssignment).where(
-                RoleAssignment.user_id == user_id, RoleAssignment.role == role, RoleAssignment.scope == scope
-            )
-        )
-        if result.rowcount == 0:
-            return False
-        await audit.append(
-            session,
-            audit.Entry(
-                actor=actor,
-                action="role.revoked",
-                subscription_id=None if scope == ALL_SUBSCRIPTIONS else scope,
-                data={"user_id": user_id, "role": role, "scope": scope},
-            ),
-        )
-    return True
+    return (await change_role(db, user_id, role, subscription, grant=False, actor=actor)).changed
 
 
 async def list_roles(db: Database, subscription: str | None = None) -> list[RoleAssignment]:
+    """Every role assignment, or those that apply to one scope (its own and those on every subscription)."""
     async with db.read() as session:
-        query = select(RoleAssignment).order_by(
-            RoleAssignment.scope, RoleAssignment.role, RoleAssignment.user_id
-        )
-        if subscription is not None:
-            scope = await _scope(session, subscription)
-            query = query.where(or_(RoleAssignment.scope == scope, RoleAssignment.scope == ALL_SUBSCRIPTIONS))
-        return list((await session.scalars(query)).all())
-
-
-async def watch(db: Database, *, team_id: str, channel_id: str, subscription: str, user_id: str) -> bool:
-    """Subscribe a channel to change notifications for one subscription or `all`."""
-    async with db.write(chain=False) as session:
-        scope = ALL_SUBSCRIPTIONS if subscription.lower() == "all" else await _scope(session, subscription)
-        found = await session.scalar(
-            select(ChannelWatch.id).where(ChannelWatch.channel_id == channel_id, ChannelWatch.scope == scope)
-        )
-        if found is not None:
-            return False
-        session.add(ChannelWatch(team_id=team_id, channel_id=channel_id, scope=scope, created_by=user_id))
-    return True
-
-
-async def unwatch(db: Database, *, channel_id: str) -> int:
-    async with db.write(chain=False) as session:
-        result = await session.execute(delete(ChannelWatch).where(ChannelWatch.channel_id == channel_id))
-        return result.rowcount
-
-
-async def watching_channels(session: AsyncSession, subscription_id: str) -> list[str]:
-    rows = await session.scalars(
-        select(ChannelWatch.channel_id)
-        .where(ChannelWatch.scope.in_((subscription_id, ALL_SUBSCRIPTIONS)))
-        .order_by(ChannelWatch.id)
-    )
-    return list(dict.fromkeys(rows.all()))
-
-
-async def resolve_scope(session: AsyncSession, ref: str | None) -> str:
-    """TEMPORARY (core branch only)."""
-    if ref is None or ref.strip().lower() in (ALL_SUBSCRIPTIONS, "all"):
-        return ALL_SUBSCRIPTIONS
-    return (await resolve_subscription(session, ref)).id
+        scope = None if subscription is None else await resolve_scope(session, subscription)
+        return await store.role_assignments(session, scope)

@@ -11,7 +11,7 @@ from bot.directory import resolve_scope
 from bot.errors import NotAuthorised, NotOwner, Refusal
 from bot.settings import Settings
 from storage.db import Database
-from storage.directory import holds_any_role, roles_for, subscription_by_id
+from storage.directory import roles_for, subscription_by_id
 from storage.models import ALL_SUBSCRIPTIONS, Subscription
 
 # Every act on a subscription, and the roles that allow it there (a role on `*` counts everywhere).
@@ -90,10 +90,3 @@ class Policy:
             approval_channel=settings.approval_channel,
             notify_channels=tuple(settings.notify_channels),
         )
-
-
-async def require_some_role(db: Database, user_id: str) -> None:
-    """TEMPORARY (core branch): replaced by per-subscription unsubscribe (issue 16 item 5)."""
-    async with db.read() as session:
-        if not await holds_any_role(session, user_id):
-            raise NotAuthorised("Only an owner or admin of a subscription can do that.")

@@ -21,7 +21,7 @@ from bot.outbox import Outbox
 from bot.policy import Policy
 from bot.providers import CannotRead, PartnerState, ProviderError, Providers
 from storage import audit as chain
-from storage import queries, requests
+from storage import directory, queries, requests
 from storage.db import Database
 from storage.models import Subscription, utcnow
 
@@ -126,7 +126,7 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
                 },
             ),
         )
-        names = await queries.partner_names(session, [found.recorded, found.observed])
+        names = await directory.partner_names(session, [found.recorded, found.observed])
         rows = Outbox()
         rows.drift(
             await lifecycle.notify_targets(session, policy, sub.id),

@@ -14,17 +14,27 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite:///dpor-bot.db"
+from storage.urls import (
+    AMBIGUOUS_USERINFO,
+    DEFAULT_DATABASE_URL,
+    has_ambiguous_userinfo,
+    normalise_database_url,
+    redact_url,
+)
 
 _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_EXAMPLES = "such as 72h, 30m, 2d, 1h30m or a number of seconds"
 _DURATION_HELP = f"a duration {_DURATION_EXAMPLES}"
+_DURATIONS = ("request_ttl", "provider_timeout", "outbox_poll_interval", "outbox_lease", "sweep_interval")
+_OPTIONAL_DURATIONS = ("remind_after", "reconcile_every")  # these also take off (or 0, or nothing)
+_OFF = ("", "0", "off")
 
 
 class ConfigError(Exception):
@@ -49,25 +59,12 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def normalise_database_url(url: str) -> str:
-    """Map the URLs operators write (sqlite:///x.db, postgres://, postgresql://) to async drivers."""
-    url = url.strip()
-    scheme, sep, rest = url.partition("://")
-    if not sep or not rest:
-        raise ValueError(
-            "expected sqlite:///path/to/file.db or postgresql://user:password@host:5432/database"
-        )
-    base = scheme.split("+", 1)[0].lower()
-    if base == "sqlite":
-        return f"sqlite+aiosqlite://{rest}"
-    if base in ("postgres", "postgresql"):
-        host = rest.rsplit("@", 1)[-1]
-        if not host or host.startswith("/"):
-            raise ValueError(
-                "expected a postgresql:// URL with a host, such as postgresql://user@host:5432/db"
-            )
-        return f"postgresql+asyncpg://{rest}"
-    raise ValueError("expected sqlite:///path/to/file.db or postgresql://user:password@host:5432/database")
+def _http_url(value: str, example: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http(s) URL such as {example}")
+    if has_ambiguous_userinfo(value):
+        raise ValueError(f"expected {AMBIGUOUS_USERINFO}")
+    return value
 
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -182,8 +179,7 @@ class Settings(BaseSettings):
     @field_validator("slack_api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http(s) URL such as https://slack.com/api/")
+        value = _http_url(value, "https://slack.com/api/")
         return value if value.endswith("/") else value + "/"
 
     @field_validator("database_url")
@@ -198,29 +194,6 @@ class Settings(BaseSettings):
             return [c.strip() for c in value.split(",") if c.strip()]
         return value
 
-    @field_validator("request_ttl", mode="before")
-    @classmethod
-    def _ttl(cls, value: object) -> timedelta:
-        if isinstance(value, str | int | float | timedelta):
-            return parse_duration(value)
-        raise ValueError(f"expected {_DURATION_HELP}")
-
-    @field_validator("provider_timeout", mode="before")
-    @classmethod
-    def _provider_timeout(cls, value: object) -> timedelta:
-        if isinstance(value, str | int | float | timedelta):
-            return parse_duration(value)
-        raise ValueError(f"expected {_DURATION_HELP}")
-
-    @field_validator("reconcile_every", mode="before")
-    @classmethod
-    def _reconcile_every(cls, value: object) -> timedelta | None:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "0", "off")):
-            return None
-        if isinstance(value, str | int | float | timedelta):
-            return parse_duration(value)
-        raise ValueError(f"expected {_DURATION_HELP}, or off")
-
     @field_validator("azure_identities", mode="before")
     @classmethod
     def _azure_identities(cls, value: object) -> object:
@@ -231,33 +204,22 @@ class Settings(BaseSettings):
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http(s) URL such as https://hooks.example.com/dpor")
-        return value
+        return None if value is None else _http_url(value, "https://hooks.example.com/dpor")
 
-    @field_validator("outbox_poll_interval", "outbox_lease", "sweep_interval", mode="before")
+    @field_validator(*_DURATIONS, *_OPTIONAL_DURATIONS, mode="before")
     @classmethod
-    def _worker_duration(cls, value: object) -> timedelta:
-        if isinstance(value, str | int | float | timedelta):
-            return parse_duration(value)
-        raise ValueError(f"expected {_DURATION_HELP}")
-
-    @field_validator("remind_after", mode="before")
-    @classmethod
-    def _remind_after(cls, value: object) -> timedelta | None:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off")):
+    def _duration(cls, value: object, info: ValidationInfo) -> timedelta | None:
+        optional = info.field_name in _OPTIONAL_DURATIONS
+        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in _OFF)):
             return None
         if isinstance(value, str | int | float | timedelta):
             return parse_duration(value)
-        raise ValueError(f"expected {_DURATION_HELP}, or off")
+        raise ValueError(f"expected {_DURATION_HELP}" + (", or off" if optional else ""))
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-
-# The password in a URL's user part (scheme://user:password@host).
-_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/]*@")
 
 _FIELD_HINTS = {
     "DPOR_REQUIRED_APPROVALS": "a whole number from 1 to 10",
@@ -279,8 +241,8 @@ def load_settings(**overrides: object) -> Settings:
         alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
         name = alias or field.upper()
         got = error.get("input")
-        if isinstance(got, str):
-            got = _URL_PASSWORD.sub(r"\1***@", got)
+        if isinstance(got, str) and "://" in got:
+            got = redact_url(got)
         hint = _FIELD_HINTS.get(name) or error["msg"].removeprefix("Value error, ")
         shown = "" if "TOKEN" in name or "SECRET" in name else f" (got {got!r})"
         hint = hint.removeprefix("expected ")

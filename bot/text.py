@@ -5,11 +5,23 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Bidirectional overrides and isolates can make a reason read differently from what it says.
-_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Characters that show nothing yet change what a text says or how it compares: bidirectional overrides,
+# isolates and marks (a reason can read differently from what it says), zero-width spaces and joiners,
+# the word joiner and invisible operators, the byte-order mark, the line and paragraph separators, and
+# the tag characters (they can smuggle a hidden text, e.g. to a language model reading the audit log).
+INVISIBLE = re.compile(
+    "[\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]"
+)
 
 
 def clean(text: str) -> str:
-    """Drop control characters (keeping newlines and tabs) and bidi overrides; PostgreSQL refuses NUL."""
-    text = _BIDI.sub("", text)
+    """Drop control characters (keeping newlines and tabs) and invisible ones; PostgreSQL refuses NUL."""
+    text = INVISIBLE.sub("", text)
     return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
+def has_invisible(text: str) -> bool:
+    """Whether the text holds a character that shows nothing: a control or format character, or one above."""
+    return INVISIBLE.search(text) is not None or any(
+        unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text
+    )

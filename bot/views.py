@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.directory import resolve_subscription
-from storage import queries, requests
+from storage import directory, queries, requests
 from storage.db import Database
 from storage.models import ALL_SUBSCRIPTIONS, OPEN_STATUSES, ChangeRequest, RoleAssignment, Subscription
 from storage.queries import Page
@@ -48,7 +48,7 @@ async def card(db: Database, request_id: int, required: int) -> CardView | None:
             return None
         sub = await requests.subscription(session, req.subscription_id)
         assert sub is not None  # a foreign key
-        names = await queries.partner_names(session, [req.previous_partner_id, req.partner_id])
+        names = await directory.partner_names(session, [req.previous_partner_id, req.partner_id])
         approvers = await requests.current_owner_approvals(session, req.id, sub.id)
     return CardView(
         request=req,
@@ -75,7 +75,7 @@ async def subscriptions(
 ) -> tuple[Page[Subscription], dict[str, str]]:
     async with db.read() as session:
         page = await queries.subscriptions_page(session, limit=limit, offset=offset)
-        names = await queries.partner_names(session, [s.partner_id for s in page.items])
+        names = await directory.partner_names(session, [s.partner_id for s in page.items])
     return page, names
 
 

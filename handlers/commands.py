@@ -9,7 +9,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
-from bot import directory, lifecycle, policy, views
+from bot import directory, lifecycle, policy, views, watches
 from bot.context import BotContext
 from bot.errors import Refusal
 from bot.text import clean
@@ -90,27 +90,40 @@ async def _role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     return replies.roles(assignments, subs)
 
 
+def _scope_words(ref: str) -> str:
+    return (
+        "every subscription"
+        if ref == views.ALL_SUBSCRIPTIONS or ref.lower() == "all"
+        else f"`{replies.escape(ref)}`"
+    )
+
+
 async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     target = cmd.args[0]
-    await policy.require(ctx.db, "subscribe", body["user_id"], target)
-    added = await directory.watch(
+    added = await watches.watch(
         ctx.db,
         team_id=body["team_id"],
         channel_id=body["channel_id"],
         subscription=target,
         user_id=body["user_id"],
     )
-    what = "every subscription" if target.lower() == "all" else f"`{replies.escape(target)}`"
     state = "will now get" if added else "already gets"
-    return Reply(f":bell: This channel {state} DPOR change notifications for {what}.")
+    return Reply(f":bell: This channel {state} DPOR change notifications for {_scope_words(target)}.")
 
 
 async def _unsubscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
-    await policy.require_some_role(ctx.db, body["user_id"])  # TEMPORARY: item 5 replaces it
-    removed = await directory.unwatch(ctx.db, channel_id=body["channel_id"])
-    if not removed:
-        return Reply("This channel gets no DPOR change notifications from `/dpor subscribe`.")
-    return Reply(":no_bell: This channel no longer gets DPOR change notifications.")
+    target = cmd.args[0] if cmd.args else None
+    done = await watches.unwatch(
+        ctx.db, channel_id=body["channel_id"], subscription=target, user_id=body["user_id"]
+    )
+    kept = ""
+    if done.kept:
+        still = ", ".join(_scope_words(s) for s in done.kept)
+        kept = f" It still gets them for {still}: only an owner or admin there can stop those."
+    if not done.removed:
+        return Reply(f"This channel gets no DPOR change notifications you can stop here.{kept}")
+    stopped = ", ".join(_scope_words(s) for s in done.removed)
+    return Reply(f":no_bell: This channel no longer gets DPOR change notifications for {stopped}.{kept}")
 
 
 async def _help(ctx: BotContext, cmd: Command, body: Body) -> Reply:

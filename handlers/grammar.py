@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bot.directory import slack_user
-
 USAGE = {
     "set": (
         "/dpor set SUBSCRIPTION PARTNER_ID [reason...]",
@@ -22,9 +20,10 @@ USAGE = {
         "/dpor role grant @alex owner prod-eu",
     ),
     "subscribe": ("/dpor subscribe SUBSCRIPTION|all", "/dpor subscribe all"),
-    "unsubscribe": ("/dpor unsubscribe", "/dpor unsubscribe"),
+    "unsubscribe": ("/dpor unsubscribe [SUBSCRIPTION|all]", "/dpor unsubscribe prod-eu"),
     "help": ("/dpor help", "/dpor help"),
 }
+SLACK_USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
 # Slack's markup in the text it sends: <@U1|name>, <#C1|name>, <!here>, <!subteam^S1|@team>, <http://x|y>.
 _MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
 
@@ -61,6 +60,12 @@ class Command:
     args: tuple[str, ...] = ()
     rest: str = ""  # free text after the fixed arguments (the reason of `set`)
     page: int = 1
+
+
+def slack_user(text: str) -> str | None:
+    """`U123`, `<@U123>` or `<@U123|name>` as the user ID `U123`; None when it is not a user."""
+    match = SLACK_USER.match(text.strip())
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def parse_user(token: str) -> str:
@@ -109,9 +114,9 @@ def parse(text: str) -> Command:
             raise UsageError("`subscribe` takes a subscription ID or alias, or `all`.", name)
         return Command(name, (tokens[0],))
     if name == "unsubscribe":
-        if tokens:
-            raise UsageError("`unsubscribe` takes no arguments; it stops all notifications here.", name)
-        return Command(name)
+        if len(tokens) > 1:
+            raise UsageError("`unsubscribe` takes at most a subscription ID or alias, or `all`.", name)
+        return Command(name, tuple(tokens))
     if name == "role":
         return _parse_role(tail.split())
     raise UsageError(f"`{plain(head)}` is not a /dpor command.")

@@ -199,3 +199,15 @@ class ChannelWatch(Base):
     scope: Mapped[str] = mapped_column(String(36))
     created_by: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SeenRequest(Base):
+    """A signed request the HTTP edge has let through, kept while Slack's window would accept it again.
+
+    `digest` is the SHA-256 of its `X-Slack-Signature`; `signed_at` its signed timestamp.
+    """
+
+    __tablename__ = "seen_requests"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -29,17 +28,6 @@ async def partner_name(session: AsyncSession, partner_id: str | None) -> str | N
     if not partner_id:
         return None
     return await session.scalar(select(Partner.name).where(Partner.partner_id == partner_id))
-
-
-async def partner_names(session: AsyncSession, ids: Sequence[str | None]) -> dict[str, str]:
-    """The directory's names of these partners (those it knows)."""
-    wanted = {i for i in ids if i}
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Partner.partner_id, Partner.name).where(Partner.partner_id.in_(wanted))
-    )
-    return {pid: name for pid, name in rows}
 
 
 async def providers_named(session: AsyncSession) -> list[str]:

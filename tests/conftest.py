@@ -28,6 +28,7 @@ TABLES = (
     "role_assignments",
     "partners",
     "subscriptions",
+    "seen_requests",
 )
 
 

@@ -1,6 +1,6 @@
 """Test helpers that post Slack's requests to the bot (slash commands, clicks), signed like Slack's.
 
-The request bodies and the signature are the product's own (bot.slack_requests): the sandbox sends the same.
+The request bodies and the signature are the product's own (sandbox.signing): the sandbox sends the same.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import aiohttp
 
-from bot.slack_requests import (
+from sandbox.signing import (
     API_APP_ID,
     FORM_CONTENT_TYPE,
     LEGACY_TOKEN,

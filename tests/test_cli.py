@@ -457,3 +457,71 @@ def test_serve_and_socket_hand_the_settings_to_the_app(
     assert result.exit_code == 1
     assert result.output.startswith("error: PORT: expected a port number")
     assert len(calls) == 4
+
+
+def test_aliases_that_read_as_a_scope_an_id_or_another_alias_are_refused(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return dpor_bot(*args, url=sqlite_url, cwd=tmp_path)
+
+    ok(run("subscriptions", "add", SUB, "--name", "Prod", "--alias", "prod"))
+    for alias in ("*", "all", "All", OTHER_SUB.upper(), "pr\u200bod"):
+        assert "alias" in refused(run("subscriptions", "add", OTHER_SUB, "--name", "Dev", "--alias", alias))
+    line = refused(run("subscriptions", "add", OTHER_SUB, "--name", "Dev", "--alias", "PROD"))
+    assert f"reads the same as `prod`, the alias of subscription `{SUB}`" in line
+
+    (tmp_path / "scope.csv").write_text(f"id,name,alias\n{OTHER_SUB},Dev,ALL\n", encoding="utf-8")
+    assert refused(run("subscriptions", "import", "scope.csv")).startswith("error: scope.csv, line 2: ")
+    (tmp_path / "alike.csv").write_text(
+        f"id,name,alias\n{SUB},Prod,Dev\n{OTHER_SUB},Dev,dev\n", encoding="utf-8"
+    )
+    line = refused(run("subscriptions", "import", "alike.csv"))
+    assert (
+        line == "error: alike.csv, line 3: alias dev is already given on line 2 (as Dev: they read the same)"
+    )
+    assert query(sqlite_url, select(Subscription.id, Subscription.alias)) == [(SUB, "prod")]
+
+    # `*` and `all` name every subscription, for roles too.
+    assert ok(run("roles", "grant", "U0OWNER", "owner", "--subscription", "all")) == (
+        "granted owner to U0OWNER on *\n"
+    )
+    assert "does not hold" not in ok(run("roles", "revoke", "U0OWNER", "owner", "--subscription", "*"))
+    assert query(sqlite_url, select(func.count()).select_from(RoleAssignment)) == [(0,)]
+
+
+def test_reimport_without_the_alias_column_keeps_aliases(database_url: str, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return dpor_bot(*args, url=database_url, cwd=tmp_path)
+
+    (tmp_path / "full.csv").write_text(
+        f"id,name,alias\n{SUB},Prod,prod\n{OTHER_SUB},Dev,dev\n", encoding="utf-8"
+    )
+    assert ok(run("subscriptions", "import", "full.csv")) == "added 2, updated 0, unchanged 0\n"
+    (tmp_path / "names.csv").write_text(f"id,name\n{SUB},Prod EU\n{OTHER_SUB},Dev\n", encoding="utf-8")
+    assert ok(run("subscriptions", "import", "names.csv")) == "added 0, updated 1, unchanged 1\n"
+    aliases = select(Subscription.id, Subscription.name, Subscription.alias).order_by(Subscription.id)
+    assert query(database_url, aliases) == [(SUB, "Prod EU", "prod"), (OTHER_SUB, "Dev", "dev")]
+
+    # With the column, an empty cell (or a row that stops before it) still removes the alias.
+    (tmp_path / "cleared.csv").write_text(
+        f"id,name,alias\n{SUB},Prod EU,\n{OTHER_SUB},Dev\n", encoding="utf-8"
+    )
+    assert ok(run("subscriptions", "import", "cleared.csv")) == "added 0, updated 2, unchanged 0\n"
+    assert query(database_url, aliases) == [(SUB, "Prod EU", None), (OTHER_SUB, "Dev", None)]
+
+
+def test_database_urls_are_never_shown_with_their_secrets(tmp_path: Path) -> None:
+    # An unencoded `/` in the password: refused, naming the variable, saying what to do, masked.
+    line = refused(
+        dpor_bot("roles", "list", url="postgresql://dpor:pa/ss-secret@127.0.0.1:1/dpor", cwd=tmp_path)
+    )
+    assert line.startswith("error: DATABASE_URL: expected a URL whose user name and password percent-encode")
+    assert "ss-secret" not in line and "dpor:***@127.0.0.1:1/dpor" in line
+    # A password in the query string is masked too where the database is named.
+    url = "postgresql://dpor@127.0.0.1:1/dpor?password=query-secret"
+    line = refused(dpor_bot("subscriptions", "list", url=url, cwd=tmp_path))
+    assert line.startswith(
+        "error: cannot reach the database at postgresql+asyncpg://***@127.0.0.1:1/dpor?***: "
+    )
+    assert "secret" not in line

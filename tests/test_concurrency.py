@@ -76,9 +76,7 @@ async def test_twenty_owners_approve_at_once(
     rid = await open_request(db, policy)
 
     def click(d: Database, user: str) -> Awaitable[Decision]:
-        return clicks.approve(
-            d, policy, request_id=rid, team_id=TEAM, user_id=user, channel_id=CLICK_CHANNEL
-        )
+        return clicks.approve(d, policy, request_id=rid, team_id=TEAM, user_id=user, channel_id=CLICK_CHANNEL)
 
     decisions, refused = by_type(await all_at_once(connections, click))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot import directory
 from bot.directory import SubscriptionRow
@@ -228,18 +228,123 @@ async def test_role_refusals_write_nothing(db: Database) -> None:
     assert (await count(db, RoleAssignment), await count(db, AuditEvent)) == (0, before)
 
 
-# --- channel watches --------------------------------------------------------------------------------
+# --- aliases and scopes (issue 16, items 2 and 12) ---------------------------------------------------
 
 
-async def test_channel_watches(db: Database) -> None:
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "*",
+        "all",
+        "ALL",
+        "Ａｌｌ",  # fullwidth: NFKC reads it as `All`
+        "＊",
+        B,
+        B.upper(),
+        "1111111-2222-3333-4444-555555555555",  # a GUID with a digit missing
+        "11111111-2222-3333-4444-55555555555O",  # a GUID with the letter O for a zero
+        "pr\u200bod",  # zero-width space
+        "prod\u2060",  # word joiner
+        "\u200eprod",  # left-to-right mark
+        "prod\U000e0041",  # a tag character
+        "pr\x00od",
+    ],
+)
+async def test_an_alias_that_reads_as_something_else_is_refused(db: Database, alias: str) -> None:
     await two_subscriptions(db)
-    watch = directory.watch
-    assert await watch(db, team_id="T", channel_id="C1", subscription="prod", user_id=USER) is True
-    assert await watch(db, team_id="T", channel_id="C1", subscription=A, user_id=USER) is False
-    assert await watch(db, team_id="T", channel_id="C2", subscription="all", user_id=USER) is True
+    before = (await stored_subscriptions(db), await count(db, AuditEvent))
+    with pytest.raises(BadInput, match=r"(?i)alias"):
+        await directory.upsert_subscriptions(db, [SubscriptionRow(C, "New", alias)], actor=OPERATOR)
+    with pytest.raises(BadInput):  # nor may an existing subscription take it
+        await directory.upsert_subscriptions(db, [SubscriptionRow(A, "Production", alias)], actor=OPERATOR)
+    assert (await stored_subscriptions(db), await count(db, AuditEvent)) == before
+
+
+@pytest.mark.parametrize("alike", ["PROD", "Prod", "ｐｒｏｄ"])
+async def test_an_alias_that_reads_the_same_as_another_is_refused(db: Database, alike: str) -> None:
+    await two_subscriptions(db)
+    before = (await stored_subscriptions(db), await count(db, AuditEvent))
+    taken = f"`{alike}` reads the same as `prod`, the alias of subscription `{A}`"
+    with pytest.raises(Conflict, match=taken):
+        await directory.upsert_subscriptions(db, [SubscriptionRow(C, "New", alike)], actor=OPERATOR)
+    with pytest.raises(Conflict, match=f"`prod` and `{alike}` read the same"):
+        await directory.upsert_subscriptions(
+            db,
+            [
+                SubscriptionRow(A, "Production", "main"),
+                SubscriptionRow(B, "Staging", "prod"),
+                SubscriptionRow(C, "New", alike),
+            ],
+            actor=OPERATOR,
+        )
+    assert (await stored_subscriptions(db), await count(db, AuditEvent)) == before
+
+    # A subscription may change how its own alias is written, and take one another gives up.
+    await directory.upsert_subscriptions(db, [SubscriptionRow(A, "Production", alike)], actor=OPERATOR)
+    await directory.upsert_subscriptions(
+        db, [SubscriptionRow(A, "Production", "main"), SubscriptionRow(C, "New", "prod")], actor=OPERATOR
+    )
+    assert await stored_subscriptions(db) == {
+        A: ("Production", "main"),
+        B: ("Staging", "stage"),
+        C: ("New", "prod"),
+    }
+
+
+async def test_keep_leaves_the_alias_as_it_is(db: Database) -> None:
+    await two_subscriptions(db)
+    result = await directory.upsert_subscriptions(
+        db,
+        [
+            SubscriptionRow(A, "Production EU", directory.KEEP),
+            SubscriptionRow(B, "Staging", directory.KEEP),
+            SubscriptionRow(C, "New", directory.KEEP),
+        ],
+        actor=OPERATOR,
+    )
+    assert (result.added, result.updated, result.unchanged) == (1, 1, 1)
+    assert await stored_subscriptions(db) == {
+        A: ("Production EU", "prod"),
+        B: ("Staging", "stage"),
+        C: ("New", None),
+    }
+    # A kept alias still holds: another subscription cannot take it in the same input.
+    with pytest.raises(Conflict, match="given to two subscriptions"):
+        await directory.upsert_subscriptions(
+            db,
+            [SubscriptionRow(A, "Production EU", directory.KEEP), SubscriptionRow(C, "New", "prod")],
+            actor=OPERATOR,
+        )
+
+
+async def test_a_scope_is_resolved_in_one_place(db: Database) -> None:
+    await two_subscriptions(db)
     async with db.read() as session:
-        assert await directory.watching_channels(session, A) == ["C1", "C2"]
-        assert await directory.watching_channels(session, B) == ["C2"]
-    assert await directory.unwatch(db, channel_id="C1") == 1
+        for every in (None, "*", "all", " ALL ", "Ａｌｌ"):
+            assert await directory.resolve_scope(session, every) == "*"
+        assert await directory.resolve_scope(session, "prod") == A
+        assert await directory.resolve_scope(session, B.upper()) == B
+        with pytest.raises(UnknownSubscription):
+            await directory.resolve_scope(session, "nope")
+    assert (await directory.change_role(db, USER, "owner", "all", grant=True, actor=OPERATOR)).scope == "*"
+    assert await roles(db, USER, B) == {"owner"}
+    assert await directory.grant_role(db, USER, "owner", "*", actor=OPERATOR) is False
+    revoked = await directory.change_role(db, USER, "owner", None, grant=False, actor=OPERATOR)
+    assert (revoked.scope, revoked.changed) == ("*", True)
+
+
+async def test_a_scope_word_never_names_one_subscription(db: Database) -> None:
+    """A subscription aliased `*` before aliases were checked: `*` still means every subscription."""
+    await two_subscriptions(db)
+    async with db.write(chain=False) as session:
+        await session.execute(update(Subscription).where(Subscription.id == A).values(alias="*"))
     async with db.read() as session:
-        assert await directory.watching_channels(session, A) == ["C2"]
+        for word in ("*", "all"):
+            with pytest.raises(UnknownSubscription, match="means every subscription"):
+                await directory.resolve_subscription(session, word)
+            assert await directory.resolve_scope(session, word) == "*"
+    # Its owner holds a role on that one subscription, never on every one.
+    await directory.grant_role(db, USER, "owner", A, actor=OPERATOR)
+    assert await roles(db, USER, B) == set()
+    listed = await directory.list_roles(db, "*")
+    assert listed == []

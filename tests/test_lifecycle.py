@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from bot import apply, clicks, directory, lifecycle
+from bot import apply, clicks, directory, lifecycle, watches
 from bot.apply import ApplyOutcome
 from bot.errors import (
     AlreadyDecided,
@@ -263,7 +263,7 @@ async def test_create_without_any_channel_posts_no_card(db: Database) -> None:
 async def test_approve_then_apply_succeeds(db: Database) -> None:
     await seed(db)
     await set_partner(db, SUB, OLD_PARTNER)
-    await directory.watch(db, team_id=TEAM, channel_id="CWATCH", subscription="prod", user_id=OWNER)
+    await watches.watch(db, team_id=TEAM, channel_id="CWATCH", subscription="prod", user_id=OWNER)
     rid = await open_request(db)
 
     since = await mark(db)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
-from bot import audit, directory, reconcile
+from bot import audit, reconcile, watches
 from bot.cli import cli
 from bot.errors import SYSTEM_ACTOR
 from handlers.messages import drift_text
@@ -56,7 +56,7 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
         database_url, column="azure", DPOR_AZURE_CREDENTIALS_FILE=identities_file(tmp_path)
     ):
         await record(w.db, SUB, OLD)
-        await directory.watch(w.db, team_id=TEAM, channel_id=WATCHERS, subscription="prod", user_id="U0OWNER")
+        await watches.watch(w.db, team_id=TEAM, channel_id=WATCHERS, subscription="prod", user_id="U0OWNER")
         yield w
 
 

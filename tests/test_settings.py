@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from bot.settings import ConfigError, Settings, load_settings, normalise_database_url, parse_duration
+from storage.migrate import HEAD
+from storage.urls import redact_url, url_host
+
+REPO = Path(__file__).resolve().parents[1]
 
 CONTRACT_VARIABLES = [field.alias for field in Settings.model_fields.values()]
 
@@ -141,3 +150,124 @@ def test_secrets_are_not_shown_by_the_settings_object(monkeypatch: pytest.Monkey
     shown = f"{settings!r} {settings}"
     assert "xoxb-secret-token-value" not in shown
     assert "signing-secret-value" not in shown
+
+
+@pytest.mark.parametrize("optional", ["DPOR_REMIND_AFTER", "DPOR_RECONCILE_EVERY"])
+def test_optional_durations_take_off(monkeypatch: pytest.MonkeyPatch, optional: str) -> None:
+    field = next(name for name, f in Settings.model_fields.items() if f.alias == optional)
+    for off in ("off", "OFF", "0", ""):
+        monkeypatch.setenv(optional, off)
+        assert getattr(load_settings(), field) is None
+    monkeypatch.setenv(optional, "2h")
+    assert getattr(load_settings(), field) == timedelta(hours=2)
+    monkeypatch.setenv(optional, "soon")
+    with pytest.raises(ConfigError, match=f"^{optional}: expected a duration such as 72h"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "DPOR_REQUEST_TTL",
+        "DPOR_PROVIDER_TIMEOUT",
+        "DPOR_OUTBOX_POLL_INTERVAL",
+        "DPOR_OUTBOX_LEASE",
+        "DPOR_SWEEP_INTERVAL",
+    ],
+)
+def test_every_duration_is_read_alike(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    field = next(name for name, f in Settings.model_fields.items() if f.alias == variable)
+    monkeypatch.setenv(variable, "1h30m")
+    assert getattr(load_settings(), field) == timedelta(hours=1, minutes=30)
+    for bad in ("off", "0", "soon"):
+        monkeypatch.setenv(variable, bad)
+        with pytest.raises(ConfigError, match=f"^{variable}: expected a duration"):
+            load_settings()
+
+
+# --- URLs: credentials and query strings never shown; ambiguous credentials refused (issue 16, item 10) ---
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DATABASE_URL", "postgresql://bot:pa/ss-secret@db.internal:5432/dpor"),
+        ("DATABASE_URL", "postgres://bot:pa?ss-secret@db.internal/dpor"),
+        ("DATABASE_URL", "postgresql://bot:pa@ss-secret@db.internal/dpor"),
+        ("DPOR_WEBHOOK_URL", "https://hook:pa/ss-secret@hooks.example.com/dpor"),
+        ("DPOR_WEBHOOK_URL", "https://hook:pa#ss-secret@hooks.example.com/dpor"),
+        ("SLACK_API_URL", "https://proxy:pa/ss-secret@slack-proxy.internal/api/"),
+    ],
+)
+def test_a_url_whose_credentials_are_ambiguous_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"{variable}: expected a URL whose user name and password percent-encode `/`")
+    assert "ss-secret" not in message and ":***@" in message
+
+
+def test_percent_encoded_credentials_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://bot:pa%2Fss@db.internal/dpor")
+    monkeypatch.setenv("DPOR_WEBHOOK_URL", "https://hook:pa%2Fss@hooks.example.com/dpor?access_token=t")
+    settings = load_settings()
+    assert settings.database_url == "postgresql+asyncpg://bot:pa%2Fss@db.internal/dpor"
+    assert settings.webhook_url == "https://hook:pa%2Fss@hooks.example.com/dpor?access_token=t"
+
+
+def test_a_refused_url_is_shown_without_its_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DPOR_WEBHOOK_URL", "ftp://hooks.example.com/dpor?access_token=token-secret")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "DPOR_WEBHOOK_URL: expected an http(s) URL such as https://hooks.example.com/dpor "
+        "(got 'ftp://hooks.example.com/dpor?***')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "host"),
+    [
+        ("postgresql://bot:pw@db:5432/dpor", "postgresql://bot:***@db:5432/dpor", "db:5432"),
+        ("postgresql://bot:pa/ss@db/dpor", "postgresql://bot:***@db/dpor", "db"),
+        (
+            "https://u:p?x#y@hooks.example.com/a?b",
+            "https://u:***@hooks.example.com/a?***",
+            "hooks.example.com",
+        ),
+        ("https://token@hooks.example.com/a", "https://***@hooks.example.com/a", "hooks.example.com"),
+        ("https://a@b@hooks.example.com/", "https://***@hooks.example.com/", "hooks.example.com"),
+        (
+            "https://hooks.example.com/a?access_token=t",
+            "https://hooks.example.com/a?***",
+            "hooks.example.com",
+        ),
+        ("https://hooks.example.com/a#t", "https://hooks.example.com/a#***", "hooks.example.com"),
+        ("sqlite:///var/lib/dpor@1/x.db", "sqlite:///var/lib/dpor@1/x.db", ""),
+        ("user:pw@host", "***", ""),
+    ],
+)
+def test_redact_url_and_url_host(url: str, shown: str, host: str) -> None:
+    assert redact_url(url) == shown
+    assert url_host(url) == host
+
+
+def test_migrations_read_database_url_without_the_bot_settings(tmp_path: Path) -> None:
+    """Alembic's env.py, run as `alembic upgrade` would run it: no connection handed over."""
+    script = (
+        "import sys\n"
+        "from alembic import command\n"
+        "from storage.migrate import alembic_config\n"
+        "command.upgrade(alembic_config(), 'head')\n"
+        "assert 'bot.settings' not in sys.modules, 'env.py imported bot.settings'\n"
+    )
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]

@@ -1,11 +1,13 @@
 """Alembic environment: runs on the connection the caller hands over, or opens its own."""
 
 import asyncio
+import os
 
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.models import Base
+from storage.urls import DEFAULT_DATABASE_URL, normalise_database_url
 
 config = context.config
 target_metadata = Base.metadata
@@ -32,6 +34,5 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    from bot.settings import load_settings
-
-    asyncio.run(_run_async(config.get_main_option("sqlalchemy.url") or load_settings().database_url))
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    asyncio.run(_run_async(normalise_database_url(url)))

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot import audit, directory
-from bot.slack_standin import SlackStandin
+from sandbox.standin import SlackStandin
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from bot import directory
 from bot.app import Bot, web_app
 from bot.settings import Settings
-from bot.slack_standin import Message, SlackStandin
+from sandbox.standin import Message, SlackStandin
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, utcnow
 from tests.slack import SignedSlackClient
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.slack_standin import SlackStandin
+from sandbox.standin import SlackStandin
 from tests.e2e.conftest import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, OWNER, PROD, SECRET, TEAM, TOKEN
 from tests.slack import SignedSlackClient
 

@@ -20,8 +20,8 @@ from bot.context import BotContext
 from bot.policy import Policy
 from bot.providers import Providers
 from bot.settings import Settings
-from bot.slack_standin import SlackStandin
 from bot.worker import OutboxWorker
+from sandbox.standin import SlackStandin
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription, utcnow

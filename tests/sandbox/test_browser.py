@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from bot.sandbox import Sandbox, render
 from handlers.messages import card_blocks, to_dicts
+from sandbox import render
+from sandbox.server import Sandbox
 from tests.sandbox.test_render import NAMES, ORIGIN, _view
 
 CHROMIUM = "/usr/bin/chromium"

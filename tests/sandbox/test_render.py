@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
-from bot.sandbox.render import Names, Origin, blocks, mrkdwn
 from bot.views import CardView
 from handlers.messages import card_blocks, notification_blocks, to_dicts, when
+from sandbox.render import Names, Origin, blocks, mrkdwn
 from tests.sandbox.tree import find, tags, text_of
 
 NAMES = Names(

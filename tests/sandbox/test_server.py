@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
-from bot.sandbox import Sandbox
-from bot.sandbox.seed import APPROVALS, NOTIFICATIONS
+from sandbox.seed import APPROVALS, NOTIFICATIONS
+from sandbox.server import Sandbox
 from tests.sandbox.tree import find, text_of
 
 T = TypeVar("T")
@@ -47,7 +49,7 @@ async def until(check: Callable[[], T], timeout: float = 10.0) -> T:  # noqa: AS
 
 
 def items(sandbox: Sandbox, channel: str, user: str) -> list[dict[str, Any]]:
-    return sandbox.timeline(channel, user)
+    return sandbox.page.timeline(channel, user)
 
 
 def seen(sandbox: Sandbox, channel: str, user: str) -> str:
@@ -112,7 +114,7 @@ async def test_the_bot_checks_the_signature_of_what_the_sandbox_sends(
 
 def test_command_text_arrives_as_slack_sends_it() -> None:
     sandbox = Sandbox(port=0)
-    sent = sandbox._as_slack_sends("R&D <b>x</b> @ben @Olivia @nobody #dpor-approvals ticket #123 a@ben")
+    sent = sandbox.page.as_slack_sends("R&D <b>x</b> @ben @Olivia @nobody #dpor-approvals ticket #123 a@ben")
     assert sent == (
         "R&amp;D &lt;b&gt;x&lt;/b&gt; <@U0BYSTAND|ben> <@U0OWNER1|olivia> @nobody "
         "<#C0APPROVALS|dpor-approvals> ticket #123 a@ben"
@@ -143,6 +145,7 @@ async def test_commands_work_in_a_dm_and_answers_with_blocks_render(
 async def test_the_api_refuses_what_the_page_would_never_send(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
+    calls = [c.method for c in sandbox.slack.calls]  # the bot's own at start-up, if any
     status, answer = await api(
         http, sandbox, "/sandbox/command", user="U0INTRUDER", channel=APPROVALS, text=SET
     )
@@ -157,7 +160,7 @@ async def test_the_api_refuses_what_the_page_would_never_send(
     form = {"user": ADMIN, "channel": APPROVALS, "text": SET}
     async with http.post(sandbox.url + "sandbox/command", data=form) as response:
         assert response.status == 415  # another site's form cannot post a command
-    assert sandbox.slack.calls == []
+    assert [c.method for c in sandbox.slack.calls] == calls
 
 
 async def test_the_page_and_its_files(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
@@ -175,7 +178,7 @@ async def test_the_page_and_its_files(sandbox: Sandbox, http: aiohttp.ClientSess
 async def test_a_waiting_page_hears_of_a_change_at_once(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
-    version = sandbox.view(ADMIN)["version"]
+    version = sandbox.page.view(ADMIN)["version"]
 
     async def wait() -> dict[str, Any]:
         async with http.get(f"{sandbox.url}sandbox/state?user={OWNER}&after={version}") as response:
@@ -198,7 +201,7 @@ async def test_stopping_answers_waiting_pages_and_removes_the_temporary_database
     database = Path(first.bot.settings.database_url.split("///", 1)[1])
     assert await asyncio.to_thread(database.exists)
     await api(http, first, "/sandbox/command", user=ADMIN, channel=APPROVALS, text=SET)
-    version = first.view(ADMIN)["version"]
+    version = first.page.view(ADMIN)["version"]
     waiting = asyncio.create_task(http.get(f"{first.url}sandbox/state?user={ADMIN}&after={version}"))
     await asyncio.sleep(0.2)
     await asyncio.wait_for(first.stop(), 5)
@@ -229,3 +232,59 @@ async def test_replies_in_a_thread_are_shown_in_place_and_marked(
     top, reply = items(sandbox, APPROVALS, OWNER)
     assert (top["thread"], reply["thread"]) == (False, True)
     assert text_of(reply["body"]) == "reply to 1.000001"
+
+
+async def status_for(sandbox: Sandbox, host: str | None, request: str = "GET / HTTP/1.1") -> int:
+    """The status of `request` sent with this Host header (None: none at all), byte for byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(sandbox.url).port)
+    header = "" if host is None else f"Host: {host}\r\n"
+    writer.write(f"{request}\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+async def test_only_requests_addressed_to_the_sandbox_by_a_loopback_name_are_answered(
+    sandbox: Sandbox,
+) -> None:
+    """DNS rebinding: a page of evil.example, its name now resolved to 127.0.0.1, sends Host: evil.example."""
+    port = urlsplit(sandbox.url).port
+    calls = len(sandbox.slack.calls)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+        assert await status_for(sandbox, host) == 200, host
+    refused = [
+        f"evil.example:{port}",
+        "evil.example",
+        f"127.0.0.1.evil.example:{port}",
+        "127.0.0.1",
+        f"127.0.0.1:{port + 1}",
+        f"0.0.0.0:{port}",
+        "",
+    ]
+    for path in ("/", f"/sandbox/state?user={ADMIN}", "/api/auth.test"):
+        for host in refused:
+            assert await status_for(sandbox, host, f"GET {path} HTTP/1.1") == 421, (path, host)
+        assert await status_for(sandbox, None, f"GET {path} HTTP/1.0") == 421, path  # no Host at all
+    assert len(sandbox.slack.calls) == calls  # the Web API never saw them
+
+
+async def test_both_sides_listen_on_loopback_only(sandbox: Sandbox) -> None:
+    assert sandbox.bot_url is not None
+    outside = _an_address_other_than_loopback()
+    for url in (sandbox.url, sandbox.bot_url):
+        assert urlsplit(url).hostname == "127.0.0.1"
+        if outside is not None:
+            with pytest.raises(OSError):
+                await asyncio.open_connection(outside, urlsplit(url).port)
+
+
+def _an_address_other_than_loopback() -> str | None:
+    """This machine's address on its default route, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address

@@ -1,9 +1,8 @@
-"""The sandbox: the unchanged bot, and a local Slack that serves a web page, its JSON API and the Web API.
+"""The sandbox's page and its JSON API: who is who, what each person sees, and what they do there.
 
-The Slack side is the Web API stand-in (bot.slack_standin) with the page's routes added. It turns what
-someone does on the page into the requests Slack would send (a slash command, a block_actions click),
-signs them with the signing secret and posts them to the bot's /slack/events over HTTP. The bot runs
-as `dpor-bot serve` does, signature checks on, on a port of its own in the same process.
+What someone does on the page becomes the request Slack would send (a slash command, a block_actions
+click); the sandbox (sandbox.server) signs it and posts it to the bot. The bot's answers and the Web API
+calls it makes come back through the Slack stand-in, whose routes this page shares.
 """
 
 from __future__ import annotations
@@ -11,27 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import os
 import re
 import secrets
-import shutil
-import signal
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from bot.app import Bot, configure_logging, web_app
-from bot.sandbox import render
-from bot.sandbox.seed import (
+from sandbox import render
+from sandbox.seed import (
     APPROVALS,
     CHANNELS,
     EXAMPLES,
@@ -41,19 +32,13 @@ from bot.sandbox.seed import (
     SUBSCRIPTIONS,
     TEAM_ID,
     Person,
-    seed,
 )
-from bot.settings import ConfigError, load_settings
-from bot.slack_requests import FORM_CONTENT_TYPE, block_actions_body, sign, slash_command_body
-from bot.slack_standin import Message, SlackStandin
+from sandbox.signing import block_actions_body, command_text, find_button, slash_command_body
+from sandbox.standin import Message, SlackStandin
 
-log = logging.getLogger("dpor.sandbox")
-
-HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 SLACK_TIMEOUT = 3.0  # Slack gives up on a slash command the app has not answered within 3 s
 POLL_WAIT = 25.0
-STATIC = files("bot.sandbox") / "static"
+STATIC = files("sandbox") / "static"
 STATIC_TYPES = {"sandbox.js": "text/javascript", "sandbox.css": "text/css"}
 # Defence in depth: even if markup slipped into the page, no inline script or handler would run.
 PAGE_POLICY = (
@@ -89,107 +74,34 @@ class BotUnreachable(Exception):
     """The bot did not answer at all; the message says so for the page."""
 
 
-class Sandbox:
-    """`async with Sandbox(port=0) as sandbox:` runs both sides; open `sandbox.url` in a browser."""
+PostToBot = Callable[[str], Awaitable[BotAnswer]]
+"""Signs a form-encoded body as Slack does and posts it to the bot; raises BotUnreachable."""
 
-    def __init__(self, *, port: int = DEFAULT_PORT, database_url: str | None = None) -> None:
-        self.port = port
-        self.database_url = database_url
-        self.signing_secret = secrets.token_hex(16)
-        self._bot_token = f"xoxb-sandbox-{secrets.token_hex(8)}"
-        self.slack = SlackStandin(team_id=TEAM_ID, bot_token=self._bot_token)
-        self.bot: Bot | None = None
-        self.bot_url: str | None = None
-        self._bot_runner: web.AppRunner | None = None
-        self._bot_running = False
-        self._http: aiohttp.ClientSession | None = None
-        self._tmpdir: str | None = None
+
+class Page:
+    """The page of one sandbox; `post` delivers what people do to the bot."""
+
+    def __init__(self, slack: SlackStandin, post: PostToBot) -> None:
+        self.slack = slack
+        self._post = post
+        self.version = 0
         self._locals: list[Local] = []
-        self._version = 0
         self._changed = asyncio.Event()
         self._closing = False
         self._people = {p.id: p for p in PEOPLE}
         self._names = render.Names(
-            users={self.slack.bot_user_id: "dpor", **{p.id: p.name for p in PEOPLE}},
+            users={slack.bot_user_id: "dpor", **{p.id: p.name for p in PEOPLE}},
             channels=CHANNELS,
             tz=datetime.now().astimezone().tzinfo or render.UTC,
         )
-        self._add_routes(self.slack.app)
 
-    @property
-    def url(self) -> str:
-        return self.slack.url + "/"
-
-    # lifecycle
-
-    async def start(self) -> str:
-        """Start the Slack side on the port, then the bot on a free one; returns the page's URL."""
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self.url
-
-    async def _start(self) -> None:
-        database_url = self.database_url
-        if database_url is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="dpor-sandbox-")
-            database_url = f"sqlite:///{Path(self._tmpdir) / 'sandbox.db'}"
-        for person in PEOPLE:
-            self.slack.add_user(person.id, name=person.handle, real_name=person.name)
-        try:
-            await self.slack.start(HOST, self.port)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {HOST}:{self.port} ({exc.strerror or exc}): "
-                "choose another port with --port"
-            ) from None
-        settings = load_settings(
-            SLACK_BOT_TOKEN=self._bot_token,
-            SLACK_SIGNING_SECRET=self.signing_secret,
-            SLACK_API_URL=self.slack.base_url,
-            DATABASE_URL=database_url,
-            DPOR_APPROVAL_CHANNEL=APPROVALS,
-            DPOR_NOTIFY_CHANNELS=NOTIFICATIONS,
-            DPOR_PROVIDER="ledger",
-        )
-        self.bot = Bot(settings)
-        # As `serve` does: requests still in progress at shutdown get 3 s.
-        self._bot_runner = web.AppRunner(web_app(self.bot), access_log=None, shutdown_timeout=3.0)
-        await self._bot_runner.setup()  # starts the bot: migrates the database, starts the worker
-        self._bot_running = True
-        await seed(self.bot.db)
-        await web.TCPSite(self._bot_runner, HOST, 0).start()
-        self.bot_url = f"http://{HOST}:{self._bot_runner.addresses[0][1]}/slack/events"
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-
-    async def stop(self) -> None:
+    def close(self) -> None:
+        """Answer waiting page requests now instead of holding up the shutdown."""
         self._closing = True
-        self._bump()  # waiting page requests answer now instead of holding up the shutdown
-        if self._bot_running and self._bot_runner is not None:
-            await self._bot_runner.cleanup()  # stops the bot too
-        elif self.bot is not None:
-            await self.bot.stop()
-        self._bot_running, self._bot_runner = False, None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-        await self.slack.stop()
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+        self._bump()
 
-    async def __aenter__(self) -> Sandbox:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    # the page and its JSON API
-
-    def _add_routes(self, app: web.Application) -> None:
+    def add_routes(self, app: web.Application) -> None:
+        """Serve the page and its JSON API on `app`, the Slack stand-in's."""
         app.router.add_get("/", self._page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/sandbox/state", self._state)
@@ -234,7 +146,7 @@ class Sandbox:
             after = int(request.query.get("after", "-1"))
         except ValueError:
             after = -1
-        if after == self._version and not self._closing:
+        if after == self.version and not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_WAIT):
                     await self._changed.wait()
@@ -273,7 +185,7 @@ class Sandbox:
             )
             return
         form = slash_command_body(
-            self._as_slack_sends(rest),
+            self.as_slack_sends(rest),
             user_id=viewer.id,
             team_id=TEAM_ID,
             channel_id=entry.channel,
@@ -328,7 +240,7 @@ class Sandbox:
             response_url=self.slack.response_url(
                 secrets.token_urlsafe(12), channel=channel, user=viewer.id, message_ts=ts
             ),
-            message=self._message_payload(message),
+            message=self.slack.workspace.payload(message),
             user_name=viewer.handle,
             channel_name=self._channel_name(channel),
         )
@@ -345,32 +257,6 @@ class Sandbox:
             self._bump()
         return web.json_response({"ok": problem is None, "problem": problem})
 
-    async def _post(self, form: str) -> BotAnswer:
-        """Sign and post a request to the bot, as Slack does."""
-        if self._http is None or self.bot_url is None:
-            raise BotUnreachable("The bot is not running (yet): try again in a moment.")
-        headers = {
-            "Content-Type": FORM_CONTENT_TYPE,
-            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
-            **sign(self.signing_secret, form),
-        }
-        started = time.monotonic()
-        try:
-            async with self._http.post(self.bot_url, data=form.encode(), headers=headers) as response:
-                raw = await response.read()
-                status, content_type = response.status, response.content_type
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("the bot did not answer: %r", exc)
-            raise BotUnreachable(f"The bot did not answer ({type(exc).__name__}).") from None
-        seconds = time.monotonic() - started
-        if not raw:
-            return BotAnswer(status, None, seconds)
-        text = raw.decode("utf-8", "replace")
-        if content_type == "application/json":
-            with contextlib.suppress(ValueError):
-                return BotAnswer(status, json.loads(text), seconds)
-        return BotAnswer(status, text, seconds)
-
     # what a person sees
 
     def view(self, user_id: str) -> dict[str, Any]:
@@ -383,7 +269,7 @@ class Sandbox:
             (dm, "dpor (direct messages)", f"the bot's direct messages to {viewer.name}"),
         ]
         return {
-            "version": self._version,
+            "version": self.version,
             "viewer": viewer.id,
             "people": [
                 {"id": p.id, "name": p.name, "handle": p.handle, "role": p.label, "about": p.about}
@@ -436,7 +322,7 @@ class Sandbox:
     # helpers
 
     def _bump(self) -> None:
-        self._version += 1
+        self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -456,52 +342,23 @@ class Sandbox:
     def _channel_name(self, channel: str) -> str:
         return CHANNELS.get(channel, "directmessage")
 
-    def _as_slack_sends(self, text: str) -> str:
-        """As Slack sends a command's text (`should_escape: true`): &, < and > escaped, @person and
-        #channel turned into mentions."""
-        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        handles = {p.handle: p for p in PEOPLE}
-        channel_ids = {name: cid for cid, name in CHANNELS.items()}
-
-        def person(m: re.Match[str]) -> str:
-            found = handles.get(m.group(1).lower())
-            return f"<@{found.id}|{found.handle}>" if found else m.group(0)
-
-        def channel(m: re.Match[str]) -> str:
-            cid = channel_ids.get(m.group(1).lower())
-            return f"<#{cid}|{m.group(1).lower()}>" if cid else m.group(0)
-
-        escaped = re.sub(r"(?<![\w@])@([\w.-]+)", person, escaped)
-        return re.sub(r"(?<![\w#&])#([\w-]+)", channel, escaped)
-
-    def _message_payload(self, message: Message) -> dict[str, Any]:
-        """The clicked message as Slack puts it in a block_actions payload."""
-        return {
-            "type": "message",
-            "user": message.user,
-            "bot_id": self.slack.bot_id,
-            "app_id": self.slack.app_id,
-            "team": TEAM_ID,
-            "text": message.text,
-            "blocks": message.blocks,
-            "ts": message.ts,
-        }
+    def as_slack_sends(self, typed: str) -> str:
+        """A command's text as Slack sends it: escaped, the sandbox's @people and #channels as mentions."""
+        return command_text(
+            typed,
+            users={p.handle: p.id for p in PEOPLE},
+            channels={name: cid for cid, name in CHANNELS.items()},
+        )
 
     def _ts(self) -> str:
         return f"{time.time():.6f}"
 
 
 def _button_value(message: Message, action_id: str) -> str | None:
-    for block in message.blocks:
-        elements = [*block.get("elements", []), *([block["accessory"]] if "accessory" in block else [])]
-        for element in elements:
-            if (
-                isinstance(element, dict)
-                and element.get("type") == "button"
-                and element.get("action_id") == action_id
-            ):
-                return str(element.get("value", ""))
-    return None
+    found = find_button(message.blocks, action_id)
+    if found is None or found[1].get("type") != "button":
+        return None
+    return str(found[1].get("value", ""))
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -530,25 +387,3 @@ def _bad_request(problem: str, status: int = 400) -> web.HTTPException:
     return _ERRORS[status](
         text=json.dumps({"ok": False, "problem": problem}), content_type="application/json"
     )
-
-
-async def run_sandbox(port: int = DEFAULT_PORT) -> None:
-    """`dpor-bot sandbox`: run until Ctrl-C or SIGTERM, then stop both sides and remove the temporary data."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    configure_logging(logging.WARNING)
-    database_url = os.environ.get("DATABASE_URL") or None
-    sandbox = Sandbox(port=port, database_url=database_url)
-    try:
-        url = await sandbox.start()
-        where = "a temporary database, removed on exit" if database_url is None else "DATABASE_URL"
-        print(f"dpor-bot sandbox: open {url} in a browser", flush=True)
-        print(f"  the bot answers on {sandbox.bot_url} and keeps its data in {where}", flush=True)
-        print("  press Ctrl-C to stop", flush=True)
-        await stop.wait()
-        print("dpor-bot sandbox: stopping", flush=True)
-    finally:
-        await sandbox.stop()

@@ -1,6 +1,6 @@
 """Slack's requests to the bot (slash commands, button clicks), field for field, signed as Slack signs them.
 
-The sandbox plays Slack with these; the tests use them to drive the bot over HTTP.
+The sandbox plays Slack with these; the tests and the benchmark use them to drive the bot over HTTP.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -30,6 +31,34 @@ def sign(signing_secret: str, body: str | bytes, timestamp: int | None = None) -
     raw = body.encode() if isinstance(body, str) else body
     digest = hmac.new(signing_secret.encode(), b"v0:%d:%s" % (ts, raw), hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": f"v0={digest}"}
+
+
+def command_text(typed: str, *, users: Mapping[str, str], channels: Mapping[str, str]) -> str:
+    """A command's text as Slack sends it (`should_escape: true`): &, < and > escaped, and `@handle` and
+    `#channel` turned into mentions for the handles in `users` and the names in `channels` (each to an ID,
+    both lower case)."""
+    escaped = typed.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    def person(m: re.Match[str]) -> str:
+        handle = m.group(1).lower()
+        return f"<@{users[handle]}|{handle}>" if handle in users else m.group(0)
+
+    def channel(m: re.Match[str]) -> str:
+        name = m.group(1).lower()
+        return f"<#{channels[name]}|{name}>" if name in channels else m.group(0)
+
+    escaped = re.sub(r"(?<![\w@])@([\w.-]+)", person, escaped)
+    return re.sub(r"(?<![\w#&])#([\w-]+)", channel, escaped)
+
+
+def find_button(blocks: list[dict[str, Any]], action_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The block and the element with `action_id` in a message's blocks, or None."""
+    for block in blocks:
+        elements = [*block.get("elements", []), *([block["accessory"]] if "accessory" in block else [])]
+        for element in elements:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return block, element
+    return None
 
 
 def slash_command_body(
@@ -81,7 +110,8 @@ def block_actions_body(
     `message` is the clicked message as posted (for example from chat.postMessage's answer); when its
     blocks hold the button, the action carries that button's block_id and text, as Slack's does."""
     msg: dict[str, Any] = {"type": "message", "ts": message_ts, "text": "", "blocks": [], **(message or {})}
-    block_id, button = _find_button(msg["blocks"], action_id)
+    block, button = find_button(msg["blocks"], action_id) or ({}, {})
+    block_id = str(block.get("block_id") or secrets.token_hex(3))
     action = {
         "action_id": action_id,
         "block_id": block_id,
@@ -113,15 +143,6 @@ def block_actions_body(
         "actions": [action],
     }
     return urlencode({"payload": json.dumps(payload, separators=(",", ":"))})
-
-
-def _find_button(blocks: list[dict[str, Any]], action_id: str) -> tuple[str, dict[str, Any]]:
-    for block in blocks:
-        elements = [*block.get("elements", []), *([block["accessory"]] if "accessory" in block else [])]
-        for element in elements:
-            if isinstance(element, dict) and element.get("action_id") == action_id:
-                return str(block.get("block_id") or secrets.token_hex(3)), element
-    return secrets.token_hex(3), {}
 
 
 def _channel_name(channel_id: str) -> str:

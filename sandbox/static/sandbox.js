@@ -1,5 +1,5 @@
 // The sandbox page: shows what the chosen person sees in Slack and sends what they do.
-// Messages arrive as an element tree rendered by the server (bot/sandbox/render.py). Every node is made
+// Messages arrive as an element tree rendered by the server (sandbox/render.py). Every node is made
 // with createElement from a fixed list of tags and every string goes in as a text node: no innerHTML,
 // so text from a message can never become markup.
 "use strict";

@@ -1,33 +1,36 @@
-"""A local stand-in for Slack's Web API and response URLs: keeps conversation state, records every call."""
+"""A local stand-in for Slack's Web API and response URLs: keeps conversation state, records every call.
+
+The state and the Web API methods are the workspace's (sandbox.workspace); this module is the HTTP side
+(tokens, bodies, response URLs) and what tests steer it with (injected failures, held calls, waiting).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-JSONDict = dict[str, Any]
+from sandbox.workspace import (
+    Ephemeral,
+    JSONDict,
+    Message,
+    ResponseTarget,
+    SlackError,
+    User,
+    Workspace,
+    parse_blocks,
+)
+
+__all__ = ["RESPONSE_URL", "Call", "Ephemeral", "Message", "SlackStandin", "User"]
 
 RESPONSE_URL = "response_url"
 """The method name under which posts to a response URL are recorded, failed and waited for."""
-
-
-class _SlackError(Exception):
-    """An answer of HTTP 200 with `{"ok": false, "error": error}`."""
-
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 @dataclass(frozen=True)
@@ -60,40 +63,6 @@ class Call:
 
 
 @dataclass
-class Message:
-    """A message the bot posted, as it stands now; `updated` counts the edits."""
-
-    channel: str
-    ts: str
-    text: str
-    blocks: list[JSONDict]
-    user: str
-    thread_ts: str | None = None
-    updated: int = 0
-
-
-@dataclass(frozen=True)
-class Ephemeral:
-    """A message only `user` sees, from chat.postEphemeral or an ephemeral response."""
-
-    channel: str
-    user: str
-    message_ts: str
-    text: str
-    blocks: list[JSONDict]
-    thread_ts: str | None = None
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    name: str
-    real_name: str
-    tz: str = "UTC"
-    is_bot: bool = False
-
-
-@dataclass
 class _Failure:
     status: int
     error: str
@@ -110,13 +79,6 @@ class _Hold:
         self.waiting = 0
 
 
-@dataclass(frozen=True)
-class _ResponseTarget:
-    channel: str | None
-    user: str | None
-    message_ts: str | None
-
-
 class SlackStandin:
     """Slack's Web API on a local port: `async with SlackStandin() as slack:`; clients use `.base_url`."""
 
@@ -130,23 +92,18 @@ class SlackStandin:
         self.app_id = "A0DPOR"
         self._bot_token = bot_token
         self.calls: list[Call] = []
-        self._messages: dict[str, list[Message]] = {}
-        self._ephemerals: list[Ephemeral] = []
+        self.workspace = Workspace(
+            team_id=team_id,
+            team_domain=self.team_domain,
+            bot_user_id=bot_user_id,
+            bot_id=self.bot_id,
+            app_id=self.app_id,
+        )
+        self._methods = self.workspace.methods
         self._failures: dict[str, deque[_Failure]] = {}
         self._holds: dict[str, _Hold] = {}
-        self._opened: set[str] = set()
-        self._targets: dict[str, _ResponseTarget] = {}
-        self._users: dict[str, User] = {bot_user_id: User(bot_user_id, "dpor", "DPOR", is_bot=True)}
-        self._last_ts_us = 0
+        self._targets: dict[str, ResponseTarget] = {}
         self._changed = asyncio.Condition()
-        self._methods: dict[str, Callable[[JSONDict], JSONDict]] = {
-            "auth.test": self._auth_test,
-            "chat.postMessage": self._post_message,
-            "chat.update": self._update,
-            "chat.postEphemeral": self._post_ephemeral,
-            "conversations.open": self._open,
-            "users.info": self._users_info,
-        }
         self.app = web.Application()
         self.app.router.add_get("/api/{method}", self._api)
         self.app.router.add_post("/api/{method}", self._api)
@@ -206,7 +163,8 @@ class SlackStandin:
     ) -> None:
         """Describe a user for users.info; users not added get a profile made up from their ID."""
         ZoneInfo(tz)  # an unknown zone fails here, not inside users.info
-        self._users[user_id] = User(user_id, name or user_id.lower(), real_name or f"User {user_id}", tz)
+        user = User(user_id, name or user_id.lower(), real_name or f"User {user_id}", tz)
+        self.workspace.users[user_id] = user
 
     def response_url(
         self,
@@ -219,7 +177,7 @@ class SlackStandin:
         """A response URL served here. Given the context, posts to it act as Slack's do: `replace_original`
         and `delete_original` change the message at `message_ts`, `response_type: in_channel` posts to
         `channel`, anything else is an ephemeral message to `user`."""
-        self._targets[token] = _ResponseTarget(channel, user, message_ts)
+        self._targets[token] = ResponseTarget(channel, user, message_ts)
         return f"{self.url}/response/{token}"
 
     def fail(
@@ -282,28 +240,26 @@ class SlackStandin:
 
     def messages(self, channel: str) -> list[Message]:
         """The bot's messages in `channel` (a user ID means the bot's DM with that user), oldest first."""
-        return list(self._messages.get(self._resolve(channel), []))
+        return list(self.workspace.messages.get(self.workspace.resolve(channel), []))
 
     def message(self, channel: str, ts: str) -> Message:
-        found = self._find(self._resolve(channel), ts)
+        found = self.workspace.find(self.workspace.resolve(channel), ts)
         if found is None:
             raise KeyError(f"no message {ts} in {channel}")
         return found
 
     def ephemerals(self, user: str | None = None) -> list[Ephemeral]:
-        return [e for e in self._ephemerals if user is None or e.user == user]
+        return [e for e in self.workspace.ephemerals if user is None or e.user == user]
 
     def dm_channel(self, user: str) -> str:
         """The ID of the bot's DM with `user`, the same every time (as conversations.open answers)."""
-        return "D" + user[1:]
+        return self.workspace.dm_channel(user)
 
     def clear(self) -> None:
         """Forget calls, messages, ephemerals, open DMs, response URLs and pending failures."""
         self.calls.clear()
-        self._messages.clear()
-        self._ephemerals.clear()
+        self.workspace.clear()
         self._failures.clear()
-        self._opened.clear()
         self._targets.clear()
 
     async def wait_for(self, method: str, count: int = 1, timeout: float = 5.0) -> list[Call]:  # noqa: ASYNC109
@@ -331,8 +287,8 @@ class SlackStandin:
         body_error: str | None = None
         try:
             params.update(await _read_body(request))
-            _parse_blocks(params)
-        except _SlackError as e:
+            parse_blocks(params)
+        except SlackError as e:
             body_error = e.error
         token = _bearer(request) or params.get("token")
         params.pop("token", None)
@@ -351,7 +307,7 @@ class SlackStandin:
             return await self._answer(Call(method, params, time.time(), error=body_error))
         try:
             body = handler(params)
-        except _SlackError as e:
+        except SlackError as e:
             return await self._answer(Call(method, params, time.time(), error=e.error))
         return await self._answer(Call(method, params, time.time()), body)
 
@@ -361,8 +317,8 @@ class SlackStandin:
             body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("not an object")
-            _parse_blocks(body)
-        except (ValueError, _SlackError):
+            parse_blocks(body)
+        except (ValueError, SlackError):
             await self._record(
                 Call(RESPONSE_URL, {}, time.time(), 400, "invalid_payload", response_token=token)
             )
@@ -371,7 +327,7 @@ class SlackStandin:
             return failed
         target = self._targets.get(token)
         if target is not None:
-            self._apply_response(target, body)
+            self.workspace.apply_response(target, body)
         return await self._answer(Call(RESPONSE_URL, body, time.time(), response_token=token))
 
     async def _held(self, hold: _Hold) -> bool:
@@ -408,155 +364,6 @@ class SlackStandin:
         async with self._changed:
             self._changed.notify_all()
 
-    # Web API methods: each takes the params and returns the answer's fields besides "ok"
-
-    def _auth_test(self, params: JSONDict) -> JSONDict:
-        return {
-            "url": f"https://{self.team_domain}.slack.com/",
-            "team": "DPOR",
-            "user": self._users[self.bot_user_id].name,
-            "team_id": self.team_id,
-            "user_id": self.bot_user_id,
-            "bot_id": self.bot_id,
-            "is_enterprise_install": False,
-        }
-
-    def _post_message(self, params: JSONDict) -> JSONDict:
-        channel = self._channel(params)
-        text, blocks = str(params.get("text") or ""), params.get("blocks") or []
-        if not text and not blocks and not params.get("attachments"):
-            raise _SlackError("no_text")
-        message = Message(channel, self._next_ts(), text, blocks, self.bot_user_id, params.get("thread_ts"))
-        self._messages.setdefault(channel, []).append(message)
-        return {"channel": channel, "ts": message.ts, "message": self._payload(message)}
-
-    def _update(self, params: JSONDict) -> JSONDict:
-        channel = self._channel(params)
-        message = self._find(channel, str(params.get("ts") or ""))
-        if message is None:
-            raise _SlackError("message_not_found")
-        if "text" in params:
-            message.text = str(params["text"])
-        if "blocks" in params:
-            message.blocks = params["blocks"]
-        message.updated += 1
-        return {"channel": channel, "ts": message.ts, "text": message.text, "message": self._payload(message)}
-
-    def _post_ephemeral(self, params: JSONDict) -> JSONDict:
-        channel = self._channel(params)
-        user = str(params.get("user") or "")
-        if not user:
-            raise _SlackError("user_not_found")
-        text, blocks = str(params.get("text") or ""), params.get("blocks") or []
-        if not text and not blocks and not params.get("attachments"):
-            raise _SlackError("no_text")
-        ephemeral = Ephemeral(channel, user, self._next_ts(), text, blocks, params.get("thread_ts"))
-        self._ephemerals.append(ephemeral)
-        return {"message_ts": ephemeral.message_ts}
-
-    def _open(self, params: JSONDict) -> JSONDict:
-        users = params.get("users") or ""
-        user_ids = sorted(u.strip() for u in (users if isinstance(users, list) else str(users).split(",")))
-        user_ids = [u for u in user_ids if u]
-        if params.get("channel"):
-            channel = str(params["channel"])
-        elif len(user_ids) == 1:
-            channel = self.dm_channel(user_ids[0])
-        elif user_ids:
-            channel = "G" + hashlib.sha1(",".join(user_ids).encode()).hexdigest()[:10].upper()
-        else:
-            raise _SlackError("users_list_not_supplied")
-        if channel in self._opened:
-            return {"no_op": True, "already_open": True, "channel": {"id": channel}}
-        self._opened.add(channel)
-        return {"channel": {"id": channel}}
-
-    def _users_info(self, params: JSONDict) -> JSONDict:
-        user_id = str(params.get("user") or "")
-        if not user_id:
-            raise _SlackError("user_not_found")
-        user = self._users.get(user_id) or User(user_id, user_id.lower(), f"User {user_id}")
-        now = datetime.now(ZoneInfo(user.tz))
-        offset = now.utcoffset()
-        profile: JSONDict = {
-            "real_name": user.real_name,
-            "real_name_normalized": user.real_name,
-            "display_name": user.name,
-            "display_name_normalized": user.name,
-            "team": self.team_id,
-        }
-        if user.is_bot:
-            profile["bot_id"] = self.bot_id
-        return {
-            "user": {
-                "id": user.id,
-                "team_id": self.team_id,
-                "name": user.name,
-                "deleted": False,
-                "real_name": user.real_name,
-                "tz": user.tz,
-                "tz_label": now.tzname(),
-                "tz_offset": int(offset.total_seconds()) if offset is not None else 0,
-                "profile": profile,
-                "is_admin": False,
-                "is_owner": False,
-                "is_bot": user.is_bot,
-                "is_app_user": False,
-                "updated": int(time.time()),
-            }
-        }
-
-    # state
-
-    def _apply_response(self, target: _ResponseTarget, body: JSONDict) -> None:
-        text, blocks = str(body.get("text") or ""), body.get("blocks") or []
-        original = None
-        if target.channel and target.message_ts:
-            original = self._find(target.channel, target.message_ts)
-        if original is not None and _truthy(body.get("delete_original")):
-            self._messages[original.channel].remove(original)
-        elif original is not None and _truthy(body.get("replace_original")):
-            original.text, original.blocks = text, blocks
-            original.updated += 1
-        elif target.channel and body.get("response_type") == "in_channel":
-            message = Message(target.channel, self._next_ts(), text, blocks, self.bot_user_id)
-            self._messages.setdefault(target.channel, []).append(message)
-        elif target.channel and target.user:
-            self._ephemerals.append(Ephemeral(target.channel, target.user, self._next_ts(), text, blocks))
-
-    def _payload(self, message: Message) -> JSONDict:
-        payload: JSONDict = {
-            "type": "message",
-            "user": message.user,
-            "bot_id": self.bot_id,
-            "app_id": self.app_id,
-            "text": message.text,
-            "blocks": message.blocks,
-            "team": self.team_id,
-            "ts": message.ts,
-        }
-        if message.thread_ts:
-            payload["thread_ts"] = message.thread_ts
-        return payload
-
-    def _channel(self, params: JSONDict) -> str:
-        channel = str(params.get("channel") or "")
-        if not channel:
-            raise _SlackError("channel_not_found")
-        return self._resolve(channel)
-
-    def _resolve(self, channel: str) -> str:
-        return self.dm_channel(channel) if channel[:1] in ("U", "W") else channel
-
-    def _find(self, channel: str, ts: str) -> Message | None:
-        return next((m for m in self._messages.get(channel, []) if m.ts == ts), None)
-
-    def _next_ts(self) -> str:
-        """Like Slack's: seconds.microseconds of now, unique and increasing."""
-        self._last_ts_us = max(time.time_ns() // 1000, self._last_ts_us + 1)
-        seconds, micros = divmod(self._last_ts_us, 1_000_000)
-        return f"{seconds}.{micros:06d}"
-
 
 async def _read_body(request: web.Request) -> JSONDict:
     if not request.can_read_body:
@@ -565,34 +372,17 @@ async def _read_body(request: web.Request) -> JSONDict:
         try:
             body = await request.json()
         except ValueError:
-            raise _SlackError("invalid_json") from None
+            raise SlackError("invalid_json") from None
         if not isinstance(body, dict):
-            raise _SlackError("invalid_json")
+            raise SlackError("invalid_json")
         return body
     form = await request.post()
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def _parse_blocks(params: JSONDict) -> None:
-    """Blocks come as a JSON string in form bodies and as a list in JSON bodies: make them a list."""
-    blocks = params.get("blocks")
-    if isinstance(blocks, str):
-        try:
-            blocks = json.loads(blocks) if blocks.strip() else []
-        except ValueError:
-            raise _SlackError("invalid_blocks_format") from None
-        params["blocks"] = blocks
-    if blocks is not None and not (isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks)):
-        raise _SlackError("invalid_blocks_format")
-
-
 def _bearer(request: web.Request) -> str | None:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else None
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or str(value).lower() in ("true", "1")
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -21,7 +21,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.slack_standin import SlackStandin
+from sandbox.standin import SlackStandin
 from tests.slack import SignedSlackClient, block_actions_body, sign, slash_command_body
 
 TOKEN = "xoxb-test"

@@ -1,0 +1,253 @@
+"""`dpor-bot` commands that run and watch the bot: serve, socket, db, requests, audit, outbox, reconcile,
+sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from bot import audit, outbox
+from bot.cli.command import Failed, actor, reported, run, settings, table, when
+from storage.db import Database
+from storage.migrate import is_current, upgrade
+from storage.models import OPEN_STATUSES, ChangeRequest
+from storage.queries import requests_page
+
+# Every state of a request: the open ones, then the settled ones. Lead: `tuple(RequestStatus)` once
+# storage.models has that enum (issue 11).
+REQUEST_STATUSES = (*OPEN_STATUSES, "applied", "failed", "rejected", "cancelled", "expired")
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on (default: $PORT, else 3000).")
+def serve(port: int | None) -> None:
+    """Serve Slack over HTTP: POST /slack/events and GET /healthz."""
+    from bot import app
+
+    config = settings()
+    with reported():
+        asyncio.run(app.run_http(config, port or config.port))
+
+
+@click.command()
+def socket() -> None:
+    """Connect to Slack in Socket Mode (needs SLACK_APP_TOKEN)."""
+    from bot import app
+
+    config = settings()
+    with reported():
+        asyncio.run(app.run_socket(config))
+
+
+@click.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations the database does not have yet."""
+
+    async def work(database: Database) -> bool:
+        if await is_current(database):
+            return False
+        await upgrade(database)
+        return True
+
+    upgraded = run(work, check_schema=False)
+    click.echo("database upgraded to the newest schema" if upgraded else "database is at the newest schema")
+
+
+@click.group()
+def requests() -> None:
+    """Change requests made with /dpor set."""
+
+
+async def _all_requests(database: Database, statuses: tuple[str, ...] | None) -> list[ChangeRequest]:
+    found: list[ChangeRequest] = []
+    async with database.read() as session:
+        while True:
+            page = await requests_page(session, statuses=statuses, limit=500, offset=len(found))
+            found += page.items
+            if not page.items or not page.more:
+                return found
+
+
+@requests.command("list")
+@click.option("--status", type=click.Choice(REQUEST_STATUSES), help="Only requests in this state.")
+def requests_list(status: str | None) -> None:
+    """Show change requests, newest first."""
+    found = run(lambda database: _all_requests(database, (status,) if status else None))
+    if not found:
+        click.echo("no requests" + (f" with status {status}" if status else ""))
+        return
+    table(
+        ("ID", "STATUS", "SUBSCRIPTION", "PARTNER", "PREVIOUS", "REQUESTER", "CREATED", "DECIDED_BY"),
+        [
+            (
+                r.id,
+                r.status,
+                r.subscription_id,
+                r.partner_id,
+                r.previous_partner_id,
+                r.requester_id,
+                when(r.created_at),
+                r.decided_by,
+            )
+            for r in found
+        ],
+    )
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit_group.command("verify")
+def audit_verify() -> None:
+    """Recompute the hash chain; exit 1 naming the first event that does not fit."""
+    result = run(audit.verify)
+    if not result.ok:
+        raise Failed(f"audit chain broken at event {result.broken_seq}: {result.problem}")
+    click.echo(f"audit chain intact: {result.events} events")
+
+
+@audit_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(("jsonl", "csv")), default="jsonl", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not to stdout.")
+def audit_export(fmt: str, output: Path | None) -> None:
+    """Write every audit event, oldest first, with its hashes."""
+    if output is None:
+        run(lambda database: audit.export(database, sys.stdout, fmt))
+        return
+    try:
+        out = output.open("w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise Failed(f"cannot write {output}: {exc.strerror or exc}") from None
+    try:
+        with out:
+            count = run(lambda database: audit.export(database, out, fmt))
+    except BaseException:
+        output.unlink(missing_ok=True)  # no partial export left behind to be mistaken for a whole one
+        raise
+    click.echo(f"exported {count} events to {output}", err=True)
+
+
+@click.command("reconcile")
+def reconcile_command() -> None:
+    """Compare each subscription's partner of record with what its provider reports now.
+
+    Lists the subscriptions that are not in sync. Each new drift is recorded in the audit log
+    (partner.drift) and announced in the notification channels (the running bot delivers it).
+    Exit status: 0 no drift, 3 drift found, 1 a subscription could not be read.
+    """
+    from bot import reconcile
+    from bot.policy import Policy
+    from bot.providers import Providers
+
+    config = settings()
+
+    async def work(database: Database) -> list[reconcile.Finding]:
+        providers = Providers(config, database)
+        return await reconcile.reconcile(database, providers, Policy.from_settings(config), actor=actor())
+
+    def cells(finding: reconcile.Finding) -> tuple[str | None, str | None, str, str | None]:
+        if finding.status != reconcile.DRIFT:
+            return finding.recorded, finding.observed, finding.status, finding.message
+        names = f"; the target names it {finding.observed_name}" if finding.observed_name else ""
+        seen = "new: recorded and announced" if finding.announced else f"known since {when(finding.since)}"
+        return finding.recorded or "none", finding.observed or "none", finding.status, seen + names
+
+    findings = run(work)
+    drift = [f for f in findings if f.status == reconcile.DRIFT]
+    errors = [f for f in findings if f.status == reconcile.ERROR]
+    shown = [f for f in findings if f.status != reconcile.IN_SYNC]
+    if shown:
+        table(
+            ("SUBSCRIPTION", "ALIAS", "PROVIDER", "RECORD", "TARGET", "STATUS", "DETAIL"),
+            [(f.subscription_id, f.alias, f.provider, *cells(f)) for f in shown],
+        )
+    click.echo(
+        f"{len(findings)} subscriptions checked: {len(drift)} drifted "
+        f"({sum(f.announced for f in drift)} new), {len(errors)} could not be read"
+    )
+    if drift:
+        raise click.exceptions.Exit(3)
+    if errors:
+        raise Failed(f"{len(errors)} subscriptions could not be read; see DETAIL above")
+
+
+@click.command()
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Port for the page (default: 8000; 0: any free port)."
+)
+@click.option(
+    "--database-url",
+    envvar="DPOR_SANDBOX_DATABASE_URL",
+    help="A database of the sandbox's own, kept on exit; refused if it holds anyone else's data.",
+)
+def sandbox(port: int | None, database_url: str | None) -> None:
+    """Try the whole flow in a browser, offline: the bot and a local stand-in for Slack, with sample data.
+
+    The data lives in a temporary database, removed on exit, unless --database-url (or
+    DPOR_SANDBOX_DATABASE_URL) names one; DATABASE_URL is never used. Ctrl-C stops it.
+    """
+    from sandbox.server import DEFAULT_PORT, run_sandbox
+
+    with reported(database_url):
+        asyncio.run(run_sandbox(DEFAULT_PORT if port is None else port, database_url))
+
+
+@click.group("outbox")
+def outbox_group() -> None:
+    """The outbox: Slack messages and applies waiting for the worker, and dead ones."""
+
+
+def _one_line(text: str | None, limit: int = 100) -> str | None:
+    if not text:
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@outbox_group.command("list")
+@click.option("--dead", is_flag=True, help="Only dead rows (given up on), each with its last error.")
+def outbox_list(dead: bool) -> None:
+    """Show rows not delivered yet, oldest first: waiting (with their next attempt) and dead."""
+    found = run(lambda database: outbox.undelivered(database, dead_only=dead))
+    if not found:
+        click.echo("no dead outbox rows" if dead else "nothing waiting in the outbox")
+        return
+    table(
+        ("ID", "KIND", "KEY", "STATUS", "ATTEMPTS", "NEXT_ATTEMPT", "LAST_ERROR"),
+        [
+            (
+                r.id,
+                r.kind,
+                r.key,
+                r.status,
+                r.attempts,
+                when(r.available_at) if r.status == "pending" else None,
+                _one_line(r.last_error),
+            )
+            for r in found
+        ],
+    )
+
+
+@outbox_group.command("retry")
+@click.argument("row_id", metavar="ID", type=int, required=False)
+@click.option("--all-dead", is_flag=True, help="Every dead row.")
+def outbox_retry(row_id: int | None, all_dead: bool) -> None:
+    """Queue a dead row (ID, or --all-dead) again, with a fresh set of attempts, due now."""
+    if (row_id is None) != all_dead:
+        raise click.UsageError("give a dead row's ID, or --all-dead")
+    requeued = run(lambda database: outbox.requeue(database, None if all_dead else [row_id]))
+    if not requeued:
+        click.echo("no dead outbox rows")
+        return
+    click.echo(f"requeued outbox row{'s' if len(requeued) > 1 else ''} {', '.join(map(str, requeued))}")
