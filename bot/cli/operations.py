@@ -13,12 +13,10 @@ from bot import audit, outbox
 from bot.cli.command import Failed, actor, reported, run, settings, table, when
 from storage.db import Database
 from storage.migrate import is_current, upgrade
-from storage.models import OPEN_STATUSES, ChangeRequest
+from storage.models import ChangeRequest, RequestStatus
 from storage.queries import requests_page
 
-# Every state of a request: the open ones, then the settled ones. Lead: `tuple(RequestStatus)` once
-# storage.models has that enum (issue 11).
-REQUEST_STATUSES = (*OPEN_STATUSES, "applied", "failed", "rejected", "cancelled", "expired")
+REQUEST_STATUSES = tuple(RequestStatus)
 
 
 @click.command()
