@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from bot.settings import normalise_database_url
 from storage.db import Database
 from storage.migrate import upgrade
+from tests.harness import Harness, start_harness
 
 PG_ADMIN_URL = os.environ.get("DPOR_TEST_DATABASE_URL", "").strip()
 TABLES = (
@@ -114,3 +116,24 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url)
     yield database
     await database.dispose()
+
+
+# The real app over HTTP (tests/harness.py), for every suite that drives it.
+
+
+@pytest.fixture
+def bot_env() -> dict[str, Any]:
+    """Extra environment for the bot under test; override in a module or with indirect parametrisation."""
+    return {}
+
+
+@pytest.fixture
+async def harness(sqlite_url: str, bot_env: dict[str, Any]) -> AsyncIterator[Harness]:
+    async for h in start_harness(sqlite_url, **bot_env):
+        yield h
+
+
+@pytest.fixture
+async def harness_any_db(database_url: str, bot_env: dict[str, Any]) -> AsyncIterator[Harness]:
+    async for h in start_harness(database_url, **bot_env):
+        yield h

@@ -12,8 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,44 +22,26 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from bot import audit, directory
+from bot import audit
 from sandbox.standin import SlackStandin
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
-
-# The in-process harness of the end-to-end tests (the real app over HTTP, in this process).
-from tests.e2e.conftest import (  # noqa: F401
-    ADMIN,
+from tests.harness import (
     APPROVALS,
-    DEV,
-    DEV_OWNER,
-    NEW_PARTNER,
     NOTIFY,
-    OLD_PARTNER,
-    OWNER,
-    OWNER2,
-    PROD,
     SECRET,
     TEAM,
     TOKEN,
-    bot_env,
-    harness,
-    harness_any_db,
+    seed,
 )
+from tests.processes import DPOR_BOT, free_port
 from tests.slack import SignedSlackClient
 
-DPOR_BOT = str(Path(sys.executable).with_name("dpor-bot"))
 CRASH_AT_ENV = "DPOR_TEST_CRASH_AT"
 # Loaded by the processes started with a crash point (its sitecustomize installs the points).
 CRASH_POINTS = str(Path(__file__).with_name("crashpoints"))
 # Short enough that a restarted process takes over a dead one's rows by the time it is up (~1.5 s).
 LEASE = "1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class BotProcess:
@@ -136,24 +116,6 @@ class BotProcess:
                 return
             await asyncio.sleep(0.02)
         raise AssertionError(f"{self.name} never logged {text!r}:\n{self.log()}")
-
-
-async def seed(db: Database, owners: tuple[str, ...] = ()) -> None:
-    await directory.upsert_subscriptions(
-        db,
-        [
-            directory.SubscriptionRow(PROD, "Production EU", "prod"),
-            directory.SubscriptionRow(DEV, "Dev", "dev"),
-        ],
-        actor="test",
-    )
-    await directory.add_partner(db, OLD_PARTNER, "Fabrikam Consulting", actor="test")
-    await directory.add_partner(db, NEW_PARTNER, "Contoso MSP", actor="test")
-    await directory.grant_role(db, ADMIN, "admin", "prod", actor="test")
-    for owner in (OWNER, *owners):
-        await directory.grant_role(db, owner, "owner", "prod", actor="test")
-    await directory.grant_role(db, OWNER2, "owner", None, actor="test")
-    await directory.grant_role(db, DEV_OWNER, "owner", "dev", actor="test")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.durability.conftest import CRASH_AT_ENV, BotProcess, Stack
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, NOTIFY, OWNER, PROD
+from tests.harness import ADMIN, NEW_PARTNER, NOTIFY, OWNER, PROD
 
 SET = f"set prod {NEW_PARTNER} Contoso runs our support now"
 

@@ -9,7 +9,7 @@ import pytest
 
 from bot import directory
 from tests.durability.conftest import Stack
-from tests.e2e.conftest import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, PROD
+from tests.harness import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, PROD
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

@@ -18,17 +18,8 @@ from bot.app import outbox_worker
 from bot.errors import Refusal
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, utcnow
-from tests import test_lifecycle as lc
-from tests.e2e.conftest import (
-    ADMIN,
-    APPROVALS,
-    DEV_OWNER,
-    NEW_PARTNER,
-    NOTIFY,
-    OWNER,
-    OWNER2,
-    Harness,
-)
+from tests.bot import world as lc
+from tests.harness import ADMIN, APPROVALS, DEV_OWNER, NEW_PARTNER, NOTIFY, OWNER, OWNER2, Harness
 
 
 async def until(what: str, check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bot.providers.ledger import LedgerProvider
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, OWNER, Harness
+from tests.harness import ADMIN, NEW_PARTNER, OWNER, Harness
 
 
 @pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_MAX_ATTEMPTS": "1"}])

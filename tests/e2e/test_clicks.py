@@ -8,16 +8,7 @@ import json
 import pytest
 
 from bot import directory
-from tests.e2e.conftest import (
-    ADMIN,
-    APPROVALS,
-    BYSTANDER,
-    DEV_OWNER,
-    NEW_PARTNER,
-    OWNER,
-    OWNER2,
-    Harness,
-)
+from tests.harness import ADMIN, APPROVALS, BYSTANDER, DEV_OWNER, NEW_PARTNER, OWNER, OWNER2, Harness
 
 
 async def open_request(harness: Harness, reason: str = "new MSP") -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from bot import directory
 from storage.db import Database
-from tests.e2e.conftest import ADMIN, BYSTANDER, NEW_PARTNER, NOTIFY, OWNER, OWNER2, PROD, Harness
+from tests.harness import ADMIN, BYSTANDER, NEW_PARTNER, NOTIFY, OWNER, OWNER2, PROD, Harness
 
 WRONG = [
     "frobnicate",

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from bot import directory
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, Harness
+from tests.harness import ADMIN, NEW_PARTNER, Harness
 
 
 async def test_twenty_concurrent_approvals_decide_once(harness_any_db: Harness) -> None:

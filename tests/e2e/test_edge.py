@@ -8,7 +8,6 @@ import logging
 import os
 import resource
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,11 +19,10 @@ import pytest
 
 from bot.app import AUTH_TEST_TIMEOUT, READ_TIMEOUT
 from sandbox.standin import SlackStandin
-from tests.e2e.conftest import ADMIN, APPROVALS, SECRET, TOKEN, Harness
-from tests.e2e.test_serve_process import free_port, wait_healthy
+from tests.harness import ADMIN, APPROVALS, SECRET, TOKEN, Harness
+from tests.processes import DPOR_BOT, free_port, wait_healthy
 from tests.slack import FORM_CONTENT_TYPE, sign, slash_command_body
 
-DPOR_BOT = str(Path(sys.executable).with_name("dpor-bot"))
 JSON = "application/json"
 
 

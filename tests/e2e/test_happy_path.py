@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.conftest import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, OWNER, Harness
+from tests.harness import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, OWNER, Harness
 
 
 def blocks_text(blocks: list[dict]) -> str:

@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import select, update
 
 from storage.models import AuditEvent, Subscription
-from tests.e2e.conftest import (
+from tests.bot.providers.pal import PARTNERS, Replay, identities_file, install, link, not_linked, ok
+from tests.bot.providers.receiver import SECRET, Receiver, Reply
+from tests.harness import (
     ADMIN,
     APPROVALS,
     BYSTANDER,
@@ -24,9 +26,7 @@ from tests.e2e.conftest import (
     Harness,
     start_harness,
 )
-from tests.e2e.test_serve_process import DPOR_BOT, free_port
-from tests.providers.pal import PARTNERS, Replay, identities_file, install, link, not_linked, ok
-from tests.providers.receiver import SECRET, Receiver, Reply
+from tests.processes import DPOR_BOT, free_port
 
 
 async def request_and_approve(harness: Harness) -> int:

@@ -11,7 +11,7 @@ from bot import directory
 from bot.providers import ProviderError
 from bot.providers.ledger import LedgerProvider
 from storage.models import ChangeRequest, utcnow
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, OLD_PARTNER, OWNER, OWNER2, Harness
+from tests.harness import ADMIN, NEW_PARTNER, OLD_PARTNER, OWNER, OWNER2, Harness
 
 TWO_OF_TWO = {"DPOR_REQUIRED_APPROVALS": "2"}
 

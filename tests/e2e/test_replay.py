@@ -16,7 +16,7 @@ from bot import directory
 from bot.app import Bot, web_app
 from storage import replay
 from storage.models import ChangeRequest, ChannelWatch, SeenRequest, utcnow
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, OWNER, SECRET, Harness, make_settings
+from tests.harness import ADMIN, NEW_PARTNER, OWNER, SECRET, Harness, make_settings
 from tests.slack import FORM_CONTENT_TYPE, block_actions_body, sign, slash_command_body
 
 NEWCOMER = "U0NEWCOMER"

@@ -6,47 +6,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from sandbox.standin import SlackStandin
-from tests.e2e.conftest import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, OWNER, PROD, SECRET, TEAM, TOKEN
+from tests.harness import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, OWNER, PROD, SECRET, TEAM, TOKEN
+from tests.processes import DPOR_BOT, cli, free_port, wait_healthy
 from tests.slack import SignedSlackClient
-
-DPOR_BOT = str(Path(sys.executable).with_name("dpor-bot"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        DPOR_BOT, *args, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(150):
-            if proc.returncode is not None:
-                raise AssertionError(f"dpor-bot serve exited with {proc.returncode}")
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("dpor-bot serve never became healthy")
 
 
 @pytest.fixture

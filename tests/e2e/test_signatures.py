@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, OWNER, Harness
+from tests.harness import ADMIN, NEW_PARTNER, OWNER, Harness
 from tests.slack import block_actions_body, slash_command_body
 
 

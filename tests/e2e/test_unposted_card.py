@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, Harness
+from tests.harness import ADMIN, NEW_PARTNER, Harness
 
 
 async def test_requester_hears_when_the_card_cannot_be_posted(harness: Harness) -> None:

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,16 +21,10 @@ from bot.directory import SubscriptionRow, grant_role, upsert_subscriptions
 from sandbox.database import VARIABLE
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, RoleAssignment
+from tests.processes import DPOR_BOT, free_port
 from tests.sandbox.tree import text_of
 
-DPOR_BOT = str(Path(sys.executable).with_name("dpor-bot"))
 PRODUCTION = SubscriptionRow("33333333-3333-4333-8333-333333333333", "Real Production")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from handlers.grammar import Command, UsageError, parse
 from storage.models import ChangeRequest
-from tests.e2e.conftest import ADMIN, BYSTANDER, OWNER, TEAM, Harness
+from tests.harness import ADMIN, BYSTANDER, OWNER, TEAM, Harness
 from tests.slack import block_actions_body
 
 TOKENS = [

@@ -15,8 +15,8 @@ from bot.providers import Providers
 from bot.settings import ConfigError, Settings
 from storage.db import Database
 from storage.models import Subscription
-from tests.providers.conftest import ADMIN, NEW, NOTIFY, OLD, SUB, World, make_world, when
-from tests.providers.receiver import SECRET, Receiver, Reply
+from tests.bot.providers.conftest import ADMIN, NEW, NOTIFY, OLD, SUB, World, make_world, when
+from tests.bot.providers.receiver import SECRET, Receiver, Reply
 
 
 async def webhook_world(database_url: str, receiver_url: str, secret: str = SECRET) -> AsyncIterator[World]:

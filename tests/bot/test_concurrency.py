@@ -20,7 +20,7 @@ from bot.errors import AlreadyDecided, OpenRequestExists
 from bot.policy import Policy
 from storage.db import Database
 from storage.models import Approval, AuditEvent, ChangeRequest, OutboxMessage
-from tests.test_lifecycle import CLICK_CHANNEL, PARTNER, POLICY, SUB, TEAM, load, open_request, seed
+from tests.bot.world import CLICK_CHANNEL, PARTNER, POLICY, SUB, TEAM, load, open_request, seed
 
 CALLERS = 20
 OWNERS = tuple(f"UOWNER{n:02d}" for n in range(CALLERS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.e2e.conftest import ADMIN, DEV, DEV_OWNER, NEW_PARTNER, OWNER, Harness
+from tests.harness import ADMIN, DEV, DEV_OWNER, NEW_PARTNER, OWNER, Harness
 from tests.slack import slash_command_body
 
 

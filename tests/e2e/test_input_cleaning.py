@@ -11,9 +11,9 @@ import pytest
 from bot import audit, directory
 from bot.errors import BadInput
 from bot.text import clean
-from tests.e2e.conftest import ADMIN, NEW_PARTNER, OWNER, PROD, Harness, start_harness
-from tests.providers.receiver import SECRET as WEBHOOK_SECRET
-from tests.providers.receiver import Receiver
+from tests.bot.providers.receiver import SECRET as WEBHOOK_SECRET
+from tests.bot.providers.receiver import Receiver
+from tests.harness import ADMIN, NEW_PARTNER, OWNER, PROD, Harness, start_harness
 
 # Characters that show nothing: tags (U+E0000-E007F), zero-width space, non-joiner and joiner, the word
 # joiner, the byte-order mark, direction marks, and the line and paragraph separators.

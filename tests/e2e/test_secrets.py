@@ -11,10 +11,10 @@ import pytest
 
 from bot import audit
 from bot.settings import ConfigError, load_settings
-from tests.e2e.conftest import ADMIN, BYSTANDER, NEW_PARTNER, OWNER, TOKEN, Harness, start_harness
-from tests.e2e.conftest import SECRET as SIGNING_SECRET
-from tests.providers.receiver import SECRET as WEBHOOK_SECRET
-from tests.providers.receiver import Receiver, Reply
+from tests.bot.providers.receiver import SECRET as WEBHOOK_SECRET
+from tests.bot.providers.receiver import Receiver, Reply
+from tests.harness import ADMIN, BYSTANDER, NEW_PARTNER, OWNER, TOKEN, Harness, start_harness
+from tests.harness import SECRET as SIGNING_SECRET
 from tests.slack import slash_command_body
 
 

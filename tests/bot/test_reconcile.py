@@ -17,7 +17,7 @@ from bot.errors import SYSTEM_ACTOR
 from handlers.messages import drift_text
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
-from tests.providers.conftest import (
+from tests.bot.providers.conftest import (
     NEW,
     NOTIFY,
     OLD,
@@ -27,7 +27,7 @@ from tests.providers.conftest import (
     World,
     make_world,
 )
-from tests.providers.pal import (
+from tests.bot.providers.pal import (
     OBJECT,
     TENANT,
     Replay,

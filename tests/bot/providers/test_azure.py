@@ -18,7 +18,7 @@ from bot.providers import ProviderError
 from bot.providers.azure import AzureProvider, _failure
 from bot.settings import ConfigError, load_settings
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage
-from tests.providers.conftest import (
+from tests.bot.providers.conftest import (
     ADMIN,
     NEW,
     NOTIFY,
@@ -29,7 +29,7 @@ from tests.providers.conftest import (
     make_world,
     when,
 )
-from tests.providers.pal import (
+from tests.bot.providers.pal import (
     CLIENT,
     CLIENT_SECRET,
     HANG,
