@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -24,6 +23,7 @@ from storage import requests
 from storage.db import Database
 from storage.models import utcnow
 from storage.queries import partner_name
+from storage.urls import url_host
 
 log = logging.getLogger("dpor.providers.webhook")
 
@@ -49,7 +49,7 @@ class WebhookProvider:
             raise ConfigError("DPOR_WEBHOOK_SECRET: the webhook provider needs a secret to sign deliveries")
         self.db = db
         self.url = settings.webhook_url
-        self.host = urlsplit(self.url).netloc.rsplit("@", 1)[-1]  # never the URL's credentials or query
+        self.host = url_host(self.url)  # never the URL's credentials or query
         self._secret = settings.webhook_secret.get_secret_value().encode()
         self.timeout = settings.provider_timeout.total_seconds()
 

@@ -11,7 +11,8 @@ from bot import directory
 from bot.providers import ProviderError
 from bot.providers.ledger import LedgerProvider
 from storage.models import ChangeRequest, utcnow
-from tests.harness import ADMIN, NEW_PARTNER, OLD_PARTNER, OWNER, OWNER2, Harness
+from storage.requests import subscription
+from tests.harness import ADMIN, NEW_PARTNER, OLD_PARTNER, OWNER, OWNER2, PROD, Harness
 
 TWO_OF_TWO = {"DPOR_REQUIRED_APPROVALS": "2"}
 
@@ -45,6 +46,16 @@ def refusing_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LedgerProvider, "apply", refuse_first)
 
 
+async def failed_once(h: Harness, monkeypatch: pytest.MonkeyPatch) -> int:
+    """A request approved by one owner whose apply the provider refused."""
+    refusing_once(monkeypatch)
+    rid = await new_request(h, NEW_PARTNER)
+    await h.click("dpor_approve", rid, OWNER)
+    await h.settle()
+    assert (await h.request(rid)).status == "failed"
+    return rid
+
+
 @pytest.mark.parametrize("bot_env", [TWO_OF_TWO])
 async def test_a_stale_retry_cannot_undo_a_newer_change(
     harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
@@ -68,9 +79,7 @@ async def test_a_stale_retry_cannot_undo_a_newer_change(
     after = await h.audit_actions()
     assert after[len(before) :] == ["approval.denied"]
     async with h.bot.db.read() as session:
-        from storage.requests import subscription
-
-        assert (await subscription(session, (await h.request(a)).subscription_id)).partner_id == OLD_PARTNER
+        assert (await subscription(session, PROD)).partner_id == OLD_PARTNER
 
 
 async def test_a_retry_is_refused_once_its_window_has_passed(
@@ -78,12 +87,8 @@ async def test_a_retry_is_refused_once_its_window_has_passed(
 ) -> None:
     """Item 1: a failed request does not stay retryable forever (DPOR_REQUEST_TTL after the failure)."""
     h = harness_any_db
-    refusing_once(monkeypatch)
-    rid = await new_request(h, NEW_PARTNER)
-    await h.click("dpor_approve", rid, OWNER)
-    await h.settle()
-    failed = await h.request(rid)
-    assert failed.status == "failed" and failed.expires_at > utcnow() + timedelta(hours=71)
+    rid = await failed_once(h, monkeypatch)
+    assert (await h.request(rid)).expires_at > utcnow() + timedelta(hours=71)
     async with h.bot.db.write(chain=False) as session:
         await session.execute(
             update(ChangeRequest)
@@ -100,10 +105,7 @@ async def test_a_retry_in_time_with_nothing_moved_applies(
     harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = harness_any_db
-    refusing_once(monkeypatch)
-    rid = await new_request(h, NEW_PARTNER)
-    await h.click("dpor_approve", rid, OWNER)
-    await h.settle()
+    rid = await failed_once(h, monkeypatch)
     await h.click("dpor_retry", rid, OWNER2)
     await h.settle()
     assert (await h.request(rid)).status == "applied"
