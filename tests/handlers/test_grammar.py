@@ -48,7 +48,7 @@ def test_parses(text: str, expected: Command) -> None:
         ("history prod x", "history"),
         ("pending 1 2", "pending"),
         ("subscribe", "subscribe"),
-        ("unsubscribe now", "unsubscribe"),
+        ("unsubscribe prod now", "unsubscribe"),
         ("role", "role"),
         ("role grant @alex owner", "role"),
         ("role grant <@U123ABC> king", "role"),
