@@ -35,9 +35,6 @@ SIGNATURE_WINDOW = 300
 # answer; aiohttp's keep-alive timer), then as long again for the body: a half-sent request is closed.
 READ_TIMEOUT = 10.0
 HEALTH_TIMEOUT = 5.0
-HEALTH_REUSE = (
-    1.0  # /healthz answers this soon after a check reuse it: a flood of probes writes once a second
-)
 
 
 class HttpEdge:
