@@ -12,9 +12,11 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from bot import directory, lifecycle, policy, views, watches
 from bot.context import BotContext
 from bot.errors import Refusal
+from bot.logs import bound
+from bot.metrics import ERROR, OK, REFUSED, UNKNOWN
 from bot.text import clean
 from handlers import replies
-from handlers.grammar import Command, UsageError, parse
+from handlers.grammar import USAGE, Command, UsageError, parse
 from handlers.replies import PAGE_SIZE, Reply
 
 log = logging.getLogger("dpor.commands")
@@ -70,11 +72,19 @@ async def _cancel(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     return Reply(f":heavy_multiplication_x: Request #{req.id} is cancelled.", wrote=True)
 
 
+def _scope_words(ref: str) -> str:
+    return (
+        "every subscription"
+        if ref == views.ALL_SUBSCRIPTIONS or ref.lower() == "all"
+        else f"`{replies.escape(ref)}`"
+    )
+
+
 async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     target, role = cmd.args[0], cmd.args[1]
     subscription = cmd.args[2] if len(cmd.args) > 2 else None
     scope = await policy.require(ctx.db, "manage_roles", body["user_id"], subscription)
-    where = f"`{replies.escape(subscription)}`" if subscription else "every subscription"
+    where = _scope_words(subscription or scope)
     if cmd.name == "role grant":
         changed = await directory.grant_role(ctx.db, target, role, scope, actor=body["user_id"])
         verb = "is now" if changed else "already was"
@@ -88,14 +98,6 @@ async def _role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     assignments = await directory.list_roles(ctx.db, cmd.args[0] if cmd.args else None)
     subs = await views.subscriptions_named(ctx.db, {a.scope for a in assignments} - {views.ALL_SUBSCRIPTIONS})
     return replies.roles(assignments, subs)
-
-
-def _scope_words(ref: str) -> str:
-    return (
-        "every subscription"
-        if ref == views.ALL_SUBSCRIPTIONS or ref.lower() == "all"
-        else f"`{replies.escape(ref)}`"
-    )
 
 
 async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
@@ -146,28 +148,55 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
+# The argument that names what a subcommand is about, for the fields of its log lines.
+_SUBSCRIPTION_AT = {"set": 0, "show": 0, "history": 0, "subscribe": 0, "unsubscribe": 0, "role list": 0}
+_SUBSCRIPTION_AT |= {"role grant": 2, "role revoke": 2}
+
+
+def _about(cmd: Command | None) -> dict[str, str]:
+    """The subscription (as written) or the request a command names."""
+    if cmd is None:
+        return {}
+    if cmd.name == "cancel" and cmd.args:
+        return {"request_id": cmd.args[0]}
+    at = _SUBSCRIPTION_AT.get(cmd.name)
+    return {"subscription": cmd.args[at]} if at is not None and len(cmd.args) > at else {}
+
+
 async def answer(ctx: BotContext, body: Body) -> Reply:
-    """The reply to one `/dpor` invocation; never raises."""
-    try:
-        cmd = parse(clean(body.get("text", "")))
-        return await SUBCOMMANDS[cmd.name](ctx, cmd, body)
-    except UsageError as exc:
-        return replies.usage(exc.problem, exc.subcommand)
-    except Refusal as exc:
-        return replies.refusal(exc.message)
-    except Exception:
-        ref = uuid.uuid4().hex[:8]
-        log.exception("/dpor failed (ref %s)", ref)
-        return replies.internal_error(ref)
+    """The reply to one `/dpor` invocation, counted by subcommand and outcome (GET /metrics); never raises."""
+    cmd: Command | None = None
+    kind = UNKNOWN
+    with bound(slack_user=body.get("user_id")):
+        try:
+            cmd = parse(clean(body.get("text", "")))
+            kind = cmd.name
+            with bound(**_about(cmd)):
+                reply, outcome = await SUBCOMMANDS[cmd.name](ctx, cmd, body), OK
+        except UsageError as exc:
+            if exc.subcommand in SUBCOMMANDS or exc.subcommand in USAGE:
+                kind = exc.subcommand
+            reply, outcome = replies.usage(exc.problem, exc.subcommand), REFUSED
+        except Refusal as exc:
+            reply, outcome = replies.refusal(exc.message), REFUSED
+        except Exception:
+            ref = uuid.uuid4().hex[:8]
+            log.exception("/dpor failed (ref %s)", ref, extra={"error_ref": ref, **_about(cmd)})
+            reply, outcome = replies.internal_error(ref), ERROR
+    ctx.metrics.request(kind, outcome)
+    return reply
 
 
 def register(app: AsyncApp, ctx: BotContext) -> None:
+    ctx.metrics.expect(SUBCOMMANDS)
+
     @app.command("/dpor")
     async def dpor_command(ack: AsyncAck, body: Body, context: AsyncBoltContext) -> None:
         home = context.authorize_result.team_id if context.authorize_result else None
         if home and body.get("team_id") != home:
             # A well-signed command from another workspace (an org-wide or shared install): not ours.
             reply = replies.refusal("dpor-bot serves another Slack workspace; nothing was done.")
+            ctx.metrics.request(UNKNOWN, REFUSED)
         else:
             reply = await answer(ctx, body)
         await ack(**reply.to_ack())
