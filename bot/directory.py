@@ -112,7 +112,7 @@ def _alias(text: str | Keep | None) -> str | Keep | None:
     key = alias_key(text)
     if key in SCOPE_WORDS:
         raise BadInput(f"`{text}` cannot be an alias: `*` and `all` mean every subscription.")
-    if GUID.match(key) or looks_like_guid(key):
+    if looks_like_guid(key):
         raise BadInput("An alias cannot itself look like a subscription ID.")
     return text
 

@@ -216,10 +216,6 @@ class Settings(BaseSettings):
             return parse_duration(value)
         raise ValueError(f"expected {_DURATION_HELP}" + (", or off" if optional else ""))
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 _FIELD_HINTS = {
     "DPOR_REQUIRED_APPROVALS": "a whole number from 1 to 10",

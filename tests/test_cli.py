@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
 from bot import cli
+from bot.cli.command import actor
 from bot.settings import normalise_database_url
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, Partner, RoleAssignment, Subscription, utcnow
@@ -281,7 +282,7 @@ def test_roles_grant_list_revoke_and_their_audit_events(database_url: str, tmp_p
         ["U0OWNER", "owner", "*"],
         ["W0ADMIN", "admin", SUB],
     ]
-    login = cli.actor()
+    login = actor()
     assert {row[3] for row in everyone} == {login}
     prod = table_rows(ok(run("roles", "list", "--subscription", "prod")))
     assert sorted(row[:3] for row in prod) == [["U0OWNER", "owner", "*"], ["W0ADMIN", "admin", SUB]]

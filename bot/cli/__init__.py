@@ -9,9 +9,6 @@ from __future__ import annotations
 import click
 
 from bot.cli import operations, reference
-from bot.cli.command import Failed, actor, reported, run, settings, slack_user_id, table, when
-
-__all__ = ["Failed", "actor", "cli", "main", "reported", "run", "settings", "slack_user_id", "table", "when"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
