@@ -25,6 +25,8 @@ from bot import lifecycle, outbox, reconcile
 from bot.apply import Applier
 from bot.context import BotContext
 from bot.http import READ_TIMEOUT, HttpEdge, web_app
+from bot.logs import configure_for
+from bot.metrics import Metrics
 from bot.policy import Policy
 from bot.providers import Providers
 from bot.settings import ConfigError, Settings
@@ -38,10 +40,6 @@ from storage.migrate import is_current, upgrade
 log = logging.getLogger("dpor")
 
 AUTH_TEST_TIMEOUT = 10.0  # start-up's one auth.test
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def require(settings: Settings, *names: str) -> None:
@@ -75,7 +73,8 @@ class Bot(HttpEdge):
         self.db = Database(settings.database_url)
         self.policy = Policy.from_settings(settings)
         self.providers = Providers(settings, self.db)
-        self.ctx = BotContext(settings=settings, db=self.db, policy=self.policy)
+        self.metrics = Metrics()  # this bot's own registry: GET /metrics
+        self.ctx = BotContext(settings=settings, db=self.db, policy=self.policy, metrics=self.metrics)
         self.sightings = replay.Sightings(self.db)  # signatures seen: the replay defence
         self.http: aiohttp.ClientSession | None = None
         self.client: AsyncWebClient | None = None
@@ -147,6 +146,7 @@ class Bot(HttpEdge):
                     self.policy,
                     self.settings.reconcile_every,
                     after_run=self.worker.wake,
+                    metrics=self.metrics,
                 ),
                 name="dpor-reconcile",
             )
@@ -203,7 +203,9 @@ def outbox_worker(
         "concurrency": settings.outbox_concurrency,
         **options,
     }
-    applier = Applier(ctx.db, ctx.policy, providers, max_attempts=options["max_attempts"])
+    applier = Applier(
+        ctx.db, ctx.policy, providers, max_attempts=options["max_attempts"], metrics=ctx.metrics
+    )
     return OutboxWorker(
         ctx.db,
         {**SlackDeliverer(ctx, client).deliverers(), outbox.APPLY: applier.deliver},
@@ -211,7 +213,7 @@ def outbox_worker(
         dead_recorders={
             outbox.CARD: lambda row: partial(lifecycle.card_unposted, request_id=row.payload["request_id"])
         },
-        sweep=lambda: lifecycle.sweep(ctx.db, settings.remind_after),
+        sweep=lambda: lifecycle.sweep(ctx.db, settings.remind_after, metrics=ctx.metrics),
         **options,
     )
 
@@ -227,7 +229,7 @@ async def _until_signalled() -> None:
 
 async def run_http(settings: Settings, port: int) -> None:
     require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
-    configure_logging()
+    configure_for(settings)
     # On SIGTERM: requests in progress get 3 s, then the worker its grace (5 s): exit well within 10 s.
     runner = web.AppRunner(
         web_app(Bot(settings)),
@@ -241,7 +243,7 @@ async def run_http(settings: Settings, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host="0.0.0.0", port=port)
     await site.start()
-    log.info("dpor-bot listening on http://0.0.0.0:%s (POST /slack/events, GET /healthz)", port)
+    log.info("dpor-bot listening on http://0.0.0.0:%s (POST /slack/events, GET /healthz, GET /metrics)", port)
     try:
         await _until_signalled()
     finally:
@@ -253,7 +255,7 @@ async def run_socket(settings: Settings) -> None:
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
     require(settings, "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN")
-    configure_logging()
+    configure_for(settings)
     bot = Bot(settings, socket_mode=True)
     await bot.start()
     assert bot.app is not None and settings.slack_app_token is not None

@@ -14,6 +14,8 @@ from typing import Any
 from bot import lifecycle
 from bot.errors import SYSTEM_ACTOR, Refusal, UnknownRequest
 from bot.lifecycle import event
+from bot.logs import bound
+from bot.metrics import APPLIED, FAILED, RETRIED, Metrics
 from bot.outbox import Undeliverable
 from bot.policy import Policy
 from bot.providers import ProviderError, Providers
@@ -104,28 +106,43 @@ async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: Appl
 class Applier:
     """Delivers `apply` outbox rows: the provider call between start_apply and finish_apply."""
 
-    def __init__(self, db: Database, pol: Policy, providers: Providers, *, max_attempts: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        pol: Policy,
+        providers: Providers,
+        *,
+        max_attempts: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.db = db
         self.policy = pol
         self.providers = providers
         self.max_attempts = max_attempts
+        self.metrics = metrics or Metrics()
 
     async def deliver(self, row: OutboxMessage) -> None:
         request_id = row.payload["request_id"]
         req = await start_apply(self.db, request_id)
         if req is None:
             return
+        with bound(request_id=request_id, subscription=req.subscription_id):
+            await self._apply(req)
+
+    async def _apply(self, req: ChangeRequest) -> None:
         provider = await self.providers.for_subscription(req.subscription_id)
         try:
             state = await provider.apply(req.subscription_id, req.partner_id)
         except ProviderError as exc:
             if exc.retryable and req.apply_attempts < self.max_attempts:
+                self.metrics.apply(provider.name, RETRIED)
                 raise Undeliverable(exc.message, retry_after=exc.retry_after) from None
             outcome = ApplyOutcome(ok=False, error=exc.message)
         except Exception as exc:
             # A provider bug must not leave the request applying (and its subscription blocked).
-            log.exception("applying request %s failed unexpectedly", request_id)
+            log.exception("applying request %s failed unexpectedly", req.id)
             if req.apply_attempts < self.max_attempts:
+                self.metrics.apply(provider.name, RETRIED)
                 raise Undeliverable(f"{type(exc).__name__}: {exc}") from None
             outcome = ApplyOutcome(ok=False, error=f"unexpected error in the provider ({type(exc).__name__})")
         else:
@@ -135,14 +152,28 @@ class Applier:
                 partner_name=state.partner_name,
                 detail={"provider": provider.name, "identity": state.identity, **state.detail},
             )
-        await finish_apply(self.db, self.policy, request_id, outcome)
+        await finish_apply(self.db, self.policy, req.id, outcome)
+        self._finished(req, provider.name, outcome)
+
+    def _finished(self, req: ChangeRequest, provider: str, outcome: ApplyOutcome) -> None:
+        self.metrics.apply(provider, APPLIED if outcome.ok else FAILED)
+        if outcome.ok:
+            log.info(
+                "request %s applied: partner %s set by the %s provider", req.id, req.partner_id, provider
+            )
+        else:
+            log.warning("request %s failed to apply (%s provider): %s", req.id, provider, outcome.error)
 
     async def give_up(self, row: OutboxMessage, error: str) -> None:
         """An apply row that died fails its request, so the card offers Retry instead of staying open."""
         request_id = row.payload["request_id"]
         try:
-            if await start_apply(self.db, request_id) is not None:
+            req = await start_apply(self.db, request_id)
+            if req is not None:
                 outcome = ApplyOutcome(ok=False, error=f"could not be applied: {error}")
                 await finish_apply(self.db, self.policy, request_id, outcome)
+                provider = await self.providers.for_subscription(req.subscription_id)
+                with bound(request_id=request_id, subscription=req.subscription_id):
+                    self._finished(req, provider.name, outcome)
         except Refusal as exc:
             log.info("request %s was decided meanwhile: %s", request_id, exc.message)

@@ -1,10 +1,11 @@
-"""What the listeners need from the running bot: the database, the policy and a nudge for the worker."""
+"""What the listeners need from the bot: the database, the policy, its metrics and a nudge for the worker."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bot.metrics import Metrics
 from bot.policy import Policy
 from bot.settings import Settings
 from storage.db import Database
@@ -15,5 +16,7 @@ class BotContext:
     settings: Settings
     db: Database
     policy: Policy
+    # What the listeners count (GET /metrics): the Bot's own registry.
+    metrics: Metrics = field(default_factory=Metrics)
     # Called after a commit that wrote outbox rows, so delivery starts now rather than at the next poll.
     wake_worker: Callable[[], None] = lambda: None

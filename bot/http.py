@@ -1,5 +1,6 @@
-"""The HTTP surface: Slack's events endpoint (signature on the raw bytes, replays, shape, then Bolt) and
-the health check. `Bot` (bot/app.py) carries these handlers; `web_app` serves them and starts the bot."""
+"""The HTTP surface: Slack's events endpoint (signature on the raw bytes, replays, shape, then Bolt), the
+health check and the metrics. `Bot` (bot/app.py) carries these handlers; `web_app` serves them and starts
+the bot."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
 
+from bot.metrics import CONTENT_TYPE, Metrics, authorised
+from bot.settings import Settings
 from storage import replay
 from storage.db import Database
 
@@ -42,6 +45,8 @@ class HttpEdge:
 
     app: AsyncApp | None
     db: Database
+    settings: Settings
+    metrics: Metrics
     sightings: replay.Sightings
     _signing_key: bytes
     _health_check: asyncio.Future[tuple[str, str] | None] | None
@@ -114,6 +119,14 @@ class HttpEdge:
             return "database does not accept writes", _first_line(exc)
         return None
 
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """GET /metrics: Prometheus' text format; with DPOR_METRICS_TOKEN set, only for its bearer."""
+        token = self.settings.metrics_token
+        if not authorised(token.get_secret_value() if token else None, request.headers.get("Authorization")):
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        body = await self.metrics.exposition(self.db)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
 
 def _signed(key: bytes, raw: bytes, timestamp: str, signature: str) -> bool:
     """Slack's check as slack_sdk's SignatureVerifier (Bolt's) makes it, on the raw bytes and never raising:
@@ -157,10 +170,11 @@ def _reparsed(request: AsyncBoltRequest) -> AsyncBoltRequest:
 
 
 def web_app(bot: Bot) -> web.Application:
-    """The HTTP surface: Slack's events endpoint and a health check; starts and stops the bot with it."""
+    """The HTTP surface: Slack's events endpoint, a health check and the metrics; starts and stops the bot."""
     app = web.Application(client_max_size=1024**2)
-    app.router.add_post("/slack/events", bot.slack_events)
+    app.router.add_post("/slack/events", bot.metrics.timed(bot.slack_events))
     app.router.add_get("/healthz", bot.healthz)
+    app.router.add_get("/metrics", bot.prometheus)
 
     async def lifecycle(_app: web.Application):  # aiohttp cleanup context
         await bot.start()

@@ -30,6 +30,7 @@ from bot.errors import (
     WrongTeam,
     person,
 )
+from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.policy import Policy
 from bot.text import clean
@@ -328,9 +329,11 @@ async def card_unposted(session: AsyncSession, request_id: int) -> None:
         await rows.flush(session)
 
 
-async def sweep(db: Database, remind_after: timedelta | None) -> None:
+async def sweep(db: Database, remind_after: timedelta | None, *, metrics: Metrics | None = None) -> None:
     """Expire requests past their TTL and queue due reminders; every process may sweep at once."""
     expired = await expire_due(db)
+    if metrics is not None:
+        metrics.expiries.inc(len(expired))
     reminded = await remind_due(db, remind_after) if remind_after else []
     if expired or reminded:
         log.info("expired requests %s; reminders queued for requests %s", expired, reminded)

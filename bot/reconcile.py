@@ -17,6 +17,7 @@ from typing import Any
 
 from bot import audit, lifecycle
 from bot.errors import SYSTEM_ACTOR
+from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.policy import Policy
 from bot.providers import CannotRead, PartnerState, ProviderError, Providers
@@ -148,6 +149,7 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
         found.recorded or "no partner",
         found.provider,
         found.observed or "no partner",
+        extra={"subscription": found.subscription_id},
     )
     return replace(found, since=utcnow(), announced=True)
 
@@ -159,16 +161,20 @@ async def periodically(
     every: timedelta,
     *,
     after_run: Callable[[], None] = lambda: None,
+    metrics: Metrics | None = None,
 ) -> None:
     """`serve`'s DPOR_RECONCILE_EVERY: reconcile, wait, repeat until cancelled; a failed run is logged."""
+    metrics = metrics or Metrics()
     while True:
         await asyncio.sleep(every.total_seconds())
         try:
             findings = await reconcile(db, providers, policy)
         except Exception:
+            metrics.reconciled(None)
             log.exception("reconcile failed; trying again in %s", every)
             continue
         drift = [f for f in findings if f.status == DRIFT]
+        metrics.reconciled([f.provider for f in drift if f.announced])
         log.info(
             "reconcile: %s subscriptions, %s drifted (%s new), %s could not be read",
             len(findings),

@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(default=None, alias="DPOR_WEBHOOK_URL")
     webhook_secret: SecretStr | None = Field(default=None, alias="DPOR_WEBHOOK_SECRET")
     reconcile_every: timedelta | None = Field(default=None, alias="DPOR_RECONCILE_EVERY")
+    # Logs and metrics (README: Operating).
+    log_format: Literal["text", "json"] = Field(default="text", alias="DPOR_LOG_FORMAT")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", alias="DPOR_LOG_LEVEL")
+    metrics_token: SecretStr | None = Field(default=None, alias="DPOR_METRICS_TOKEN")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -206,6 +210,22 @@ class Settings(BaseSettings):
     def _webhook_url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value, "https://hooks.example.com/dpor")
 
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _log_word(cls, value: object, info: ValidationInfo) -> object:
+        """Any case, blank for the default; a word that is none of them is refused as it was written."""
+        level = info.field_name == "log_level"
+        if isinstance(value, str):
+            word = value.strip().lower() or ("info" if level else "text")
+            if word in (("debug", "info", "warning", "error") if level else ("text", "json")):
+                return word.upper() if level else word
+        return value
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _metrics_token(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator(*_DURATIONS, *_OPTIONAL_DURATIONS, mode="before")
     @classmethod
     def _duration(cls, value: object, info: ValidationInfo) -> timedelta | None:
@@ -224,6 +244,8 @@ _FIELD_HINTS = {
     "PORT": "a port number from 1 to 65535",
     "DPOR_OUTBOX_MAX_ATTEMPTS": "a whole number from 1 to 100",
     "DPOR_OUTBOX_CONCURRENCY": "a whole number from 1 to 100",
+    "DPOR_LOG_FORMAT": "text or json",
+    "DPOR_LOG_LEVEL": "one of debug, info, warning, error",
 }
 
 

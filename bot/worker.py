@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.logs import bound
 from bot.outbox import Recorder, Undeliverable
 from storage import outbox as table
 from storage.db import Database
@@ -177,7 +178,8 @@ class OutboxWorker:
     async def _handle(self, row: OutboxMessage) -> None:
         cancelled = False
         try:
-            await self._deliver_and_record(row)
+            with bound(request_id=(row.payload or {}).get("request_id")):  # the log's field, where known
+                await self._deliver_and_record(row)
         except asyncio.CancelledError:
             cancelled = True  # shutting down: _abandon releases the row once outcomes under way are written
             raise

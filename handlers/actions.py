@@ -12,6 +12,8 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import clicks
 from bot.context import BotContext
 from bot.errors import Refusal
+from bot.logs import bound
+from bot.metrics import ERROR, OK, REFUSED
 from handlers.messages import APPROVE, REJECT, RETRY
 
 log = logging.getLogger("dpor.actions")
@@ -38,26 +40,33 @@ class Click:
 
 
 async def decide(ctx: BotContext, click: Click) -> str | None:
-    """Run one click; returns an error reference if it failed inside the bot.
+    """Run one click; returns an error reference if it failed inside the bot. Counted by act and outcome.
 
     Refusals are audited and answered privately by the bot (through the outbox).
     """
-    try:
-        await clicks.click(
-            ctx.db,
-            ctx.policy,
-            ACTS[click.action_id],
-            request_id=click.value,
-            team_id=click.team_id,
-            user_id=click.user_id,
-            channel_id=click.channel_id,
-        )
-    except Refusal:
-        return None
-    except Exception:
-        ref = uuid.uuid4().hex[:8]
-        log.exception("%s click failed (ref %s)", click.action_id, ref)
-        return ref
+    act = ACTS[click.action_id]
+    request = click.value if click.value.isdigit() else None
+    with bound(slack_user=click.user_id, request_id=request):
+        try:
+            await clicks.click(
+                ctx.db,
+                ctx.policy,
+                act,
+                request_id=click.value,
+                team_id=click.team_id,
+                user_id=click.user_id,
+                channel_id=click.channel_id,
+            )
+        except Refusal as exc:
+            log.info("%s click refused: %s", act, exc.code)
+            ctx.metrics.request(act, REFUSED)
+            return None
+        except Exception:
+            ref = uuid.uuid4().hex[:8]
+            log.exception("%s click failed (ref %s)", click.action_id, ref, extra={"error_ref": ref})
+            ctx.metrics.request(act, ERROR)
+            return ref
+    ctx.metrics.request(act, OK)
     return None
 
 
@@ -77,5 +86,6 @@ def _listener(ctx: BotContext, action_id: str):
 
 
 def register(app: AsyncApp, ctx: BotContext) -> None:
+    ctx.metrics.expect(ACTS.values())
     for action_id in ACTS:
         app.action(action_id)(_listener(ctx, action_id))

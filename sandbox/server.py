@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from bot.app import Bot, configure_logging, web_app
+from bot.app import Bot, web_app
+from bot.logs import configure as configure_logging
 from bot.settings import ConfigError, load_settings, normalise_database_url
 from sandbox.database import VARIABLE, foreign_data
 from sandbox.page import BotAnswer, BotUnreachable, Page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -161,3 +162,28 @@ async def revive(session: AsyncSession, ids: Sequence[int]) -> None:
         .where(OutboxMessage.id.in_(list(ids)), OutboxMessage.status == DEAD)
         .values(status=PENDING, attempts=0, available_at=utcnow(), claimed_by=None, claimed_until=None)
     )
+
+
+@dataclass(frozen=True)
+class Stats:
+    """How the outbox stands: rows waiting (due or not), rows buried, and when the oldest due one fell due."""
+
+    pending: int
+    dead: int
+    oldest_due: datetime | None
+
+
+async def stats(session: AsyncSession, now: datetime | None = None) -> Stats:
+    """One aggregate read for the /metrics gauges."""
+    now = now or utcnow()
+    pending = OutboxMessage.status == PENDING
+    row = (
+        await session.execute(
+            select(
+                func.count().filter(pending),
+                func.count().filter(OutboxMessage.status == DEAD),
+                func.min(OutboxMessage.available_at).filter(and_(pending, OutboxMessage.available_at <= now)),
+            )
+        )
+    ).one()
+    return Stats(pending=row[0] or 0, dead=row[1] or 0, oldest_due=row[2])
