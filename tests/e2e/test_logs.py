@@ -63,7 +63,11 @@ async def until(predicate, log: Path, within: float = 30.0) -> None:
         if predicate():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("never happened; the log ends:\n" + "\n".join(log.read_text().splitlines()[-30:]))
+    raise AssertionError(f"never happened; the log ends:\n{tail(log)}")
+
+
+def tail(log: Path) -> str:
+    return "\n".join(log.read_text().splitlines()[-30:])
 
 
 async def test_a_full_run_logs_json_lines_with_fields_and_no_secret(tmp_path: Path) -> None:
