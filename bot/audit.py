@@ -21,6 +21,8 @@ ACTIONS = frozenset(
     {
         "subscription.added",
         "partner.added",
+        "subscription.removed",
+        "partner.removed",
         "role.granted",
         "role.revoked",
         "request.created",

@@ -78,8 +78,15 @@ class Conflict(Refusal):
 
 
 SYSTEM_ACTOR = "dpor-bot"
+# The actor of what an operator does with the `dpor-bot` CLI: `cli:<login>`.
+OPERATOR_PREFIX = "cli:"
 
 
 def person(user_id: str | None) -> str:
-    """A person named in a refusal: `<@U123>`, the reference Slack shows as a mention (the bot: its name)."""
-    return SYSTEM_ACTOR if user_id in (None, SYSTEM_ACTOR) else f"<@{user_id}>"
+    """A person named in a refusal: `<@U123>`, the reference Slack shows as a mention (the bot: its name;
+    an operator at the CLI: `an operator (cli:alice)`, which is no Slack user)."""
+    if user_id in (None, SYSTEM_ACTOR):
+        return SYSTEM_ACTOR
+    if user_id.startswith(OPERATOR_PREFIX):
+        return f"an operator ({user_id})"
+    return f"<@{user_id}>"

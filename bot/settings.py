@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from storage.urls import (
@@ -249,19 +250,31 @@ _FIELD_HINTS = {
 }
 
 
+# A variable whose value is never echoed in a message (its name says it holds a secret).
+_SECRET_WORDS = ("TOKEN", "SECRET", "KEY", "PASSWORD")
+
+
+def _problem(error: ErrorDetails) -> tuple[str, str]:
+    """A bad value: its variable, and a line naming it, what it accepts and (unless secret) what it got."""
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
+    name = alias or field.upper()
+    got = error.get("input")
+    if isinstance(got, str) and "://" in got:
+        got = redact_url(got)
+    hint = _FIELD_HINTS.get(name) or error["msg"].removeprefix("Value error, ")
+    shown = "" if any(word in name for word in _SECRET_WORDS) else f" (got {got!r})"
+    hint = hint.removeprefix("expected ")
+    return name, f"{name}: expected {hint}{shown}"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment; a bad value becomes a ConfigError naming the variable."""
+    """Read the environment; bad values become one ConfigError naming each variable, one line each."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
-        name = alias or field.upper()
-        got = error.get("input")
-        if isinstance(got, str) and "://" in got:
-            got = redact_url(got)
-        hint = _FIELD_HINTS.get(name) or error["msg"].removeprefix("Value error, ")
-        shown = "" if "TOKEN" in name or "SECRET" in name else f" (got {got!r})"
-        hint = hint.removeprefix("expected ")
-        raise ConfigError(f"{name}: expected {hint}{shown}") from None
+        lines: dict[str, str] = {}
+        for error in exc.errors():
+            name, line = _problem(error)
+            lines.setdefault(name, line)  # the first problem of each variable
+        raise ConfigError("\n".join(lines.values())) from None

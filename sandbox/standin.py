@@ -166,6 +166,10 @@ class SlackStandin:
         user = User(user_id, name or user_id.lower(), real_name or f"User {user_id}", tz)
         self.workspace.users[user_id] = user
 
+    def leave(self, channel: str) -> None:
+        """The bot is no longer a member of `channel`: conversations.info says so, chat.postMessage fails."""
+        self.workspace.outside.add(channel)
+
     def response_url(
         self,
         token: str,

@@ -80,12 +80,15 @@ class Workspace:
         self.ephemerals: list[Ephemeral] = []
         self.opened: set[str] = set()
         self.users: dict[str, User] = {bot_user_id: User(bot_user_id, "dpor", "DPOR", is_bot=True)}
+        # Channels the bot is not a member of (every other channel has it): it cannot post there.
+        self.outside: set[str] = set()
         self._last_ts_us = 0
         self.methods: dict[str, Callable[[JSONDict], JSONDict]] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
             "chat.postEphemeral": self._post_ephemeral,
+            "conversations.info": self._conversation_info,
             "conversations.open": self._open,
             "users.info": self._users_info,
         }
@@ -139,6 +142,8 @@ class Workspace:
 
     def _post_message(self, params: JSONDict) -> JSONDict:
         channel = self._channel(params)
+        if channel in self.outside:
+            raise SlackError("not_in_channel")
         text, blocks = str(params.get("text") or ""), params.get("blocks") or []
         if not text and not blocks and not params.get("attachments"):
             raise SlackError("no_text")
@@ -169,6 +174,21 @@ class Workspace:
         ephemeral = Ephemeral(channel, user, self._next_ts(), text, blocks, params.get("thread_ts"))
         self.ephemerals.append(ephemeral)
         return {"message_ts": ephemeral.message_ts}
+
+    def _conversation_info(self, params: JSONDict) -> JSONDict:
+        channel = self._channel(params)
+        if channel.startswith("D"):
+            return {"channel": {"id": channel, "is_im": True, "user": "U" + channel[1:]}}
+        return {
+            "channel": {
+                "id": channel,
+                "name": channel.lower(),
+                "is_channel": channel.startswith("C"),
+                "is_private": channel.startswith("G"),
+                "is_archived": False,
+                "is_member": channel not in self.outside,
+            }
+        }
 
     def _open(self, params: JSONDict) -> JSONDict:
         users = params.get("users") or ""

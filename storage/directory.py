@@ -77,6 +77,11 @@ async def subscriptions_in_order(
     return list((await session.scalars(query)).all())
 
 
+async def delete_subscription(session: AsyncSession, subscription_id: str) -> None:
+    """Remove the subscription's row (its requests' foreign key refuses it while any request names it)."""
+    await session.execute(delete(Subscription).where(Subscription.id == subscription_id))
+
+
 # --- partners --------------------------------------------------------------------------------------
 
 
@@ -90,6 +95,10 @@ async def insert_partner(session: AsyncSession, partner_id: str, name: str) -> N
 
 async def rename_partner(session: AsyncSession, partner_id: str, name: str) -> None:
     await session.execute(update(Partner).where(Partner.partner_id == partner_id).values(name=name))
+
+
+async def delete_partner(session: AsyncSession, partner_id: str) -> None:
+    await session.execute(delete(Partner).where(Partner.partner_id == partner_id))
 
 
 async def all_partners(session: AsyncSession) -> list[Partner]:
@@ -146,6 +155,16 @@ async def delete_role(session: AsyncSession, user_id: str, role: str, scope: str
     return bool(result.rowcount)
 
 
+async def delete_roles_in_scope(session: AsyncSession, scope: str) -> list[tuple[str, str]]:
+    """Remove every assignment on one scope; returns (user, role) of each, in order."""
+    rows = await session.execute(
+        delete(RoleAssignment)
+        .where(RoleAssignment.scope == scope)
+        .returning(RoleAssignment.user_id, RoleAssignment.role)
+    )
+    return sorted((user_id, role) for user_id, role in rows)
+
+
 async def role_assignments(session: AsyncSession, scope: str | None = None) -> list[RoleAssignment]:
     """Every assignment, or those that apply to one scope (its own and those on every subscription)."""
     query = select(RoleAssignment).order_by(RoleAssignment.scope, RoleAssignment.role, RoleAssignment.user_id)
@@ -184,6 +203,20 @@ async def delete_watch(session: AsyncSession, channel_id: str, scope: str) -> bo
         delete(ChannelWatch).where(ChannelWatch.channel_id == channel_id, ChannelWatch.scope == scope)
     )
     return result.rowcount > 0
+
+
+async def delete_watches_of(session: AsyncSession, scope: str) -> list[str]:
+    """Stop every channel watching one scope; returns those channels."""
+    rows = await session.scalars(
+        delete(ChannelWatch).where(ChannelWatch.scope == scope).returning(ChannelWatch.channel_id)
+    )
+    return sorted(rows.all())
+
+
+async def watch_channels(session: AsyncSession) -> list[str]:
+    """Every channel that watches a subscription or all of them, each once."""
+    rows = await session.scalars(select(ChannelWatch.channel_id).distinct().order_by(ChannelWatch.channel_id))
+    return list(rows.all())
 
 
 async def watching_channels(session: AsyncSession, subscription_id: str) -> list[str]:

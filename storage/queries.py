@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import OPEN_STATUSES, ChangeRequest, Partner, Subscription
+from storage.models import OPEN_STATUSES, AuditEvent, ChangeRequest, Partner, Subscription
 
 T = TypeVar("T")
 
@@ -99,3 +99,11 @@ async def subscription_overview(
         )
     ).first()
     return (row[0], row[1], row[2]) if row else None
+
+
+async def request_events(session: AsyncSession, request_id: int) -> list[AuditEvent]:
+    """The audit events about one request, in chain order."""
+    rows = await session.scalars(
+        select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(AuditEvent.seq)
+    )
+    return list(rows.all())

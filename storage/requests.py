@@ -118,6 +118,46 @@ async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, d
     return [(who, at) for who, at in rows]
 
 
+async def decisions(session: AsyncSession, request_id: int) -> list[Approval]:
+    """Every decision on the request (approvals and rejections), in order: what `requests show` lists."""
+    return list(
+        (
+            await session.scalars(
+                select(Approval).where(Approval.request_id == request_id).order_by(Approval.id)
+            )
+        ).all()
+    )
+
+
+async def open_naming_partner(session: AsyncSession, partner_id: str) -> list[ChangeRequest]:
+    """Open requests whose card names this partner, as the new one or the one it replaces."""
+    return list(
+        (
+            await session.scalars(
+                select(ChangeRequest)
+                .where(
+                    ChangeRequest.status.in_(OPEN_STATUSES),
+                    (ChangeRequest.partner_id == partner_id)
+                    | (ChangeRequest.previous_partner_id == partner_id),
+                )
+                .order_by(ChangeRequest.id)
+            )
+        ).all()
+    )
+
+
+async def count_for_subscription(session: AsyncSession, subscription_id: str) -> int:
+    """How many requests, in any state, a subscription has on record."""
+    return (
+        await session.scalar(
+            select(func.count())
+            .select_from(ChangeRequest)
+            .where(ChangeRequest.subscription_id == subscription_id)
+        )
+        or 0
+    )
+
+
 async def due_to_expire(session: AsyncSession, now: datetime, limit: int) -> list[int]:
     return list(
         (

@@ -1,17 +1,19 @@
 """The operator CLI `dpor-bot`: run the bot, migrate the database, manage reference data, audit.
 
 `command` holds what every command shares; `reference` the subscriptions, partners and roles;
-`operations` serving, the schema, requests, the audit log, the outbox, drift and the sandbox.
+`requests` the change requests; `operations` serving, the schema, the audit log, the outbox, drift and
+the sandbox.
 """
 
 from __future__ import annotations
 
 import click
 
-from bot.cli import operations, reference
+from bot.cli import operations, reference, requests
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dpor-bot", prog_name="dpor-bot", message="%(prog)s %(version)s")
 def cli() -> None:
     """Operate dpor-bot. Every command reads DATABASE_URL (default: dpor-bot.db in this directory)."""
 
@@ -24,7 +26,7 @@ for _command in (
     reference.subscriptions,
     reference.partners,
     reference.roles,
-    operations.requests,
+    requests.requests,
     operations.audit_group,
     operations.reconcile_command,
     operations.sandbox,

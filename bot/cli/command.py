@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -12,7 +14,7 @@ from typing import IO, Any, TypeVar
 import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from bot.errors import Refusal
+from bot.errors import OPERATOR_PREFIX, Refusal
 from bot.settings import ConfigError, Settings, load_settings
 from handlers.grammar import slack_user
 from storage.db import Database
@@ -23,10 +25,12 @@ T = TypeVar("T")
 
 
 class Failed(click.ClickException):
-    """A refusal or failure the operator can act on: one `error:` line on stderr, exit status 1."""
+    """A refusal or failure the operator can act on: an `error:` line on stderr (one for each problem, such
+    as each bad variable), exit status 1."""
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        for line in self.format_message().splitlines() or [""]:
+            click.echo(f"error: {line}", err=True)
 
 
 def actor() -> str:
@@ -35,7 +39,7 @@ def actor() -> str:
         login = getpass.getuser()
     except (OSError, KeyError):  # no login name for this uid (e.g. an arbitrary container user)
         login = ""
-    return f"cli:{login or 'cli'}"[:64]
+    return f"{OPERATOR_PREFIX}{login or 'cli'}"[:64]
 
 
 def slack_user_id(text: str) -> str:
@@ -50,31 +54,58 @@ def slack_user_id(text: str) -> str:
     return user
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     lines = str(cause).strip().splitlines()
     return lines[0] if lines else type(cause).__name__
 
 
+# The bot's sentences name the /dpor commands a Slack user would type; at the CLI they name its own.
+_IN_THE_CLI = (
+    (re.compile(r"`/dpor pending`"), "`dpor-bot requests list --status pending`"),
+    (re.compile(r"`/dpor cancel (\d+)`"), r"`dpor-bot requests cancel \1 --reason TEXT`"),
+    (re.compile(r"`/dpor list`"), "`dpor-bot subscriptions list`"),
+)
+
+
+def in_the_cli(message: str) -> str:
+    """A refusal's sentence as the CLI shows it: the /dpor commands it suggests become `dpor-bot` ones."""
+    for pattern, replacement in _IN_THE_CLI:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def _where(database_url: str, variable: str | None) -> str:
+    return f"{redact_url(database_url)}" + (f" ({variable})" if variable else "")
+
+
 @contextmanager
-def reported(database_url: str | None = None) -> Iterator[None]:
-    """Turn the failures an operator can act on into `Failed`; anything else is a bug: show its traceback."""
+def reported(database_url: str | None = None, variable: str | None = "DATABASE_URL") -> Iterator[None]:
+    """Turn the failures an operator can act on into `Failed`; anything else is a bug: show its traceback.
+
+    A database failure names the database by its URL with the password masked, and the variable it came
+    from (`variable`).
+    """
     try:
         yield
     except ConfigError as exc:
         raise Failed(str(exc)) from None
     except Refusal as exc:
-        raise Failed(exc.message) from None
+        raise Failed(in_the_cli(exc.message)) from None
     except BrokenPipeError:
         raise  # click handles a closed pipe (`dpor-bot audit export | head`) quietly
     except OSError as exc:
-        where = f"cannot reach the database at {redact_url(database_url)}: " if database_url else ""
-        raise Failed(where + _first_line(exc)) from None
+        if not database_url:
+            raise Failed(first_line(exc)) from None
+        check = f" (check {variable})" if variable else ""
+        raise Failed(
+            f"cannot reach the database at {redact_url(database_url)}: {first_line(exc)}{check}"
+        ) from None
     except SQLAlchemyError as exc:
-        where = f" at {redact_url(database_url)}" if database_url else ""
-        raise Failed(f"database error{where}: {_first_line(exc)}") from None
+        where = f" at {_where(database_url, variable)}" if database_url else ""
+        raise Failed(f"database error{where}: {first_line(exc)}") from None
     except MigrationError as exc:
-        raise Failed(f"migrations: {_first_line(exc)}") from None
+        raise Failed(f"migrations: {first_line(exc)}") from None
 
 
 def settings() -> Settings:
@@ -106,6 +137,19 @@ def run(work: Callable[[Database], Awaitable[T]], *, check_schema: bool = True) 
 
     with reported(url):
         return asyncio.run(session())
+
+
+def sdk_logging(verbose: bool) -> None:
+    """The Azure SDK logs through `azure.*` (azure.identity dumps its whole credential chain on a failed
+    sign-in): quiet unless --verbose, when it and the bot's own loggers write to stderr."""
+    if verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        for name in ("azure", "dpor"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        return
+    # The command's own table already says what failed; the providers' warnings would only repeat it.
+    for name in ("azure", "dpor.providers"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:

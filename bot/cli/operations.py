@@ -1,5 +1,4 @@
-"""`dpor-bot` commands that run and watch the bot: serve, socket, db, requests, audit, outbox, reconcile,
-sandbox."""
+"""`dpor-bot` commands that run and watch the bot: serve, socket, db, audit, outbox, reconcile, sandbox."""
 
 from __future__ import annotations
 
@@ -10,13 +9,9 @@ from pathlib import Path
 import click
 
 from bot import audit, outbox
-from bot.cli.command import Failed, actor, reported, run, settings, table, when
+from bot.cli.command import Failed, actor, reported, run, sdk_logging, settings, table, when
 from storage.db import Database
 from storage.migrate import is_current, upgrade
-from storage.models import ChangeRequest, RequestStatus
-from storage.queries import requests_page
-
-REQUEST_STATUSES = tuple(RequestStatus)
 
 
 @click.command()
@@ -59,47 +54,6 @@ def db_upgrade() -> None:
     click.echo("database upgraded to the newest schema" if upgraded else "database is at the newest schema")
 
 
-@click.group()
-def requests() -> None:
-    """Change requests made with /dpor set."""
-
-
-async def _all_requests(database: Database, statuses: tuple[str, ...] | None) -> list[ChangeRequest]:
-    found: list[ChangeRequest] = []
-    async with database.read() as session:
-        while True:
-            page = await requests_page(session, statuses=statuses, limit=500, offset=len(found))
-            found += page.items
-            if not page.items or not page.more:
-                return found
-
-
-@requests.command("list")
-@click.option("--status", type=click.Choice(REQUEST_STATUSES), help="Only requests in this state.")
-def requests_list(status: str | None) -> None:
-    """Show change requests, newest first."""
-    found = run(lambda database: _all_requests(database, (status,) if status else None))
-    if not found:
-        click.echo("no requests" + (f" with status {status}" if status else ""))
-        return
-    table(
-        ("ID", "STATUS", "SUBSCRIPTION", "PARTNER", "PREVIOUS", "REQUESTER", "CREATED", "DECIDED_BY"),
-        [
-            (
-                r.id,
-                r.status,
-                r.subscription_id,
-                r.partner_id,
-                r.previous_partner_id,
-                r.requester_id,
-                when(r.created_at),
-                r.decided_by,
-            )
-            for r in found
-        ],
-    )
-
-
 @click.group("audit")
 def audit_group() -> None:
     """The tamper-evident audit log."""
@@ -136,7 +90,8 @@ def audit_export(fmt: str, output: Path | None) -> None:
 
 
 @click.command("reconcile")
-def reconcile_command() -> None:
+@click.option("--verbose", is_flag=True, help="Show the Azure SDK's log lines (a failed sign-in's detail).")
+def reconcile_command(verbose: bool) -> None:
     """Compare each subscription's partner of record with what its provider reports now.
 
     Lists the subscriptions that are not in sync. Each new drift is recorded in the audit log
@@ -148,6 +103,7 @@ def reconcile_command() -> None:
     from bot.providers import Providers
 
     config = settings()
+    sdk_logging(verbose)
 
     async def work(database: Database) -> list[reconcile.Finding]:
         providers = Providers(config, database)
@@ -196,7 +152,7 @@ def sandbox(port: int | None, database_url: str | None) -> None:
     """
     from sandbox.server import DEFAULT_PORT, run_sandbox
 
-    with reported(database_url):
+    with reported(database_url, "--database-url"):
         asyncio.run(run_sandbox(DEFAULT_PORT if port is None else port, database_url))
 
 

@@ -23,6 +23,7 @@ from bot.directory import (
 )
 from bot.errors import Refusal
 from bot.providers import NAMES as PROVIDER_NAMES
+from bot.removals import remove_partner, remove_subscription
 
 CSV_COLUMNS = ("id", "name", "alias")
 
@@ -116,6 +117,27 @@ def subscriptions_list() -> None:
     table(("ID", "ALIAS", "PARTNER", "NAME"), [(s.id, s.alias, s.partner_id, s.name) for s in subs])
 
 
+@subscriptions.command("remove")
+@click.argument("subscription_id", metavar="ID")
+def subscriptions_remove(subscription_id: str) -> None:
+    """Remove a subscription that has no request on record, with the roles on it and channels' watches.
+
+    Refused while it has any request (open or decided): its requests and their audit events refer to it,
+    and dpor-bot keeps that history whole. Audited as subscription.removed.
+    """
+    removed = run(lambda database: remove_subscription(database, subscription_id, actor=actor()))
+    also = [
+        f"{len(removed.roles)} role{'s' if len(removed.roles) != 1 else ''}" if removed.roles else "",
+        f"{len(removed.watches)} channel watch{'es' if len(removed.watches) != 1 else ''}"
+        if removed.watches
+        else "",
+    ]
+    extra = " and ".join(part for part in also if part)
+    click.echo(
+        f"removed subscription {removed.id} ({removed.name})" + (f" with {extra} on it" if extra else "")
+    )
+
+
 @click.group()
 def partners() -> None:
     """The partner directory (Partner ID -> name) shown on approval cards."""
@@ -139,6 +161,14 @@ def partners_list() -> None:
         click.echo("no partners: add one with `dpor-bot partners add`")
         return
     table(("PARTNER_ID", "NAME"), [(p.partner_id, p.name) for p in found])
+
+
+@partners.command("remove")
+@click.argument("partner_id")
+def partners_remove(partner_id: str) -> None:
+    """Remove a partner from the directory; refused while an open request names it. Audited."""
+    name = run(lambda database: remove_partner(database, partner_id, actor=actor()))
+    click.echo(f"removed partner {partner_id.strip()} ({name})")
 
 
 @click.group()

@@ -54,11 +54,12 @@ class PartnerProvider(Protocol):
 class Providers:
     """Chooses the provider for each subscription: its own `provider` column, else DPOR_PROVIDER."""
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, *, build_default: bool = True) -> None:
         self.settings = settings
         self.db = db
         self._built: dict[str, PartnerProvider] = {}
-        self.get(settings.provider)  # a provider that cannot be built stops start-up
+        if build_default:  # a provider that cannot be built stops start-up (`doctor` builds each itself)
+            self.get(settings.provider)
 
     def get(self, name: str) -> PartnerProvider:
         if name not in self._built:

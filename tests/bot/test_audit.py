@@ -21,6 +21,8 @@ SUB = "11111111-2222-3333-4444-555555555555"
 DESIGN_ACTIONS = {
     "subscription.added",
     "partner.added",
+    "subscription.removed",
+    "partner.removed",
     "role.granted",
     "role.revoked",
     "request.created",
