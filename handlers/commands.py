@@ -73,11 +73,7 @@ async def _cancel(ctx: BotContext, cmd: Command, body: Body) -> Reply:
 
 
 def _scope_words(ref: str) -> str:
-    return (
-        "every subscription"
-        if ref == views.ALL_SUBSCRIPTIONS or ref.lower() == "all"
-        else f"`{replies.escape(ref)}`"
-    )
+    return "every subscription" if directory.is_scope_word(ref) else f"`{replies.escape(ref)}`"
 
 
 async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
