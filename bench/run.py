@@ -165,6 +165,7 @@ async def measure_bot(
         "SLACK_SIGNING_SECRET": SECRET,
         "SLACK_API_URL": slack.base_url,
         "DATABASE_URL": database_url,
+        "DPOR_AUDIT_KEY": seed.AUDIT_KEY,
         "DPOR_APPROVAL_CHANNEL": "C0APPROVALS",
         "DPOR_NOTIFY_CHANNELS": "C0NOTIFY",
     }

@@ -19,6 +19,8 @@ TEAM = "T0DPOR"  # the Slack stand-in's workspace
 ADMIN, OWNER, BYSTANDER = "U0BENCHADM", "U0BENCHOWN", "U0BENCHBY"
 NEW_PARTNER, OLD_PARTNER = "4977985", "1234566"
 PROD_ALIAS = "bench-0"
+# The benchmark's audit key (its data is made up): run.py hands it to `dpor-bot serve` as DPOR_AUDIT_KEY.
+AUDIT_KEY = "dpor-bot bench: made-up data, a key that is no secret"
 
 
 def sub_id(n: int) -> str:
@@ -26,7 +28,7 @@ def sub_id(n: int) -> str:
 
 
 async def small(url: str, *, subscriptions: int) -> None:
-    db = Database(url)
+    db = Database(url, audit_key=AUDIT_KEY.encode())
     await upgrade(db)
     rows = [
         directory.SubscriptionRow(sub_id(i), f"Bench subscription {i}", f"bench-{i}")
@@ -42,7 +44,7 @@ async def small(url: str, *, subscriptions: int) -> None:
 
 async def open_subscriptions(url: str, *, limit: int) -> list[str]:
     """Subscriptions with no open request (so `set` on each one opens a request)."""
-    db = Database(url)
+    db = Database(url, audit_key=AUDIT_KEY.encode())
     async with db.read() as session:
         busy = select(ChangeRequest.subscription_id).where(ChangeRequest.status.in_(queries.OPEN_STATUSES))
         ids = (
@@ -58,7 +60,7 @@ async def open_subscriptions(url: str, *, limit: int) -> list[str]:
 
 
 async def pending_request_ids(url: str) -> list[int]:
-    db = Database(url)
+    db = Database(url, audit_key=AUDIT_KEY.encode())
     async with db.read() as session:
         ids = (
             await session.scalars(
@@ -80,7 +82,7 @@ async def large(
 ) -> None:
     """100,000 subscriptions, 100,000 decided requests and a valid chain of 1,000,000 audit events."""
     await small(url, subscriptions=subscriptions)
-    db = Database(url)
+    db = Database(url, audit_key=AUDIT_KEY.encode())
     now = utcnow()
     statuses = ("applied", "rejected", "cancelled", "expired")
     await _bulk(
@@ -110,6 +112,8 @@ async def large(
             )
         ).one()
     seq, prev = tip.seq, tip.hash
+    key = AUDIT_KEY.encode()
+    kid = audit.key_id(key)
     batch: list[dict] = []
     for i in range(events - seq):
         seq += 1
@@ -117,7 +121,7 @@ async def large(
         body = audit.canonical(
             seq, now, ADMIN, "request.created", i % requests + 1, sub_id(i % subscriptions), data
         )
-        digest = audit.chain_hash(prev, body)
+        digest = audit.chain_hash(prev, body, key)
         batch.append(
             {
                 "seq": seq,
@@ -129,6 +133,7 @@ async def large(
                 "data": data,
                 "prev_hash": prev,
                 "hash": digest,
+                "key_id": kid,
             }
         )
         prev = digest
@@ -142,7 +147,7 @@ async def large(
 
 async def list_sizes(url: str) -> dict[str, dict]:
     """Time and size of the list answers on the large database: they must stay within Slack's limits."""
-    db = Database(url)
+    db = Database(url, audit_key=AUDIT_KEY.encode())
     out: dict[str, dict] = {}
     async with db.read() as session:
         started = time.perf_counter()

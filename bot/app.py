@@ -21,7 +21,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import lifecycle, outbox, reconcile
+from bot import audit_keys, checkpoints, lifecycle, outbox, reconcile
 from bot.apply import Applier
 from bot.context import BotContext
 from bot.http import READ_TIMEOUT, HttpEdge, web_app
@@ -173,11 +173,12 @@ class Bot(HttpEdge):
 
     async def prepare_database(self) -> None:
         if await is_current(self.db):
-            return
-        if self.db.is_sqlite:
+            pass
+        elif self.db.is_sqlite:
             await upgrade(self.db)  # an embedded database keeps itself current
         else:
             raise ConfigError("the database schema is not current: run `dpor-bot db upgrade`")
+        await audit_keys.prepare(self.db, self.settings)  # the chain's key, or one line why not
 
     async def stop(self) -> None:
         if self.reconciler is not None:
@@ -213,7 +214,11 @@ def outbox_worker(
         dead_recorders={
             outbox.CARD: lambda row: partial(lifecycle.card_unposted, request_id=row.payload["request_id"])
         },
-        sweep=lambda: lifecycle.sweep(ctx.db, settings.remind_after, metrics=ctx.metrics),
+        sweep=checkpoints.with_daily(
+            lambda: lifecycle.sweep(ctx.db, settings.remind_after, metrics=ctx.metrics),
+            ctx.db,
+            ctx.policy.audit_channel,
+        ),
         **options,
     )
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot import lifecycle
+from bot import checkpoints, lifecycle
 from bot.errors import SYSTEM_ACTOR, Refusal, UnknownRequest
 from bot.lifecycle import event
 from bot.logs import bound
@@ -67,7 +67,9 @@ async def start_apply(db: Database, request_id: int) -> ChangeRequest | None:
 
 
 async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: ApplyOutcome) -> ChangeRequest:
-    """applying -> applied (the record follows) or failed (Retry possible for DPOR_REQUEST_TTL)."""
+    """applying -> applied (the record follows; the chain's head is checkpointed) or failed (Retry possible
+    for DPOR_REQUEST_TTL)."""
+    point = None
     async with db.write() as session:
         req = await requests.get(session, request_id)
         if req is None:
@@ -100,7 +102,9 @@ async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: Appl
         await lifecycle.record(session, req, RequestStatus.APPLYING, status, entry, rows, **values)
         if outcome.ok:
             await requests.set_partner(session, req.subscription_id, result["partner_id"], now)
-        return req
+            point = await checkpoints.take(session, pol.audit_channel, checkpoints.APPLY)
+    checkpoints.published(point)
+    return req
 
 
 class Applier:

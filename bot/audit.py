@@ -1,21 +1,34 @@
-"""The tamper-evident audit log: the actions it records, appending to the chain, verification and export."""
+"""The tamper-evident audit log: the actions it records, appending to the keyed chain, verification (against
+the key and against published checkpoints) and export."""
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.settings import ConfigError
 from storage import audit as chain
-from storage.audit import GENESIS, canonical, chain_hash
-from storage.db import Database
+from storage.audit import GENESIS, canonical, chain_hash, key_id
+from storage.db import Database, audit_key_of
 from storage.models import AuditEvent
 
-__all__ = ["ACTIONS", "EXPORT_FIELDS", "GENESIS", "Entry", "append", "append_many", "canonical", "chain_hash"]
+__all__ = [
+    "ACTIONS",
+    "EXPORT_FIELDS",
+    "GENESIS",
+    "Checkpoint",
+    "Entry",
+    "append",
+    "append_many",
+    "canonical",
+    "chain_hash",
+    "key_id",
+]
 
 ACTIONS = frozenset(
     {
@@ -37,7 +50,12 @@ ACTIONS = frozenset(
         "partner.drift",
         "channel.subscribed",
         "channel.unsubscribed",
+        "audit.rekeyed",
     }
+)
+NO_KEY = (
+    "the audit key is not loaded: set DPOR_AUDIT_KEY to the key the audit log is written with "
+    "(README: Audit log)"
 )
 EXPORT_FIELDS = (
     "seq",
@@ -60,7 +78,10 @@ async def append_many(session: AsyncSession, entries: Iterable[Entry]) -> int:
     for entry in entries:
         if entry.action not in ACTIONS:
             raise ValueError(f"unknown audit action {entry.action!r}")
-    return await chain.append(session, entries)
+    key = audit_key_of(session)
+    if key is None:
+        raise ConfigError(NO_KEY)  # never an event the key does not vouch for
+    return await chain.append(session, entries, key)
 
 
 async def append(session: AsyncSession, entry: Entry) -> None:
@@ -68,14 +89,30 @@ async def append(session: AsyncSession, entry: Entry) -> None:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A head of the chain as published outside the database: event `seq` had hash `hash` at time `at`."""
+
+    seq: int
+    hash: str
+    at: str
+
+    def __str__(self) -> str:
+        return f"seq={self.seq} hash={self.hash} at={self.at}"
+
+
+@dataclass(frozen=True)
 class Verification:
     events: int
     broken_seq: int | None = None
     problem: str | None = None
+    checkpoints: int = 0
+    # The first published checkpoint (lowest position) the database no longer extends, and why.
+    contradicted: Checkpoint | None = None
+    contradiction: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.broken_seq is None
+        return self.broken_seq is None and self.contradicted is None
 
 
 async def _events(db: Database, batch: int = 5000) -> AsyncIterator[AuditEvent]:
@@ -90,29 +127,70 @@ async def _events(db: Database, batch: int = 5000) -> AsyncIterator[AuditEvent]:
         after = rows[-1].seq
 
 
-async def verify(db: Database) -> Verification:
-    """Recompute the chain from the first event; name the first event that does not fit."""
-    prev, expected_seq, count = GENESIS, 1, 0
+def check(event: Any, prev: str, expected_seq: int, keys: Mapping[str | None, bytes | None]) -> str | None:
+    """What is wrong with `event` as the one at `expected_seq` after hash `prev`, or None.
+
+    `keys` maps the key ids accepted to their keys (None: the plain SHA-256 of events written before the
+    chain was keyed, accepted only while re-keying).
+    """
+    if event.seq != expected_seq:
+        return f"expected event {expected_seq} here, found {event.seq} (an event is missing)"
+    if event.prev_hash != prev:
+        return "prev_hash does not match the previous event's hash (an event was removed or reordered)"
+    if event.key_id not in keys:
+        if event.key_id is None:
+            return (
+                "it is not keyed (plain SHA-256): written before the chain was keyed, "
+                "or rewritten without the key"
+            )
+        given = ", ".join(k for k in keys if k) or "none"
+        return f"it is keyed with key id {event.key_id}, not with the key given (key id {given})"
+    if chain.event_hash(event, prev, keys[event.key_id]) != event.hash:
+        return "its hash does not match its content (the event was edited)"
+    return None
+
+
+async def verify(
+    db: Database, key: bytes | None = None, checkpoints: Sequence[Checkpoint] = ()
+) -> Verification:
+    """Recompute the chain from the first event with the key (default: the database's); name the first event
+    that does not fit, and the first of `checkpoints` whose event is gone or has another hash now."""
+    key = key if key is not None else db.audit_key
+    if key is None:
+        raise ConfigError(f"`audit verify` needs the audit key: {NO_KEY.split(': ', 1)[1]}")
+    keys: dict[str | None, bytes | None] = {key_id(key): key}
+    published = sorted(checkpoints, key=lambda c: c.seq)
+    prev, expected_seq, count, at, last = GENESIS, 1, 0, 0, 0
+    broken: tuple[int, str] | None = None
+    contradicted: tuple[Checkpoint, str] | None = None
     async for event in _events(db):
         count += 1
-        if event.seq != expected_seq:
-            return Verification(
-                count,
-                event.seq,
-                f"expected event {expected_seq} here, found {event.seq} (an event is missing)",
-            )
-        if event.prev_hash != prev:
-            return Verification(
-                count,
-                event.seq,
-                "prev_hash does not match the previous event's hash (an event was removed or reordered)",
-            )
-        if chain.event_hash(event, prev) != event.hash:
-            return Verification(
-                count, event.seq, "its hash does not match its content (the event was edited)"
-            )
-        prev, expected_seq = event.hash, expected_seq + 1
-    return Verification(count)
+        if broken is None:
+            problem = check(event, prev, expected_seq, keys)
+            if problem is not None:
+                broken = (event.seq, problem)
+        while contradicted is None and at < len(published) and published[at].seq <= event.seq:
+            point = published[at]
+            if point.seq < event.seq:
+                contradicted = (point, f"the log has no event {point.seq} (history was rewritten)")
+            elif point.hash != event.hash:
+                why = f"event {point.seq} now has hash {event.hash}, not the published one"
+                contradicted = (point, f"{why} (history was rewritten)")
+            at += 1
+        if broken is not None and (contradicted is not None or at == len(published)):
+            break
+        prev, expected_seq, last = event.hash, event.seq + 1, event.seq
+    if contradicted is None and at < len(published):
+        end = f"ends at event {last}" if last else "is empty"
+        contradicted = (published[at], f"the log {end} (history was truncated)")
+    return Verification(
+        count,
+        broken[0] if broken else None,
+        broken[1] if broken else None,
+        len(published),
+        contradicted[0] if contradicted else None,
+        contradicted[1] if contradicted else None,
+    )
 
 
 def _export_row(event: AuditEvent) -> dict[str, Any]:

@@ -25,7 +25,8 @@ EPHEMERAL = "ephemeral"  # an answer only one person sees (e.g. a refused click)
 APPLY = "apply"  # apply an approved change through the partner provider
 REMIND = "remind"  # remind the approval channel, in the card's thread, that a request still waits
 NOTICE = "notice"  # a message in a channel about no request (partner drift found by reconcile)
-KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY, NOTICE, REMIND)
+CHECKPOINT = "checkpoint"  # publish the audit chain's head (position, hash, time) in DPOR_AUDIT_CHANNEL
+KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY, NOTICE, REMIND, CHECKPOINT)
 
 Recorder = Callable[[AsyncSession], Awaitable[None]]
 """What a delivery writes in the transaction that records its outcome (a card's ts, covered rows)."""
@@ -79,6 +80,9 @@ class Outbox:
     def drift(self, channels: Sequence[str], facts: dict[str, Any]) -> None:
         for channel in channels:
             self.add(NOTICE, f"channel:{channel}", channel=channel, topic="drift", facts=facts)
+
+    def checkpoint(self, channel: str, seq: int, hash_: str, at: str) -> None:
+        self.add(CHECKPOINT, f"channel:{channel}", channel=channel, seq=seq, hash=hash_, at=at)
 
     def apply(self, request_id: int) -> None:
         self.add(APPLY, f"apply:{request_id}", request_id=request_id)

@@ -80,6 +80,7 @@ class Policy:
     request_ttl: timedelta = timedelta(hours=72)
     approval_channel: str | None = None
     notify_channels: tuple[str, ...] = field(default_factory=tuple)
+    audit_channel: str | None = None  # where the audit chain's checkpoints are published
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -89,4 +90,5 @@ class Policy:
             request_ttl=settings.request_ttl,
             approval_channel=settings.approval_channel,
             notify_channels=tuple(settings.notify_channels),
+            audit_channel=settings.audit_channel or None,
         )

@@ -36,6 +36,8 @@ _DURATION_HELP = f"a duration {_DURATION_EXAMPLES}"
 _DURATIONS = ("request_ttl", "provider_timeout", "outbox_poll_interval", "outbox_lease", "sweep_interval")
 _OPTIONAL_DURATIONS = ("remind_after", "reconcile_every")  # these also take off (or 0, or nothing)
 _OFF = ("", "0", "off")
+AUDIT_KEY_MIN = 32
+AUDIT_KEY_HELP = f"at least {AUDIT_KEY_MIN} characters, such as the 64 hex digits of `openssl rand -hex 32`"
 
 
 class ConfigError(Exception):
@@ -180,6 +182,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default="text", alias="DPOR_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", alias="DPOR_LOG_LEVEL")
     metrics_token: SecretStr | None = Field(default=None, alias="DPOR_METRICS_TOKEN")
+    # The audit chain (README: Audit log): the key its hashes are keyed with (on SQLite, when unset, a
+    # key file beside the database), and the channel its checkpoints are published in.
+    audit_key: SecretStr | None = Field(default=None, alias="DPOR_AUDIT_KEY")
+    audit_channel: str | None = Field(default=None, alias="DPOR_AUDIT_CHANNEL")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -204,6 +210,17 @@ class Settings(BaseSettings):
     def _azure_identities(cls, value: object) -> object:
         if isinstance(value, str):
             return read_azure_identities(value) if value.strip() else {}
+        return value
+
+    @field_validator("audit_key", mode="before")
+    @classmethod
+    def _audit_key(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            if len(value) < AUDIT_KEY_MIN:
+                raise ValueError(f"expected {AUDIT_KEY_HELP}")
         return value
 
     @field_validator("webhook_url")

@@ -22,6 +22,7 @@ from bot.views import CardView
 from handlers.messages import (
     card_blocks,
     card_text,
+    checkpoint_text,
     drift_text,
     event_text,
     notification_blocks,
@@ -71,6 +72,7 @@ class SlackDeliverer:
             outbox.NOTIFY: self.notify,
             outbox.NOTICE: self.notice,
             outbox.EPHEMERAL: self.ephemeral,
+            outbox.CHECKPOINT: self.checkpoint,
         }
 
     async def _view(self, row: OutboxMessage) -> CardView:
@@ -145,6 +147,12 @@ class SlackDeliverer:
         await self._call(
             channel, self.client.chat_postMessage, channel=channel, text=drift_text(row.payload["facts"])
         )
+
+    async def checkpoint(self, row: OutboxMessage) -> None:
+        """The audit chain's head, published in DPOR_AUDIT_CHANNEL (the row holds it: nothing to read)."""
+        channel, facts = row.payload["channel"], row.payload
+        text = checkpoint_text(facts["seq"], facts["hash"], facts["at"])
+        await self._call(channel, self.client.chat_postMessage, channel=channel, text=text)
 
     async def ephemeral(self, row: OutboxMessage) -> None:
         channel = row.payload["channel"]

@@ -262,3 +262,12 @@ def drift_text(facts: dict) -> str:
         f"reports {observed}. The change did not go through dpor-bot; "
         "find out who made it, and request the intended partner if it must change."
     )
+
+
+def checkpoint_text(seq: int, hash_: str, at: str) -> str:
+    """The audit channel's copy of a checkpoint: the chain's head, in the form `--checkpoints` reads back."""
+    return (
+        f":lock: *Audit checkpoint* `seq={int(seq)} hash={escape(hash_)} at={escape(at)}`: "
+        f"dpor-bot's audit log had event {int(seq)} with this hash at that time. Keep this message: "
+        "`dpor-bot audit verify --checkpoints FILE` proves the database still holds this history."
+    )

@@ -41,6 +41,9 @@ log = logging.getLogger("dpor.sandbox")
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# The sandbox's data is made up, so its audit chain's key is no secret: it keys a database of the sandbox's
+# own on any engine (PostgreSQL too), and never the operator's DPOR_AUDIT_KEY.
+AUDIT_KEY = "dpor-bot sandbox: made-up data, a key that is no secret"
 
 
 class Sandbox:
@@ -96,6 +99,7 @@ class Sandbox:
             DPOR_APPROVAL_CHANNEL=APPROVALS,
             DPOR_NOTIFY_CHANNELS=NOTIFICATIONS,
             DPOR_PROVIDER="ledger",
+            DPOR_AUDIT_KEY=AUDIT_KEY,
         )
         self.bot = Bot(settings)
         # As `serve` does: requests still in progress at shutdown get 3 s.

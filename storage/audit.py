@@ -1,15 +1,21 @@
-"""The audit chain's storage: appending events after the tip, hashing them, and reading them back in order."""
+"""The audit chain's storage: appending events after the tip, hashing them, and reading them back in order.
+
+An event's hash is HMAC-SHA256, keyed with a secret the database does not hold, over the previous
+event's hash and the event's canonical form; its `key_id` names the key. Events written before the
+chain was keyed (migration 0003) carry no key id and a plain SHA-256, until they are re-keyed.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import AuditEvent, utcnow
@@ -55,12 +61,22 @@ def canonical(
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def chain_hash(prev_hash: str, body: str) -> str:
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+def chain_hash(prev_hash: str, body: str, key: bytes | None = None) -> str:
+    """HMAC-SHA256 under `key` of the previous hash and the canonical body; without a key, the plain
+    SHA-256 of events written before the chain was keyed."""
+    message = (prev_hash + body).encode()
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def event_hash(event: AuditEvent, prev_hash: str) -> str:
-    """Recompute a stored event's hash from its content and its predecessor's hash."""
+def key_id(key: bytes) -> str:
+    """A key's public name, stored with each event it hashes: it tells keys apart, never reveals one."""
+    return hmac.new(key, b"dpor-bot audit key id", hashlib.sha256).hexdigest()[:16]
+
+
+def event_hash(event: AuditEvent, prev_hash: str, key: bytes | None = None) -> str:
+    """Recompute a stored event's hash from its content and its predecessor's hash (`key`: its key)."""
     body = canonical(
         event.seq,
         event.at,
@@ -70,24 +86,51 @@ def event_hash(event: AuditEvent, prev_hash: str) -> str:
         event.subscription_id,
         event.data or {},
     )
-    return chain_hash(prev_hash, body)
+    return chain_hash(prev_hash, body, key)
 
 
-async def append(session: AsyncSession, events: Sequence[NewEvent]) -> int:
-    """Chain events after the tip. Call inside `Database.write()`, which serialises chain appends."""
-    tip = (
+@dataclass(frozen=True)
+class Link:
+    """An end of the chain: an event's position, hash and key id."""
+
+    seq: int
+    hash: str
+    key_id: str | None
+
+
+async def _end(session: AsyncSession, newest: bool) -> Link | None:
+    order = AuditEvent.seq.desc() if newest else AuditEvent.seq
+    row = (
         await session.execute(
-            select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+            select(AuditEvent.seq, AuditEvent.hash, AuditEvent.key_id).order_by(order).limit(1)
         )
     ).first()
-    seq, prev = (tip.seq, tip.hash) if tip else (0, GENESIS)
+    return Link(row.seq, row.hash, row.key_id) if row else None
+
+
+async def tip(session: AsyncSession) -> Link | None:
+    """The newest event (the chain's head), or None for an empty log."""
+    return await _end(session, newest=True)
+
+
+async def first(session: AsyncSession) -> Link | None:
+    """The oldest event: unkeyed when the chain has not been re-keyed yet (they come before keyed ones)."""
+    return await _end(session, newest=False)
+
+
+async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) -> int:
+    """Chain events after the tip, keyed with `key`. Call inside `Database.write()`, which serialises
+    chain appends."""
+    head = await tip(session)
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    kid = key_id(key)
     rows = []
     at = utcnow()
     for event in events:
         seq += 1
         data = event.data or {}
         body = canonical(seq, at, event.actor, event.action, event.request_id, event.subscription_id, data)
-        digest = chain_hash(prev, body)
+        digest = chain_hash(prev, body, key)
         rows.append(
             {
                 "seq": seq,
@@ -99,6 +142,7 @@ async def append(session: AsyncSession, events: Sequence[NewEvent]) -> int:
                 "data": data,
                 "prev_hash": prev,
                 "hash": digest,
+                "key_id": kid,
             }
         )
         prev = digest
@@ -116,6 +160,23 @@ async def events_after(session: AsyncSession, seq: int, limit: int) -> list[Audi
             )
         ).all()
     )
+
+
+async def rows_after(session: AsyncSession, seq: int, limit: int) -> list[Any]:
+    """The next `limit` events after position `seq` as plain rows (not kept by the session: a re-keying
+    transaction walks the whole chain)."""
+    table = AuditEvent.__table__
+    return list(
+        (
+            await session.execute(select(table).where(table.c.seq > seq).order_by(table.c.seq).limit(limit))
+        ).all()
+    )
+
+
+async def rehash(session: AsyncSession, hashes: Sequence[dict[str, Any]]) -> None:
+    """Store recomputed hashes: each dict holds `seq`, `prev_hash`, `hash` and `key_id` (re-keying)."""
+    if hashes:
+        await session.execute(update(AuditEvent), list(hashes))
 
 
 async def latest_of(session: AsyncSession, subscription_id: str, actions: Sequence[str]) -> AuditEvent | None:

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 # Every transaction that appends to the audit chain holds this PostgreSQL advisory lock, so
 # chain appends (and the state checks before them) are serialised across processes.
 CHAIN_LOCK_KEY = 0x44504F52  # "DPOR"
+# Where a write session carries the audit chain's key (`Database.audit_key`) for `audit_key_of`.
+_AUDIT_KEY = "dpor_audit_key"
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -37,10 +39,18 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 
 class Database:
-    """One engine per process; `read()` and `write()` are the units of work the services use."""
+    """One engine per process; `read()` and `write()` are the units of work the services use.
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    `audit_key` is the secret the audit chain's hashes are keyed with (HMAC-SHA256). The database never
+    holds it: the bot sets it at start (bot.audit_keys), and a write session carries it for the chain.
+    """
+
+    audit_key: bytes | None = None
+
+    def __init__(self, url: str, *, echo: bool = False, audit_key: bytes | None = None) -> None:
         self.url = url
+        if audit_key is not None:
+            self.audit_key = audit_key
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
@@ -74,9 +84,11 @@ class Database:
             if self._write_lock is None:
                 self._write_lock = asyncio.Lock()
             async with self._write_lock, self._writer() as session, session.begin():
+                session.info[_AUDIT_KEY] = self.audit_key
                 yield session
         else:
             async with self._writer() as session, session.begin():
+                session.info[_AUDIT_KEY] = self.audit_key
                 if chain:
                     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
                 yield session
@@ -91,3 +103,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def audit_key_of(session: AsyncSession) -> bytes | None:
+    """The audit key of the Database whose `write()` opened this session (None: not loaded)."""
+    return session.info.get(_AUDIT_KEY)

@@ -163,6 +163,22 @@ class AuditEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # The hash scheme: the id of the HMAC-SHA256 key (storage.audit.key_id), or None for the plain
+    # SHA-256 of events written before the chain was keyed (migration 0003; re-keyed at start).
+    key_id: Mapped[str | None] = mapped_column(String(16))
+
+
+class AuditCheckpoint(Base):
+    """A head of the audit chain (position and hash) as it was published outside the database."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # What took it: an applied change, the daily sweep, or the re-keying of the chain.
+    reason: Mapped[str] = mapped_column(String(16))
 
 
 class OutboxMessage(Base):

@@ -31,7 +31,18 @@ TABLES = (
     "partners",
     "subscriptions",
     "seen_requests",
+    "audit_checkpoints",
 )
+# The audit key of every test (DPOR_AUDIT_KEY): the bot's, the CLI's, and that of any Database a test opens.
+AUDIT_KEY = "tests-audit-key-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def audit_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every process and database of a test shares one audit key; tests of the key itself undo this."""
+    monkeypatch.setenv("DPOR_AUDIT_KEY", AUDIT_KEY)
+    monkeypatch.setattr(Database, "audit_key", AUDIT_KEY.encode())
+    return AUDIT_KEY
 
 
 def _asyncpg_dsn(url: str) -> str:

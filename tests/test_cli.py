@@ -26,7 +26,7 @@ from bot.cli.command import actor
 from bot.settings import normalise_database_url
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, Partner, RoleAssignment, Subscription, utcnow
-from tests.conftest import PG_ADMIN_URL, _pg_admin
+from tests.conftest import AUDIT_KEY, PG_ADMIN_URL, _pg_admin
 
 REPO = Path(__file__).resolve().parents[1]
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -54,6 +54,9 @@ COMMANDS = [
     ["audit"],
     ["audit", "verify"],
     ["audit", "export"],
+    ["audit", "checkpoints"],
+    ["audit", "checkpoint"],
+    ["audit", "rekey"],
 ]
 
 
@@ -65,6 +68,7 @@ def clean_env(database_url: str | None, **extra: str) -> dict[str, str]:
         if not key.startswith(("DPOR_", "SLACK_")) and key not in ("DATABASE_URL", "PORT")
     }
     env["PYTHONPATH"] = str(REPO)  # the code under test, whichever checkout runs the tests
+    env["DPOR_AUDIT_KEY"] = AUDIT_KEY  # the key of the databases the tests open themselves
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     env.update(extra)

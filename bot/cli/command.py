@@ -14,6 +14,7 @@ from typing import IO, Any, TypeVar
 import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from bot import audit_keys
 from bot.errors import OPERATOR_PREFIX, Refusal
 from bot.settings import ConfigError, Settings, load_settings
 from handlers.grammar import slack_user
@@ -122,15 +123,19 @@ async def _ensure_schema(db: Database) -> None:
         raise Failed("the database schema is not current: run `dpor-bot db upgrade`")
 
 
-def run(work: Callable[[Database], Awaitable[T]], *, check_schema: bool = True) -> T:
-    """Open the configured database, make sure its schema is current, run `work`, and close it."""
-    url = settings().database_url
+def run(work: Callable[[Database], Awaitable[T]], *, check_schema: bool = True, audit_key: bool = True) -> T:
+    """Open the configured database, make sure its schema is current, load the audit key (a command that
+    may write to the audit log refuses without it; `audit_key=False`: one that only reads), run `work`,
+    and close it."""
+    config = settings()
+    url = config.database_url
 
     async def session() -> T:
         db = Database(url)
         try:
             if check_schema:
                 await _ensure_schema(db)
+                await audit_keys.prepare(db, config, required=audit_key)
             return await work(db)
         finally:
             await db.dispose()

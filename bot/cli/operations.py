@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import click
 
-from bot import audit, outbox
+from bot import audit_keys, outbox
+from bot.cli.audit import audit_group  # noqa: F401  registered in bot.cli as operations.audit_group
 from bot.cli.command import Failed, actor, reported, run, sdk_logging, settings, table, when
 from storage.db import Database
 from storage.migrate import is_current, upgrade
@@ -44,49 +43,19 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply the schema migrations the database does not have yet."""
 
-    async def work(database: Database) -> bool:
-        if await is_current(database):
-            return False
-        await upgrade(database)
-        return True
+    config = settings()
 
-    upgraded = run(work, check_schema=False)
+    async def work(database: Database) -> tuple[bool, str | None]:
+        upgraded = not await is_current(database)
+        if upgraded:
+            await upgrade(database)
+        # The audit key: an embedded database makes its key file now (and keys a chain written before keys).
+        return upgraded, await audit_keys.prepare(database, config, required=False)
+
+    upgraded, problem = run(work, check_schema=False)
     click.echo("database upgraded to the newest schema" if upgraded else "database is at the newest schema")
-
-
-@click.group("audit")
-def audit_group() -> None:
-    """The tamper-evident audit log."""
-
-
-@audit_group.command("verify")
-def audit_verify() -> None:
-    """Recompute the hash chain; exit 1 naming the first event that does not fit."""
-    result = run(audit.verify)
-    if not result.ok:
-        raise Failed(f"audit chain broken at event {result.broken_seq}: {result.problem}")
-    click.echo(f"audit chain intact: {result.events} events")
-
-
-@audit_group.command("export")
-@click.option("--format", "fmt", type=click.Choice(("jsonl", "csv")), default="jsonl", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not to stdout.")
-def audit_export(fmt: str, output: Path | None) -> None:
-    """Write every audit event, oldest first, with its hashes."""
-    if output is None:
-        run(lambda database: audit.export(database, sys.stdout, fmt))
-        return
-    try:
-        out = output.open("w", newline="", encoding="utf-8")
-    except OSError as exc:
-        raise Failed(f"cannot write {output}: {exc.strerror or exc}") from None
-    try:
-        with out:
-            count = run(lambda database: audit.export(database, out, fmt))
-    except BaseException:
-        output.unlink(missing_ok=True)  # no partial export left behind to be mistaken for a whole one
-        raise
-    click.echo(f"exported {count} events to {output}", err=True)
+    if problem:
+        click.echo(f"note: {problem}", err=True)
 
 
 @click.command("reconcile")

@@ -26,6 +26,7 @@ from bot import audit
 from sandbox.standin import SlackStandin
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
+from tests.conftest import AUDIT_KEY
 from tests.harness import (
     APPROVALS,
     NOTIFY,
@@ -244,6 +245,7 @@ async def stack(database_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
             "SLACK_SIGNING_SECRET": SECRET,
             "SLACK_API_URL": slack.base_url,
             "DATABASE_URL": database_url,
+            "DPOR_AUDIT_KEY": AUDIT_KEY,  # the key this test's own writes (the seed) used
             "DPOR_APPROVAL_CHANNEL": APPROVALS,
             "DPOR_NOTIFY_CHANNELS": NOTIFY,
             "DPOR_OUTBOX_POLL_INTERVAL": "0.05",
