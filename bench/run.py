@@ -65,10 +65,15 @@ def free_port() -> int:
 
 
 def write_requests(path: Path, bodies: Iterable[str]) -> int:
-    """Sign every body now (Slack refuses signatures older than five minutes) and write one per line."""
+    """Sign every body now (Slack refuses signatures older than five minutes) and write one per line.
+
+    Each body gets a field of its own, so no two requests share a signature: the bot accepts a signature
+    once (its replay defence) and would refuse a request the file repeats.
+    """
     count = 0
     with path.open("w") as out:
         for body in bodies:
+            body = f"{body}&bench_request={count}"
             headers = sign(SECRET, body)
             out.write(f"{headers['X-Slack-Request-Timestamp']}\t{headers['X-Slack-Signature']}\t{body}\n")
             count += 1
@@ -150,9 +155,13 @@ async def process(args: list[str], port: int, env: dict[str, str], log: Path) ->
                 await proc.wait()
 
 
-def show_bodies(refs: list[str], user: str) -> Iterable[str]:
-    for ref in refs:
-        yield slash_command_body(f"show {ref}", user_id=user, team_id=TEAM)
+# Enough distinct `show` requests that wrk never sends one twice in a run (each is accepted once).
+SHOW_REQUESTS = 30_000
+
+
+def show_bodies(refs: list[str], user: str, count: int = SHOW_REQUESTS) -> Iterable[str]:
+    for i in range(count):
+        yield slash_command_body(f"show {refs[i % len(refs)]}", user_id=user, team_id=TEAM)
 
 
 async def measure_bot(
