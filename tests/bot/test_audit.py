@@ -15,6 +15,7 @@ from bot import audit
 from bot.audit import EXPORT_FIELDS, GENESIS, Entry
 from storage.db import Database
 from storage.models import AuditEvent
+from tests.bot.tampering import ENTRIES
 
 SUB = "11111111-2222-3333-4444-555555555555"
 # The audit actions DESIGN.md lists.
@@ -35,20 +36,6 @@ DESIGN_ACTIONS = {
     "apply.succeeded",
     "apply.failed",
 }
-ENTRIES = [
-    Entry(actor="operator", action="subscription.added", subscription_id=SUB, data={"name": "Prod"}),
-    Entry(actor="operator", action="role.granted", data={"user_id": "U1", "role": "owner", "scope": "*"}),
-    Entry(
-        actor="U2",
-        action="request.created",
-        request_id=1,
-        subscription_id=SUB,
-        data={"partner_id": "4977985", "reason": "naïve café <!channel> & more"},
-    ),
-    Entry(actor="U1", action="request.approved", request_id=1, subscription_id=SUB, data={"final": True}),
-    Entry(actor="dpor-bot", action="apply.started", request_id=1, subscription_id=SUB),
-    Entry(actor="dpor-bot", action="apply.succeeded", request_id=1, subscription_id=SUB, data={"n": 1.5}),
-]
 
 
 async def chain(db: Database) -> None:

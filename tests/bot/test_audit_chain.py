@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import JSON, column, delete, insert, select, table, update
+from sqlalchemy import delete, select, update
 
 from bot import audit, audit_keys, checkpoints
 from bot.audit import Checkpoint, Entry
@@ -20,8 +20,8 @@ from bot.errors import BadInput, Refusal
 from bot.settings import ConfigError, Settings, load_settings
 from storage.db import Database
 from storage.migrate import upgrade
-from storage.models import AuditCheckpoint, AuditEvent, OutboxMessage, UTCDateTime, utcnow
-from tests.bot.test_audit import ENTRIES
+from storage.models import AuditCheckpoint, AuditEvent, OutboxMessage, utcnow
+from tests.bot.tampering import ENTRIES, rewrite, stored, unkeyed_chain
 from tests.conftest import AUDIT_KEY
 
 WRONG_KEY = b"not-the-key-of-this-log-0123456789abcdef"
@@ -32,38 +32,6 @@ async def chain_of_six(db: Database) -> None:
     for start in range(0, len(ENTRIES), 2):
         async with db.write() as session:
             await audit.append_many(session, ENTRIES[start : start + 2])
-
-
-async def stored(db: Database) -> list[AuditEvent]:
-    async with db.read() as session:
-        return list((await session.scalars(select(AuditEvent).order_by(AuditEvent.seq))).all())
-
-
-async def rewrite(db: Database, seq: int, actor: str, key: bytes | None, key_id: str | None) -> None:
-    """What an attacker with the database does: edit event `seq`, then recompute every hash from it on
-    (`key`: HMAC under that key; None: the plain SHA-256), each event marked with `key_id`."""
-    events = await stored(db)
-    prev = events[seq - 2].hash if seq > 1 else audit.GENESIS
-    async with db.write(chain=False) as session:
-        for event in events[seq - 1 :]:
-            if event.seq == seq:
-                event.actor = actor
-            body = audit.canonical(
-                event.seq,
-                event.at,
-                event.actor,
-                event.action,
-                event.request_id,
-                event.subscription_id,
-                event.data,
-            )
-            digest = audit.chain_hash(prev, body, key)
-            await session.execute(
-                update(AuditEvent)
-                .where(AuditEvent.seq == event.seq)
-                .values(actor=event.actor, prev_hash=prev, hash=digest, key_id=key_id)
-            )
-            prev = digest
 
 
 async def take(db: Database, channel: str | None = None) -> Checkpoint:
@@ -207,33 +175,6 @@ async def test_a_daily_checkpoint_once_a_day(db: Database) -> None:
 
 
 # audit_events as migration 0002 left it: no key id.
-OLD_EVENTS = table(
-    "audit_events",
-    *(
-        column(name)
-        for name in ("seq", "actor", "action", "request_id", "subscription_id", "prev_hash", "hash")
-    ),
-    column("at", UTCDateTime()),
-    column("data", JSON()),
-)
-
-
-async def unkeyed_chain(db: Database, count: int = 5) -> None:
-    """Events as the bot wrote them before migration 0003: plain SHA-256 (no key id)."""
-    prev, at = audit.GENESIS, utcnow()
-    rows = []
-    for seq in range(1, count + 1):
-        data = {"n": seq, "reason": "naïve"}
-        digest = audit.chain_hash(
-            prev, audit.canonical(seq, at, "cli:ops", "partner.added", None, None, data)
-        )
-        rows.append({"seq": seq, "at": at, "actor": "cli:ops", "action": "partner.added", "data": data})
-        rows[-1].update(request_id=None, subscription_id=None, prev_hash=prev, hash=digest)
-        prev = digest
-    async with db.write(chain=False) as session:
-        await session.execute(insert(OLD_EVENTS), rows)
-
-
 async def test_migrating_an_unkeyed_sqlite_chain_rekeys_it_at_the_start_that_makes_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,7 +18,7 @@ from bot import audit, checkpoints
 from bot.settings import normalise_database_url
 from storage.db import Database
 from storage.models import AuditCheckpoint, AuditEvent
-from tests.bot.test_audit_chain import rewrite, unkeyed_chain
+from tests.bot.tampering import rewrite, unkeyed_chain
 from tests.conftest import AUDIT_KEY
 from tests.harness import ADMIN, NEW_PARTNER, OWNER, Harness
 from tests.processes import cli, free_port
