@@ -2,14 +2,14 @@
 
 `command` holds what every command shares; `reference` the subscriptions, partners and roles;
 `requests` the change requests; `operations` serving, the schema, the audit log, the outbox, drift and
-the sandbox.
+the sandbox; `doctor` the installation's self-check.
 """
 
 from __future__ import annotations
 
 import click
 
-from bot.cli import operations, reference, requests
+from bot.cli import doctor, operations, reference, requests
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +31,7 @@ for _command in (
     operations.reconcile_command,
     operations.sandbox,
     operations.outbox_group,
+    doctor.doctor,
 ):
     cli.add_command(_command)
 

@@ -38,7 +38,7 @@ async def _all_requests(database: Database, statuses: tuple[str, ...] | None) ->
 @click.option("--status", type=click.Choice(REQUEST_STATUSES), help="Only requests in this state.")
 def requests_list(status: str | None) -> None:
     """Show change requests, newest first."""
-    found = run(lambda database: _all_requests(database, (status,) if status else None))
+    found = run(lambda database: _all_requests(database, (status,) if status else None), audit_key=False)
     if not found:
         click.echo("no requests" + (f" with status {status}" if status else ""))
         return
@@ -92,7 +92,7 @@ def _partner(pid: str | None, names: dict[str, str]) -> str:
 @click.argument("request_id", metavar="ID")
 def requests_show(request_id: str) -> None:
     """Show one request: its fields, every decision on it, and its audit events in chain order."""
-    found = run(lambda database: _detail(database, request_id))
+    found = run(lambda database: _detail(database, request_id), audit_key=False)
     req, sub = found.request, found.subscription
     label = f"{sub.name}{f' ({sub.alias})' if sub.alias else ''} " if sub else ""
     fields = [
