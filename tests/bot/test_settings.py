@@ -15,7 +15,7 @@ from bot.settings import ConfigError, Settings, load_settings, normalise_databas
 from storage.migrate import HEAD
 from storage.urls import redact_url, url_host
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CONTRACT_VARIABLES = [field.alias for field in Settings.model_fields.values()]
 

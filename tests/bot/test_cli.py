@@ -24,11 +24,10 @@ from sqlalchemy import func, select, update
 from bot import cli
 from bot.cli.command import actor
 from bot.settings import normalise_database_url
-from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, Partner, RoleAssignment, Subscription, utcnow
-from tests.conftest import AUDIT_KEY, PG_ADMIN_URL, _pg_admin
+from tests.conftest import PG_ADMIN_URL, _pg_admin
+from tests.processes import change, clean_env, dpor_bot, ok, query, refused, table_rows, usage_error
 
-REPO = Path(__file__).resolve().parents[1]
 SUB = "11111111-2222-3333-4444-555555555555"
 OTHER_SUB = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 EXPORT_HEADER = "seq,at,actor,action,request_id,subscription_id,data,prev_hash,hash"
@@ -58,93 +57,6 @@ COMMANDS = [
     ["audit", "checkpoint"],
     ["audit", "rekey"],
 ]
-
-
-def clean_env(database_url: str | None, **extra: str) -> dict[str, str]:
-    """The test runner's environment without any bot setting, plus the ones a test names."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DPOR_", "SLACK_")) and key not in ("DATABASE_URL", "PORT")
-    }
-    env["PYTHONPATH"] = str(REPO)  # the code under test, whichever checkout runs the tests
-    env["DPOR_AUDIT_KEY"] = AUDIT_KEY  # the key of the databases the tests open themselves
-    if database_url is not None:
-        env["DATABASE_URL"] = database_url
-    env.update(extra)
-    return env
-
-
-def dpor_bot(
-    *args: str, url: str | None, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        cwd=cwd,
-        env=clean_env(url, **(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-    return result.stdout
-
-
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit 1 with exactly one `error:` line on stderr and no traceback; returns that line."""
-    assert result.returncode == 1, (
-        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
-def usage_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, f"exit {result.returncode}\nstderr: {result.stderr}"
-    assert "Usage: dpor-bot" in result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr
-
-
-def table_rows(stdout: str) -> list[list[str]]:
-    """The data rows of a CLI table, split into columns (the header row dropped)."""
-    return [line.split() for line in stdout.strip().splitlines()[1:]]
-
-
-def query(url: str, statement: Any) -> list[Any]:
-    async def go() -> list[Any]:
-        db = Database(url)
-        try:
-            async with db.read() as session:
-                return list((await session.execute(statement)).all())
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
-
-
-def change(url: str, *statements_or_rows: Any) -> None:
-    async def go() -> None:
-        db = Database(url)
-        try:
-            async with db.write(chain=False) as session:
-                for item in statements_or_rows:
-                    if isinstance(item, ChangeRequest):
-                        session.add(item)
-                    else:
-                        await session.execute(item)
-        finally:
-            await db.dispose()
-
-    asyncio.run(go())
 
 
 def test_every_command_has_help() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from storage.models import AuditEvent, Subscription
-from tests.test_cli import dpor_bot, ok, query, refused
+from tests.processes import dpor_bot, ok, query, refused
 
 HEADER = "id,name,alias"
 
