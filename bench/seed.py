@@ -10,6 +10,7 @@ from sqlalchemy import insert, select
 
 from bot import audit, directory
 from handlers import replies
+from storage import directory as store
 from storage import queries
 from storage.db import Database
 from storage.migrate import upgrade
@@ -152,7 +153,7 @@ async def list_sizes(url: str) -> dict[str, dict]:
     async with db.read() as session:
         started = time.perf_counter()
         page = await queries.subscriptions_page(session, limit=replies.PAGE_SIZE, offset=0)
-        names = await directory.partner_names(session, [s.partner_id for s in page.items])
+        names = await store.partner_names(session, [s.partner_id for s in page.items])
         out["list"] = _measure(replies.subscriptions(page, names), started)
 
         started = time.perf_counter()

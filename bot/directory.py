@@ -26,11 +26,6 @@ from bot.providers import NAMES as PROVIDER_NAMES
 from bot.text import clean, has_invisible
 from storage import directory as store
 from storage.db import Database
-
-# Re-exported while other modules still read them from here; their home is storage.directory.
-from storage.directory import partner_names as partner_names
-from storage.directory import roles_for as roles_for
-from storage.directory import watching_channels as watching_channels
 from storage.models import ALL_SUBSCRIPTIONS, Partner, RoleAssignment, Subscription
 
 ROLES = ("owner", "admin")

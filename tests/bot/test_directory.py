@@ -8,6 +8,7 @@ from sqlalchemy import func, select, update
 from bot import directory
 from bot.directory import SubscriptionRow
 from bot.errors import BadInput, Conflict, InvalidPartnerId, InvalidSubscriptionId, UnknownSubscription
+from storage import directory as store
 from storage.db import Database
 from storage.models import AuditEvent, Base, Partner, RoleAssignment, Subscription
 
@@ -36,7 +37,7 @@ async def audit_events(db: Database, action: str) -> list[AuditEvent]:
 
 async def roles(db: Database, user_id: str, subscription_id: str) -> set[str]:
     async with db.read() as session:
-        return await directory.roles_for(session, user_id, subscription_id)
+        return await store.roles_for(session, user_id, subscription_id)
 
 
 async def two_subscriptions(db: Database) -> None:
