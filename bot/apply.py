@@ -16,7 +16,7 @@ from bot.errors import SYSTEM_ACTOR, Refusal, UnknownRequest
 from bot.lifecycle import event
 from bot.logs import bound
 from bot.metrics import APPLIED, FAILED, RETRIED, Metrics
-from bot.outbox import Undeliverable
+from bot.outbox import Outbox, Undeliverable
 from bot.policy import Policy
 from bot.providers import ProviderError, Providers
 from storage import requests
@@ -60,7 +60,7 @@ async def start_apply(db: Database, request_id: int) -> ChangeRequest | None:
                 RequestStatus.APPLYING,
                 RequestStatus.APPLYING,
                 None,
-                lifecycle.Outbox(),
+                Outbox(),
                 apply_attempts=attempts,
             )
         return req

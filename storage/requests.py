@@ -240,12 +240,3 @@ async def in_flight(session: AsyncSession) -> dict[str, int]:
         )
     )
     return dict(rows.all())
-
-
-async def count_open(session: AsyncSession) -> int:
-    return (
-        await session.scalar(
-            select(func.count()).select_from(ChangeRequest).where(ChangeRequest.status.in_(OPEN_STATUSES))
-        )
-        or 0
-    )
