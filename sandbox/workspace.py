@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sandbox.surfaces import Surfaces, ViewError
+
 JSONDict = dict[str, Any]
 
 
@@ -92,12 +94,17 @@ class Workspace:
             "conversations.open": self._open,
             "users.info": self._users_info,
         }
+        # Modals, App Home and permalinks (sandbox.surfaces).
+        self.surfaces = Surfaces(team_id=team_id, team_domain=team_domain, app_id=app_id, bot_id=bot_id)
+        for name, method in self.surfaces.methods(self.find).items():
+            self.methods[name] = _slack_errors(method)
 
     def clear(self) -> None:
         """Forget messages, ephemerals and open DMs (users stay)."""
         self.messages.clear()
         self.ephemerals.clear()
         self.opened.clear()
+        self.surfaces.clear()
 
     def dm_channel(self, user: str) -> str:
         """The ID of the bot's DM with `user`, the same every time (as conversations.open answers)."""
@@ -284,6 +291,16 @@ def parse_blocks(params: JSONDict) -> None:
         params["blocks"] = blocks
     if blocks is not None and not (isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks)):
         raise SlackError("invalid_blocks_format")
+
+
+def _slack_errors(method: Callable[[JSONDict], JSONDict]) -> Callable[[JSONDict], JSONDict]:
+    def call(params: JSONDict) -> JSONDict:
+        try:
+            return method(params)
+        except ViewError as e:
+            raise SlackError(e.error) from None
+
+    return call
 
 
 def _truthy(value: Any) -> bool:

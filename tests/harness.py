@@ -17,12 +17,15 @@ from sqlalchemy import func, select
 from bot import directory
 from bot.app import Bot, web_app
 from bot.settings import Settings
+from sandbox.signing import home_opened_event
 from sandbox.standin import Message, SlackStandin
+from sandbox.surfaces import Surfaces
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, utcnow
 from tests.slack import SignedSlackClient
 
 SECRET = "e2e-signing-secret"
+JSONDict = dict[str, Any]
 TOKEN = "xoxb-e2e-token"
 TEAM = "T0DPOR"
 APPROVALS = "C0APPROVALS"
@@ -43,12 +46,63 @@ class Harness:
 
     async def command(self, text: str, user_id: str, **kw: Any) -> tuple[int, Any]:
         kw.setdefault("channel_id", APPROVALS)
+        kw.setdefault("trigger_id", self.surfaces.trigger(user_id))
         return await self.client.command(self.url, text, user_id, team_id=kw.pop("team_id", TEAM), **kw)
+
+    # Views: modals and App Home, as the stand-in holds them (sandbox.surfaces).
+
+    @property
+    def surfaces(self) -> Surfaces:
+        return self.slack.workspace.surfaces
+
+    def modal(self, user_id: str) -> JSONDict:
+        """The modal open on top of `user_id`'s screen, as Slack sends it in payloads."""
+        view = self.surfaces.modal(user_id)
+        assert view is not None, f"{user_id} has no modal open"
+        return self.surfaces.payload(view)
+
+    def home(self, user_id: str) -> JSONDict | None:
+        """The Home tab published for `user_id`, as Slack sends it in payloads, or None."""
+        view = self.surfaces.home(user_id)
+        return self.surfaces.payload(view) if view is not None else None
+
+    async def shortcut(self, callback_id: str, user_id: str) -> tuple[int, Any]:
+        trigger = self.surfaces.trigger(user_id)
+        return await self.client.shortcut(self.url, callback_id, user_id, team_id=TEAM, trigger_id=trigger)
+
+    async def submit(self, user_id: str, values: JSONDict) -> tuple[int, Any]:
+        """Submit `user_id`'s top modal with `values` (Slack's state.values); Slack acts on the answer."""
+        view = self.modal(user_id)
+        status, answer = await self.client.submit(self.url, view, values, user_id, team_id=TEAM)
+        if status == 200:
+            self.surfaces.set_state(view["id"], values)
+            self.surfaces.answer(user_id, answer if isinstance(answer, dict) else None)
+        return status, answer
+
+    async def suggest(self, user_id: str, action_id: str, typed: str) -> tuple[int, Any]:
+        """Type `typed` into external select `action_id` of `user_id`'s top modal."""
+        return await self.client.suggest(
+            self.url, action_id, typed, user_id, self.modal(user_id), team_id=TEAM
+        )
+
+    async def home_opened(self, user_id: str) -> tuple[int, Any]:
+        """`user_id` opens the app's Home tab (Slack's app_home_opened event)."""
+        return await self.client.event(self.url, home_opened_event(user_id, self.home(user_id)), team_id=TEAM)
+
+    async def click_home(self, action_id: str, request_id: int | str, user_id: str) -> tuple[int, Any]:
+        """Click button `action_id` for request `request_id` on `user_id`'s Home tab."""
+        view = self.home(user_id)
+        assert view is not None, f"{user_id} has no Home tab published"
+        trigger = self.surfaces.trigger(user_id)
+        return await self.client.click(
+            self.url, action_id, str(request_id), user_id, team_id=TEAM, view=view, trigger_id=trigger
+        )
 
     async def click(self, action_id: str, request_id: int | str, user_id: str, **kw: Any) -> tuple[int, Any]:
         if "message_ts" not in kw:
             kw["message_ts"] = (await self.card(int(request_id))).ts
         kw.setdefault("channel_id", APPROVALS)
+        kw.setdefault("trigger_id", self.surfaces.trigger(user_id))
         kw.setdefault(
             "response_url",
             self.slack.response_url(f"click-{user_id}", channel=kw["channel_id"], user=user_id),

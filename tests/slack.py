@@ -14,11 +14,16 @@ import aiohttp
 from sandbox.signing import (
     API_APP_ID,
     FORM_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
     LEGACY_TOKEN,
     TEAM_DOMAIN,
     block_actions_body,
+    block_suggestion_body,
+    event_body,
+    shortcut_body,
     sign,
     slash_command_body,
+    view_submission_body,
 )
 
 __all__ = [
@@ -28,8 +33,12 @@ __all__ = [
     "TEAM_DOMAIN",
     "SignedSlackClient",
     "block_actions_body",
+    "block_suggestion_body",
+    "event_body",
+    "shortcut_body",
     "sign",
     "slash_command_body",
+    "view_submission_body",
 ]
 
 
@@ -72,6 +81,26 @@ class SignedSlackClient:
     async def click(self, url: str, action_id: str, value: str, user_id: str, **kw: Any) -> tuple[int, Any]:
         """Post a click on button `action_id`; `kw` goes to block_actions_body (channel_id, message_ts...)."""
         return await self.post(url, block_actions_body(action_id, value, user_id=user_id, **kw))
+
+    async def shortcut(self, url: str, callback_id: str, user_id: str, **kw: Any) -> tuple[int, Any]:
+        """Post a global shortcut picked by `user_id`; `kw` goes to shortcut_body (trigger_id...)."""
+        return await self.post(url, shortcut_body(callback_id, user_id=user_id, **kw))
+
+    async def submit(
+        self, url: str, view: Mapping[str, Any], values: Mapping[str, Any], user_id: str, **kw: Any
+    ) -> tuple[int, Any]:
+        """Post the submission of modal `view` with `values` as its state (Slack's state.values)."""
+        return await self.post(url, view_submission_body(view, values, user_id=user_id, **kw))
+
+    async def suggest(
+        self, url: str, action_id: str, typed: str, user_id: str, view: Mapping[str, Any], **kw: Any
+    ) -> tuple[int, Any]:
+        """Post an external select's typeahead request; the answer holds `options` (or `option_groups`)."""
+        return await self.post(url, block_suggestion_body(action_id, typed, user_id=user_id, view=view, **kw))
+
+    async def event(self, url: str, event: Mapping[str, Any], **kw: Any) -> tuple[int, Any]:
+        """Post an Events API delivery wrapping `event` (JSON, as Slack sends events)."""
+        return await self.post(url, event_body(event, **kw), content_type=JSON_CONTENT_TYPE)
 
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
