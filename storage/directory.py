@@ -130,6 +130,17 @@ async def roles_for(session: AsyncSession, user_id: str, subscription_id: str) -
     return set(rows.all())
 
 
+async def holders(session: AsyncSession, role: str, subscription_id: str) -> list[str]:
+    """Who holds `role` on one subscription now (on it, or on every subscription), in user-id order."""
+    rows = await session.scalars(
+        select(RoleAssignment.user_id)
+        .where(RoleAssignment.role == role, RoleAssignment.scope.in_((subscription_id, ALL_SUBSCRIPTIONS)))
+        .distinct()
+        .order_by(RoleAssignment.user_id)
+    )
+    return list(rows.all())
+
+
 async def insert_role(session: AsyncSession, user_id: str, role: str, scope: str, *, granted_by: str) -> bool:
     """Record the assignment; False when the user already holds that role on that scope."""
     found = await session.scalar(

@@ -131,6 +131,8 @@ class ChangeRequest(Base):
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     apply_attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why the decider decided so, in their words: a rejection's reason (shown on the card and in DMs).
+    decision_note: Mapped[str | None] = mapped_column(Text)
     # What the provider says after applying (identity carrying the link, partner name, ...).
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     card_channel: Mapped[str | None] = mapped_column(String(32))
