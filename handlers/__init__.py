@@ -3,9 +3,10 @@
 from slack_bolt.async_app import AsyncApp
 
 from bot.context import BotContext
-from handlers import actions, commands
+from handlers import actions, commands, home
 
 
 def register_listeners(app: AsyncApp, ctx: BotContext) -> None:
     commands.register(app, ctx)
     actions.register(app, ctx)
+    home.register(app, ctx)

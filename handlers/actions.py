@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import clicks
 from bot.context import BotContext
 from bot.errors import Refusal
 from bot.logs import bound
 from bot.metrics import ERROR, OK, REFUSED
+from handlers.home import publish_home
 from handlers.messages import APPROVE, REJECT, RETRY
 
 log = logging.getLogger("dpor.actions")
@@ -30,19 +32,42 @@ class Click:
     user_id: str
     team_id: str
     channel_id: str | None
+    from_home: bool = False  # clicked on the App Home (no channel: the answer is the Home re-published)
 
     @classmethod
     def parse(cls, action_id: str, body: dict[str, Any]) -> Click:
         action = next((a for a in body.get("actions", []) if a.get("action_id") == action_id), {})
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
         team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or ""
-        return cls(action_id, str(action.get("value", "")), body["user"]["id"], team, channel)
+        home = (body.get("view") or {}).get("type") == "home"
+        return cls(action_id, str(action.get("value", "")), body["user"]["id"], team, channel, home)
 
 
-async def decide(ctx: BotContext, click: Click) -> str | None:
-    """Run one click; returns an error reference if it failed inside the bot. Counted by act and outcome.
+@dataclass(frozen=True)
+class Outcome:
+    """What a click came to: `ref` when it failed inside the bot, `refusal` when the bot refused it."""
 
-    Refusals are audited and answered privately by the bot (through the outbox).
+    ref: str | None = None
+    refusal: Refusal | None = None
+
+    @property
+    def notice(self) -> str | None:
+        """The sentence for the clicker where no channel can carry it (the App Home), unescaped."""
+        if self.ref is not None:
+            return went_wrong(self.ref)
+        return self.refusal.message if self.refusal is not None else None
+
+
+def went_wrong(ref: str) -> str:
+    return f":boom: Something went wrong (ref {ref}). The operator can find it in the bot's log."
+
+
+async def decide(ctx: BotContext, click: Click) -> Outcome:
+    """Run one click; its Outcome holds an error reference if it failed inside the bot, or the refusal.
+    Counted by act and outcome.
+
+    Refusals are audited, and answered privately by the bot (through the outbox) when the click came
+    from a channel.
     """
     act = ACTS[click.action_id]
     request = click.value if click.value.isdigit() else None
@@ -60,24 +85,30 @@ async def decide(ctx: BotContext, click: Click) -> str | None:
         except Refusal as exc:
             log.info("%s click refused: %s", act, exc.code)
             ctx.metrics.request(act, REFUSED)
-            return None
+            return Outcome(refusal=exc)
         except Exception:
             ref = uuid.uuid4().hex[:8]
             log.exception("%s click failed (ref %s)", click.action_id, ref, extra={"error_ref": ref})
             ctx.metrics.request(act, ERROR)
-            return ref
+            return Outcome(ref=ref)
     ctx.metrics.request(act, OK)
-    return None
+    return Outcome()
 
 
 def _listener(ctx: BotContext, action_id: str):
-    async def on_click(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+    async def on_click(
+        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient
+    ) -> None:
         await ack()  # over HTTP Bolt answers after the listener anyway; in Socket Mode this is at once
-        ref = await decide(ctx, Click.parse(action_id, body))
+        click = Click.parse(action_id, body)
+        outcome = await decide(ctx, click)
         ctx.wake_worker()
-        if ref is not None:
+        if click.from_home:
+            # The Home shows the new state; a refusal or failure goes on top of it.
+            await publish_home(ctx, client, click.user_id, outcome.notice, team_id=click.team_id or None)
+        elif outcome.ref is not None:
             await respond(
-                text=f":boom: Something went wrong (ref {ref}). The operator can find it in the bot's log.",
+                text=went_wrong(outcome.ref),
                 response_type="ephemeral",
                 replace_original=False,
             )
