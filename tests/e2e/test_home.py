@@ -360,3 +360,25 @@ async def test_url_verification_is_answered_when_signed_and_refused_when_not(har
     )
     assert status == 401
     assert "an-unsigned-challenge" not in str(answer)
+
+
+async def test_a_home_slack_refuses_is_logged_and_counted(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.slack.fail("views.publish", status=200, error="invalid_arguments")
+    status, _ = await harness.home_opened(OWNER)
+    assert status == 200  # the event is acknowledged: Slack would only send it again
+    assert harness.home(OWNER) is None
+    assert published(harness, "error") == 1 and published(harness) == 0
+    assert any("publishing the Home of U0OWNER failed (ref " in r.getMessage() for r in caplog.records)
+    await opened(harness, OWNER)  # the next opening publishes it
+    assert published(harness) == 1
+
+
+def test_manifest_enables_the_home_tab_and_its_event_on_the_commands_url() -> None:
+    # No YAML parser among the dependencies: the lines Slack reads, checked as written.
+    lines = [line.split("#")[0].strip() for line in (Path(__file__).parents[2] / "manifest.yaml").open()]
+    assert "home_tab_enabled: true" in lines and "- app_home_opened" in lines
+    urls = {line.split(": ", 1)[1] for line in lines if line.startswith(("url:", "request_url:"))}
+    assert lines.count("request_url: https://dpor.example.com/slack/events") == 2
+    assert urls == {"https://dpor.example.com/slack/events"}
