@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox import render
+from sandbox.interact import SHORTCUTS, ViewActions
 from sandbox.seed import (
     APPROVALS,
     CHANNELS,
@@ -33,34 +34,31 @@ from sandbox.seed import (
     TEAM_ID,
     Person,
 )
-from sandbox.signing import block_actions_body, command_text, find_button, slash_command_body
+from sandbox.signing import (
+    FORM_CONTENT_TYPE,
+    block_actions_body,
+    command_text,
+    find_button,
+    slash_command_body,
+)
 from sandbox.standin import Message, SlackStandin
+from sandbox.timeline import Local, timeline
 
 SLACK_TIMEOUT = 3.0  # Slack gives up on a slash command the app has not answered within 3 s
 POLL_WAIT = 25.0
 STATIC = files("sandbox") / "static"
-STATIC_TYPES = {"sandbox.js": "text/javascript", "sandbox.css": "text/css"}
+STATIC_TYPES = {
+    "sandbox.js": "text/javascript",
+    "views.js": "text/javascript",
+    "dates.js": "text/javascript",
+    "sandbox.css": "text/css",
+}
 # Defence in depth: even if markup slipped into the page, no inline script or handler would run.
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _COMMAND = re.compile(r"(\S+)\s*(.*)", re.DOTALL)
-
-
-@dataclass
-class Local:
-    """What only one person sees without the bot having posted it: a slash command they typed with
-    the answer that came back in the ack, or a problem between the sandbox's Slack and the bot."""
-
-    channel: str
-    user: str
-    ts: str
-    command: str | None
-    text: str = ""
-    blocks: list[dict[str, Any]] = field(default_factory=list)
-    problem: str | None = None
-    answered: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,22 +72,27 @@ class BotUnreachable(Exception):
     """The bot did not answer at all; the message says so for the page."""
 
 
-PostToBot = Callable[[str], Awaitable[BotAnswer]]
-"""Signs a form-encoded body as Slack does and posts it to the bot; raises BotUnreachable."""
+PostToBot = Callable[[str, str], Awaitable[BotAnswer]]
+"""Signs a body (form-encoded, or JSON for events) as Slack does and posts it to the bot with that
+content type; raises BotUnreachable."""
+Roles = Callable[[], Awaitable[dict[str, str]]]
+"""Each person's roles now, as the page labels them (read from the database on each render)."""
 
 
 class Page:
     """The page of one sandbox; `post` delivers what people do to the bot."""
 
-    def __init__(self, slack: SlackStandin, post: PostToBot) -> None:
+    def __init__(self, slack: SlackStandin, post: PostToBot, roles: Roles | None = None) -> None:
         self.slack = slack
         self._post = post
+        self._roles = roles
         self.version = 0
         self._locals: list[Local] = []
         self._changed = asyncio.Event()
         self._closing = False
         self._people = {p.id: p for p in PEOPLE}
-        self._names = render.Names(
+        self.views = ViewActions(self)
+        self.names = render.Names(
             users={slack.bot_user_id: "dpor", **{p.id: p.name for p in PEOPLE}},
             channels=CHANNELS,
             tz=datetime.now().astimezone().tzinfo or render.UTC,
@@ -98,7 +101,7 @@ class Page:
     def close(self) -> None:
         """Answer waiting page requests now instead of holding up the shutdown."""
         self._closing = True
-        self._bump()
+        self.bump()
 
     def add_routes(self, app: web.Application) -> None:
         """Serve the page and its JSON API on `app`, the Slack stand-in's."""
@@ -107,6 +110,7 @@ class Page:
         app.router.add_get("/sandbox/state", self._state)
         app.router.add_post("/sandbox/command", self._command)
         app.router.add_post("/sandbox/click", self._click)
+        self.views.add_routes(app)
 
         @web.middleware
         async def notice_changes(
@@ -116,7 +120,7 @@ class Page:
                 return await handler(request)
             finally:
                 if request.path.startswith(("/api/", "/response/")):
-                    self._bump()  # the bot called the Web API or a response URL: pages may need redrawing
+                    self.bump()  # the bot called the Web API or a response URL: pages may need redrawing
 
         app.middlewares.append(notice_changes)
 
@@ -141,32 +145,37 @@ class Page:
 
     async def _state(self, request: web.Request) -> web.Response:
         """What `user` sees; waits (up to POLL_WAIT) while nothing changed since version `after`."""
-        viewer = self._person(request.query.get("user") or PEOPLE[0].id)
+        viewer = self.person(request.query.get("user") or PEOPLE[0].id)
         try:
             after = int(request.query.get("after", "-1"))
         except ValueError:
             after = -1
+        try:
+            # Only the page session's own ephemerals: none from before it started (a reload).
+            since = float(request.query.get("since", ""))
+        except ValueError:
+            since = time.time()
         if after == self.version and not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_WAIT):
                     await self._changed.wait()
-        return web.json_response(self.view(viewer.id))
+        return web.json_response(await self.view(viewer.id, since))
 
     async def _command(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        viewer = self._person(body.get("user"))
+        viewer = self.person(body.get("user"))
         channel = self._channel(viewer, body.get("channel"))
         typed = str(body.get("text") or "").strip()
         if not typed:
             raise _bad_request("type a command, such as /dpor help")
         entry = Local(channel, viewer.id, self._ts(), typed[:4000])
         self._locals.append(entry)
-        self._bump()
+        self.bump()
         try:
             await self._send_command(entry, viewer)
         finally:
             entry.answered = True
-            self._bump()
+            self.bump()
         return web.json_response({"ok": entry.problem is None, "problem": entry.problem})
 
     async def _send_command(self, entry: Local, viewer: Person) -> None:
@@ -194,9 +203,10 @@ class Page:
             ),
             user_name=viewer.handle,
             channel_name=self._channel_name(entry.channel),
+            trigger_id=self.slack.workspace.surfaces.trigger(viewer.id),
         )
         try:
-            answer = await self._post(form)
+            answer = await self.post_to_bot(form)
         except BotUnreachable as exc:
             entry.problem = str(exc)
             return
@@ -218,7 +228,9 @@ class Page:
 
     async def _click(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        viewer = self._person(body.get("user"))
+        viewer = self.person(body.get("user"))
+        if body.get("view"):
+            return await self.views.click(viewer, body)
         channel = self._channel(viewer, body.get("channel"))
         ts, action_id = str(body.get("ts") or ""), str(body.get("action_id") or "")
         try:
@@ -243,10 +255,11 @@ class Page:
             message=self.slack.workspace.payload(message),
             user_name=viewer.handle,
             channel_name=self._channel_name(channel),
+            trigger_id=self.slack.workspace.surfaces.trigger(viewer.id),
         )
         problem = None
         try:
-            answer = await self._post(form)
+            answer = await self.post_to_bot(form)
         except BotUnreachable as exc:
             problem = str(exc)
         else:
@@ -254,79 +267,71 @@ class Page:
                 problem = f"Slack would show that the click failed: the bot answered HTTP {answer.status}."
         if problem:
             self._locals.append(Local(channel, viewer.id, self._ts(), None, problem=problem, answered=True))
-            self._bump()
+            self.bump()
         return web.json_response({"ok": problem is None, "problem": problem})
 
     # what a person sees
 
-    def view(self, user_id: str) -> dict[str, Any]:
-        """The page's state for one viewer: their channels, the bot's messages and what only they see."""
-        viewer = self._person(user_id)
+    async def view(self, user_id: str, since: float = 0.0) -> dict[str, Any]:
+        """The page's state for one viewer: their channels, the bot's messages, what only they have seen
+        since `since` (the page session's start), their open modal and their Home tab."""
+        viewer = self.person(user_id)
         dm = self.slack.dm_channel(viewer.id)
         channels = [
             (APPROVALS, f"#{CHANNELS[APPROVALS]}", "approval cards (DPOR_APPROVAL_CHANNEL)"),
             (NOTIFICATIONS, f"#{CHANNELS[NOTIFICATIONS]}", "change notifications (DPOR_NOTIFY_CHANNELS)"),
-            (dm, "dpor (direct messages)", f"the bot's direct messages to {viewer.name}"),
+            (dm, "dpor", f"the bot's direct messages to {viewer.name}"),
         ]
+        roles = await self._roles() if self._roles is not None else {p.id: p.label for p in PEOPLE}
         return {
             "version": self.version,
             "viewer": viewer.id,
+            "now": time.time(),
             "people": [
-                {"id": p.id, "name": p.name, "handle": p.handle, "role": p.label, "about": p.about}
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "handle": p.handle,
+                    "role": roles.get(p.id, "no role"),
+                    "about": p.about,
+                }
                 for p in PEOPLE
             ],
             "channels": [
-                {"id": cid, "label": label, "about": about, "items": self.timeline(cid, viewer.id)}
+                {"id": cid, "label": label, "about": about, "items": self.timeline(cid, viewer.id, since)}
                 for cid, label, about in channels
             ],
+            "modal": self.views.modal_of(viewer.id),
+            "home": self.views.home_of(viewer.id),
+            "shortcuts": [{"callback_id": k, "name": v} for k, v in SHORTCUTS.items()],
             "subscriptions": [{"id": s.id, "name": s.name, "alias": s.alias} for s in SUBSCRIPTIONS],
             "partners": [{"id": pid, "name": name} for pid, name in PARTNERS],
             "examples": list(EXAMPLES),
         }
 
-    def timeline(self, channel: str, user_id: str) -> list[dict[str, Any]]:
-        """The channel as `user_id` sees it, oldest first: everyone's messages and their own ephemerals."""
-        items: list[tuple[float, dict[str, Any]]] = []
-        for m in self.slack.messages(channel):
-            body = render.blocks(m.blocks, m.text, self._names, render.Origin(channel, m.ts))
-            item = self._item(f"m{m.ts}", "message", m.ts, body, edited=m.updated > 0)
-            item["thread"] = m.thread_ts is not None  # shown in place, marked: the page has no thread view
-            items.append((float(m.ts), item))
-        for e in self.slack.ephemerals(user_id):
-            if e.channel == channel:
-                body = render.blocks(e.blocks, e.text, self._names)
-                items.append(
-                    (float(e.message_ts), self._item(f"e{e.message_ts}", "ephemeral", e.message_ts, body))
-                )
-        for entry in self._locals:
-            if entry.user == user_id and entry.channel == channel:
-                items.append((float(entry.ts), self._local_item(entry)))
-        return [item for _, item in sorted(items, key=lambda pair: pair[0])]
-
-    def _local_item(self, entry: Local) -> dict[str, Any]:
-        body: list[render.Node] = []
-        if entry.problem:
-            body.append({"el": "div", "class": "blk problem", "kids": [entry.problem]})
-        if entry.text or entry.blocks:
-            body += render.blocks(entry.blocks, entry.text, self._names)
-        item = self._item(f"l{entry.ts}", "command" if entry.command else "problem", entry.ts, body)
-        item["command"], item["pending"] = entry.command, not entry.answered
-        return item
-
-    def _item(
-        self, key: str, kind: str, ts: str, body: list[render.Node], *, edited: bool = False
-    ) -> dict[str, Any]:
-        at = datetime.fromtimestamp(float(ts), self._names.tz)
-        return {"key": key, "kind": kind, "ts": ts, "time": f"{at:%H:%M}", "edited": edited, "body": body}
+    def timeline(self, channel: str, user_id: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """The channel as `user_id` sees it (sandbox.timeline)."""
+        return timeline(self.slack, self._locals, self.names, channel, user_id, since)
 
     # helpers
 
-    def _bump(self) -> None:
+    def bump(self) -> None:
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _person(self, user_id: object) -> Person:
+    async def post_to_bot(self, body: str, content_type: str | None = None) -> BotAnswer:
+        return await self._post(body, content_type or FORM_CONTENT_TYPE)
+
+    @staticmethod
+    async def read_json(request: web.Request) -> dict[str, Any]:
+        return await _json(request)
+
+    @staticmethod
+    def bad_request(problem: str, status: int = 400) -> web.HTTPException:
+        return _bad_request(problem, status)
+
+    def person(self, user_id: object) -> Person:
         person = self._people.get(str(user_id or ""))
         if person is None:
             raise _bad_request(f"unknown user; choose one of {', '.join(self._people)}")

@@ -13,40 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+
+from sandbox import tokens
 
 Node = str | dict[str, Any]
 JSONDict = dict[str, Any]
 
-EMOJI = {
-    "alarm_clock": "⏰",
-    "arrows_counterclockwise": "🔄",
-    "bell": "🔔",
-    "boom": "💥",
-    "clipboard": "📋",
-    "eyes": "👀",
-    "gear": "⚙️",
-    "heavy_check_mark": "✔️",
-    "heavy_multiplication_x": "✖️",
-    "hourglass": "⌛",
-    "hourglass_flowing_sand": "⏳",
-    "inbox_tray": "📥",
-    "information_source": "ℹ️",
-    "lock": "🔒",
-    "no_bell": "🔕",
-    "no_entry": "⛔",
-    "rocket": "🚀",
-    "tada": "🎉",
-    "warning": "⚠️",
-    "wave": "👋",
-    "white_check_mark": "✅",
-    "x": "❌",
-    "+1": "👍",
-    "thumbsup": "👍",
-}
-
-_EMOJI = re.compile(r":([a-z0-9_+-]+):")
 _SPECIAL = re.compile(r"<([^<>\n]*)>")  # Slack escapes a literal < as &lt;, so a raw < opens a special
 _CODE = re.compile(r"```([\s\S]+?)```|`([^`\n]+)`")
 _PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
@@ -58,7 +32,6 @@ _STYLE = {
     mark: re.compile(rf"(?<![\w{m}]){m}(?=\S)([^\n]+?)(?<=\S){m}(?![\w{m}])")
     for mark, m in ((mark, re.escape(mark)) for mark in _STYLES)
 }
-_DATE_TOKEN = re.compile(r"\{(\w+)\}")
 
 
 @dataclass(frozen=True)
@@ -73,19 +46,17 @@ class Names:
 
 @dataclass(frozen=True)
 class Origin:
-    """The message a block belongs to; buttons in a message without one (an ephemeral) are inert."""
+    """Where a block is: a posted message (channel, ts) or a view (`view`, its id: App Home, a modal).
+    Buttons with no origin (an ephemeral's) are inert."""
 
-    channel: str
-    ts: str
+    channel: str = ""
+    ts: str = ""
+    view: str | None = None
 
 
 def decode(text: str) -> str:
     """Undo Slack's escaping of its three control characters (and only those, as Slack does)."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-
-
-def emojify(text: str) -> str:
-    return _EMOJI.sub(lambda m: EMOJI.get(m.group(1), m.group(0)), text)
 
 
 # mrkdwn
@@ -140,7 +111,7 @@ def _leaf(text: str, specials: list[str], names: Names) -> list[Node]:
         if i % 2:
             nodes.append(_special(specials[ord(part) - _PLACEHOLDER_BASE], names))
         elif part:
-            nodes.append(emojify(decode(part)))
+            nodes += tokens.emoji_nodes(decode(part))
     return nodes
 
 
@@ -176,55 +147,7 @@ def _command(command: str, label: str, names: Names) -> Node:
 
 
 def _date(spec: str, fallback: str, names: Names) -> Node:
-    """`<!date^UNIX^FORMAT[^LINK]|fallback>`, in the reader's time zone; a bad one shows its fallback."""
-    parts = spec.split("^")
-    try:
-        at = datetime.fromtimestamp(int(parts[0]), names.tz)
-        template = parts[1]
-    except (ValueError, IndexError, OverflowError, OSError):
-        return fallback
-    today = names.now().astimezone(names.tz).date()
-
-    def token(match: re.Match[str]) -> str:
-        return _date_token(match.group(1), at, today, names.now()) or match.group(0)
-
-    return _el("time", [_DATE_TOKEN.sub(token, decode(template))], "date", title=fallback)
-
-
-def _date_token(name: str, at: datetime, today: Any, now: datetime) -> str | None:
-    day = at.day
-    suffix = "th" if 11 <= day % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
-    formats = {
-        "date_num": f"{at:%Y-%m-%d}",
-        "date": f"{at:%B} {day}{suffix}, {at:%Y}",
-        "date_short": f"{at:%b} {day}, {at:%Y}",
-        "date_long": f"{at:%A}, {at:%B} {day}{suffix}, {at:%Y}",
-        "time": f"{at:%H:%M}",
-        "time_secs": f"{at:%H:%M:%S}",
-    }
-    if name in formats:
-        return formats[name]
-    if name.endswith("_pretty") and name.removesuffix("_pretty") in formats:
-        relative = {
-            today: "today",
-            today - timedelta(days=1): "yesterday",
-            today + timedelta(days=1): "tomorrow",
-        }
-        return relative.get(at.date()) or formats[name.removesuffix("_pretty")]
-    if name == "ago":
-        return _ago(now - at)
-    return None
-
-
-def _ago(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    future, seconds = seconds < 0, abs(seconds)
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = seconds // size
-            text = f"{n} {unit}{'s' if n != 1 else ''}"
-            return f"in {text}" if future else f"{text} ago"
-    return "just now"
+    return tokens.date(decode(spec), fallback, names.tz, names.now)
 
 
 # Block Kit
@@ -283,9 +206,9 @@ def button(e: JSONDict, parent: JSONDict, names: Names, origin: Origin | None) -
     if e.get("url"):
         node["title"] = str(e["url"])
     if origin is not None and e.get("action_id"):
+        where = {"view": origin.view} if origin.view else {"channel": origin.channel, "ts": origin.ts}
         node["action"] = {
-            "channel": origin.channel,
-            "ts": origin.ts,
+            **where,
             "action_id": str(e["action_id"]),
             "block_id": str(parent.get("block_id") or ""),
         }
@@ -311,12 +234,12 @@ def text_object(obj: Any, names: Names) -> list[Node]:
     text = str(obj.get("text") or "")
     if obj.get("type") == "mrkdwn":
         return mrkdwn(text, names)
-    return [emojify(text) if obj.get("emoji", True) else text]
+    return tokens.emoji_nodes(text) if obj.get("emoji", True) else [text]
 
 
 def _plain_text(obj: Any, default: str) -> str:
     if isinstance(obj, dict):
-        return emojify(str(obj.get("text") or default))
+        return tokens.emoji_text(str(obj.get("text") or default))
     return str(obj) if obj else default
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.directory import SubscriptionRow, add_partner, grant_role, upsert_subscriptions
 from storage.db import Database
+from storage.models import RoleAssignment
 
 TEAM_ID = "T0DPOR"
 APPROVALS = "C0APPROVALS"
@@ -70,3 +72,13 @@ async def seed(db: Database) -> None:
     for person in PEOPLE:
         if person.role is not None:
             await grant_role(db, person.id, person.role, person.scope, actor=ACTOR)
+
+
+def role_labels(assignments: Iterable[RoleAssignment]) -> dict[str, str]:
+    """Each person's roles as the page's people list shows them: "owner of prod-eu", "admin of all"."""
+    aliases = {s.id: s.alias or s.name for s in SUBSCRIPTIONS}
+    held: dict[str, list[str]] = {}
+    for a in sorted(assignments, key=lambda a: (a.user_id, a.role, a.scope)):
+        where = "all" if a.scope == "*" else aliases.get(a.scope, a.scope[:8])
+        held.setdefault(a.user_id, []).append(f"{a.role} of {where}")
+    return {user: ", ".join(labels) for user, labels in held.items()}

@@ -29,11 +29,12 @@ import aiohttp
 from aiohttp import web
 
 from bot.app import Bot, web_app
+from bot.directory import list_roles
 from bot.logs import configure as configure_logging
 from bot.settings import ConfigError, load_settings, normalise_database_url
 from sandbox.database import VARIABLE, foreign_data
 from sandbox.page import BotAnswer, BotUnreachable, Page
-from sandbox.seed import APPROVALS, NOTIFICATIONS, PEOPLE, TEAM_ID, seed
+from sandbox.seed import APPROVALS, NOTIFICATIONS, PEOPLE, TEAM_ID, role_labels, seed
 from sandbox.signing import FORM_CONTENT_TYPE, sign
 from sandbox.standin import SlackStandin
 
@@ -62,7 +63,7 @@ class Sandbox:
         self._http: aiohttp.ClientSession | None = None
         self._tmpdir: str | None = None
         self.slack.app.middlewares.append(self._addressed_to_us())
-        self.page = Page(self.slack, self.post)
+        self.page = Page(self.slack, self.post, self.roles)
         self.page.add_routes(self.slack.app)
 
     @property
@@ -168,12 +169,18 @@ class Sandbox:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def post(self, form: str) -> BotAnswer:
-        """Sign and post a request to the bot, as Slack does."""
+    async def roles(self) -> dict[str, str]:
+        """Each person's roles as they stand in the database now (granted or revoked while it runs)."""
+        if self.bot is None:
+            return {}
+        return role_labels(await list_roles(self.bot.db))
+
+    async def post(self, form: str, content_type: str = FORM_CONTENT_TYPE) -> BotAnswer:
+        """Sign and post a request to the bot, as Slack does (form-encoded, or JSON for an event)."""
         if self._http is None or self.bot_url is None:
             raise BotUnreachable("The bot is not running (yet): try again in a moment.")
         headers = {
-            "Content-Type": FORM_CONTENT_TYPE,
+            "Content-Type": content_type,
             "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
             **sign(self.signing_secret, form),
         }

@@ -6,8 +6,12 @@
 
 const TAGS = new Set(["div", "span", "b", "i", "s", "code", "pre", "hr", "time", "button"]);
 
+const hashParams = new URLSearchParams(location.hash.slice(1));
 const sandbox = {
-  viewer: new URLSearchParams(location.hash.slice(1)).get("as"),
+  viewer: hashParams.get("as"),
+  active: hashParams.get("in"),
+  since: null, // when this page session started (the server's clock): older ephemerals are not shown
+  openThreads: new Set(),
   version: -1,
   data: null,
   loop: 0,
@@ -35,7 +39,13 @@ function build(node) {
   const el = document.createElement(TAGS.has(node.el) ? node.el : "span");
   if (typeof node.class === "string") el.className = node.class;
   if (typeof node.title === "string") el.title = node.title;
-  for (const kid of Array.isArray(node.kids) ? node.kids : []) el.append(build(kid));
+  const dated = el.tagName === "TIME" && node.epoch != null ? window.slackDates.formatDate(node.epoch, node.format) : null;
+  if (dated !== null) {
+    el.textContent = dated;
+    el.dataset.epoch = String(node.epoch);
+  } else {
+    for (const kid of Array.isArray(node.kids) ? node.kids : []) el.append(build(kid));
+  }
   if (el.tagName === "BUTTON") wireButton(el, node);
   return el;
 }
@@ -52,7 +62,7 @@ function wireButton(el, node) {
     if (node.confirm && !(await confirmDialog(node.confirm))) return;
     el.disabled = true;
     try {
-      await post("/sandbox/click", { user: sandbox.viewer, ...action }, action.channel);
+      await post("/sandbox/click", { user: sandbox.viewer, ...action }, action.view ? "home" : action.channel);
     } finally {
       el.disabled = false;
     }
@@ -92,7 +102,8 @@ function confirmDialog(confirm) {
   });
 }
 
-async function post(url, body, channel) {
+// A POST to the page's API: its JSON answer, or {ok: false, problem} when it failed.
+async function api(url, body) {
   try {
     const response = await fetch(url, {
       method: "POST",
@@ -100,10 +111,17 @@ async function post(url, body, channel) {
       body: JSON.stringify(body),
     });
     const answer = await response.json().catch(() => ({}));
-    if (!response.ok) notify(channel, answer.problem || `the sandbox answered HTTP ${response.status}`);
+    if (!response.ok) return { ...answer, ok: false, problem: answer.problem || `the sandbox answered HTTP ${response.status}` };
+    return answer;
   } catch (error) {
-    notify(channel, "Cannot reach the sandbox server: is dpor-bot sandbox still running?");
+    return { ok: false, problem: "Cannot reach the sandbox server: is dpor-bot sandbox still running?" };
   }
+}
+
+async function post(url, body, channel) {
+  const answer = await api(url, body);
+  if (!answer.ok && answer.problem) notify(channel, answer.problem);
+  return answer;
 }
 
 function notify(channel, text) {
@@ -127,9 +145,16 @@ function render(data) {
   sandbox.data = data;
   sandbox.version = data.version;
   sandbox.viewer = data.viewer;
+  if (sandbox.since === null) sandbox.since = data.now;
   renderPeople(data);
   renderGuide(data);
+  renderSidebar(data);
+  if (sandbox.active === "home" && sandbox.homeFor !== data.viewer) {
+    sandbox.homeFor = data.viewer; // the Home tab is open on this person's screen: Slack tells the app
+    window.sandboxViews.openHome();
+  }
   renderPanes(data);
+  window.sandboxViews.renderModal(data);
 }
 
 function person(id) {
@@ -151,21 +176,100 @@ function renderPeople(data) {
     }
   }
   for (const button of box.children) {
+    const p = data.people.find((x) => x.id === button.dataset.user);
+    if (p) button.querySelector(".person-role").textContent = p.role;
     const on = button.dataset.user === data.viewer;
     button.classList.toggle("active", on);
     button.setAttribute("aria-pressed", String(on));
   }
 }
 
+// The sidebar: channels, the app (its Home tab) and the direct messages; one conversation at a time.
+function conversations(data) {
+  const [approvals, notifications, dm] = data.channels;
+  return [
+    { section: "Channels", id: approvals.id, label: approvals.label },
+    { section: "Channels", id: notifications.id, label: notifications.label },
+    { section: "Apps", id: "home", label: "dpor \u00b7 Home", about: "the app's Home tab: what waits for you, your requests, what you own" },
+    { section: "Direct messages", id: dm.id, label: "dpor", dm: true },
+  ];
+}
+
+function renderSidebar(data) {
+  const bar = document.getElementById("sidebar");
+  const all = conversations(data);
+  if (!all.some((c) => c.id === sandbox.active)) sandbox.active = all[0].id;
+  const ids = all.map((c) => c.id).join(",");
+  if (bar.dataset.ids !== ids) {
+    bar.dataset.ids = ids;
+    const sections = [...new Set(all.map((c) => c.section))];
+    bar.replaceChildren(
+      ...sections.map((section) =>
+        h(
+          "div",
+          { class: "nav-section" },
+          h("h3", { text: section }),
+          ...all
+            .filter((c) => c.section === section)
+            .map((c) => h("button", { type: "button", class: "nav-item", "data-target": c.id, onclick: () => show(c.id) }, h("span", { class: "nav-mark", text: c.id === "home" ? "\u2302" : c.dm ? "\u25cf" : "#" }), c.label.replace(/^#/, ""))),
+        ),
+      ),
+    );
+  }
+  for (const item of bar.querySelectorAll(".nav-item")) {
+    const on = item.dataset.target === sandbox.active;
+    item.classList.toggle("active", on);
+    if (on) item.setAttribute("aria-current", "page");
+    else item.removeAttribute("aria-current");
+  }
+}
+
+function show(id) {
+  const changed = sandbox.active !== id;
+  sandbox.active = id;
+  document.body.classList.remove("menu-open");
+  document.getElementById("menu").setAttribute("aria-expanded", "false");
+  history.replaceState(null, "", `#as=${encodeURIComponent(sandbox.viewer || "")}&in=${encodeURIComponent(id)}`);
+  if (sandbox.data) {
+    renderSidebar(sandbox.data);
+    renderPanes(sandbox.data);
+  }
+  if (id === "home" && changed && sandbox.viewer) {
+    sandbox.homeFor = sandbox.viewer;
+    window.sandboxViews.openHome();
+  }
+}
+
 function renderPanes(data) {
   const panes = document.getElementById("panes");
-  const ids = data.channels.map((c) => c.id).join(",");
+  const all = conversations(data);
+  const ids = all.map((c) => c.id).join(",");
   if (panes.dataset.ids !== ids) {
     sandbox.panes.clear();
-    panes.replaceChildren(...data.channels.map(makePane));
+    panes.replaceChildren(...all.map((c) => (c.id === "home" ? makeHome(c) : makePane({ ...data.channels.find((x) => x.id === c.id), ...c }))));
     panes.dataset.ids = ids;
   }
-  for (const channel of data.channels) fillTimeline(sandbox.panes.get(channel.id), channel);
+  for (const c of all) {
+    const pane = sandbox.panes.get(c.id);
+    pane.pane.hidden = c.id !== sandbox.active;
+    if (c.id === "home") window.sandboxViews.renderHome(pane, data);
+    else fillTimeline(pane, data.channels.find((x) => x.id === c.id));
+  }
+}
+
+function makeHome(c) {
+  const list = h("div", { class: "home" });
+  const notice = h("div", { class: "notice", role: "alert" });
+  notice.hidden = true;
+  const pane = h(
+    "section",
+    { class: "pane pane-home", "data-channel": "home", "aria-label": "dpor Home" },
+    h("header", { class: "pane-head" }, h("h2", { text: "dpor" }), h("div", { class: "tabs" }, h("span", { class: "tab active", text: "Home" })), h("p", { class: "about", text: c.about })),
+    notice,
+    list,
+  );
+  sandbox.panes.set("home", { pane, list, notice, shown: null });
+  return pane;
 }
 
 function makePane(channel) {
@@ -178,7 +282,22 @@ function makePane(channel) {
     spellcheck: "false",
     "aria-label": `Command in ${channel.label}`,
   });
-  const form = h("form", { class: "composer" }, input, h("button", { type: "submit", class: "btn btn-primary", text: "Send" }));
+  const menu = h("div", { class: "shortcut-menu", role: "menu" });
+  menu.hidden = true;
+  const lightning = h("button", { type: "button", class: "icon-btn shortcut-btn", title: "Shortcuts", "aria-label": "Shortcuts", "aria-haspopup": "menu", text: "\u26a1\ufe0e" });
+  lightning.addEventListener("click", () => {
+    menu.replaceChildren(
+      h("div", { class: "menu-title", text: "Shortcuts" }),
+      ...(sandbox.data?.shortcuts || []).map((s) =>
+        h("button", { type: "button", class: "menu-item", role: "menuitem", "data-callback-id": s.callback_id, text: s.name, onclick: () => {
+          menu.hidden = true;
+          post("/sandbox/shortcut", { user: sandbox.viewer, callback_id: s.callback_id }, channel.id);
+        } }),
+      ),
+    );
+    menu.hidden = !menu.hidden;
+  });
+  const form = h("form", { class: "composer" }, lightning, input, h("button", { type: "submit", class: "btn btn-primary", text: "Send" }), menu);
   const notice = h("div", { class: "notice", role: "alert" });
   notice.hidden = true;
   form.addEventListener("submit", (event) => {
@@ -201,12 +320,13 @@ function makePane(channel) {
 }
 
 function fillTimeline(pane, channel) {
-  const shown = JSON.stringify(channel.items);
+  const shown = JSON.stringify([channel.items, [...sandbox.openThreads]]);
   if (pane.shown === shown) return;
   const list = pane.list;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 60;
-  const grew = pane.shown === null || channel.items.length > JSON.parse(pane.shown).length;
+  const grew = pane.shown === null || channel.items.length > pane.count;
   pane.shown = shown;
+  pane.count = channel.items.length;
   if (!channel.items.length) {
     list.replaceChildren(h("li", { class: "empty", text: "Nothing here yet." }));
     return;
@@ -220,7 +340,7 @@ function buildItem(item) {
   const author = fromBot ? "dpor" : item.kind === "problem" ? "Slack (sandbox)" : person(sandbox.viewer).name;
   const meta = h("div", { class: "meta" }, h("b", { class: "author", text: author }));
   if (fromBot) meta.append(h("span", { class: "badge", text: "APP" }));
-  meta.append(h("span", { class: "time", text: item.time }));
+  meta.append(h("span", { class: "time", text: item.epoch ? window.slackDates.clock(item.epoch) : item.time }));
   if (item.edited) meta.append(h("span", { class: "edited", text: "(edited)" }));
   if (item.thread) meta.append(h("span", { class: "edited", text: "· reply in a thread" }));
   const body = h("div", { class: "body" });
@@ -235,6 +355,18 @@ function buildItem(item) {
   }
   const content = h("div", { class: "content" }, meta, body);
   if (item.kind !== "message") content.append(h("div", { class: "only-you", text: "Only visible to you" }));
+  const replies = item.replies || [];
+  if (replies.length) {
+    const open = sandbox.openThreads.has(item.key);
+    const toggle = h("button", { type: "button", class: "thread-toggle", "aria-expanded": String(open), text: open ? "Hide replies" : `${replies.length} ${replies.length === 1 ? "reply" : "replies"}` });
+    toggle.addEventListener("click", () => {
+      if (open) sandbox.openThreads.delete(item.key);
+      else sandbox.openThreads.add(item.key);
+      renderPanes(sandbox.data);
+    });
+    content.append(toggle);
+    if (open) content.append(h("ol", { class: "replies", "aria-label": "Replies in the thread" }, ...replies.map(buildItem)));
+  }
   const initial = fromBot ? "D" : author.slice(0, 1);
   return h(
     "li",
@@ -305,7 +437,8 @@ async function poll() {
     sandbox.abort = abort;
     try {
       const who = sandbox.viewer ? `user=${encodeURIComponent(sandbox.viewer)}&` : "";
-      const response = await fetch(`/sandbox/state?${who}after=${sandbox.version}`, { signal: abort.signal });
+      const since = sandbox.since === null ? "" : `since=${sandbox.since}&`;
+      const response = await fetch(`/sandbox/state?${who}${since}after=${sandbox.version}`, { signal: abort.signal });
       if (response.status === 400 && sandbox.viewer) {
         sandbox.viewer = null; // someone not in this workspace: show the first person instead
         continue;
@@ -327,9 +460,19 @@ function view(userId) {
   if (userId === sandbox.viewer && sandbox.version >= 0) return;
   sandbox.viewer = userId;
   sandbox.version = -1;
-  history.replaceState(null, "", `#as=${encodeURIComponent(userId)}`);
+  history.replaceState(null, "", `#as=${encodeURIComponent(userId)}&in=${encodeURIComponent(sandbox.active || "")}`);
   poll();
 }
 
+function toggle(buttonId, className) {
+  const button = document.getElementById(buttonId);
+  button.addEventListener("click", () => {
+    const on = document.body.classList.toggle(className);
+    button.setAttribute("aria-expanded", String(on));
+  });
+}
+
 window.sandboxPage = { build }; // for the renderer's tests
-poll();
+toggle("menu", "menu-open");
+toggle("guide-toggle", "guide-open");
+poll().catch(() => {});

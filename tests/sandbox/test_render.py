@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import handlers
 from bot.views import CardView
 from handlers.messages import card_blocks, notification_blocks, to_dicts, when
+from sandbox import tokens
 from sandbox.render import Names, Origin, blocks, mrkdwn
+from sandbox.tokens import SVG_EMOJI
 from tests.sandbox.tree import find, tags, text_of
 
 NAMES = Names(
@@ -86,14 +91,41 @@ def test_dates_in_the_readers_time_zone_with_the_fallback_as_title() -> None:
     )
     assert text_of(mrkdwn(f"<!date^{ts}^{{date_num}} {{ago}}|x>", NAMES)) == "2026-03-10 2 hours ago"
     assert mrkdwn("<!date^soon^{date}|the fallback>", NAMES) == ["the fallback"]
+    # The page writes it again in the browser's zone from the epoch and the format.
+    (node,) = find(mrkdwn(f"<!date^{ts}^{{date_short_pretty}} at {{time}}|x>", NAMES), el="time")
+    assert (node["epoch"], node["format"]) == (ts, "{date_short_pretty} at {time}")
 
 
 def test_emoji_the_bot_uses_are_drawn_and_others_stay_as_written() -> None:
     assert mrkdwn(":white_check_mark: *Applied* at 10:05:33 :no_such_emoji:", NAMES) == [
-        "✅ ",
+        {
+            "el": "span",
+            "class": "emoji emoji-white-check-mark",
+            "title": ":white_check_mark:",
+            "kids": ["\u2714"],
+        },
+        " ",
         {"el": "b", "kids": ["Applied"]},
         " at 10:05:33 :no_such_emoji:",
     ]
+    (bell,) = mrkdwn(":bell:", NAMES)
+    assert bell == {"el": "span", "class": "emoji emoji-bell emoji-svg", "title": ":bell:", "kids": []}
+
+
+def test_every_emoji_the_bot_uses_is_drawn_without_a_colour_emoji_font() -> None:
+    used = set()
+    for path in Path(handlers.__file__).parent.glob("*.py"):
+        used |= set(re.findall(r":([a-z_]+):", path.read_text()))
+    assert used, "the bot uses no emoji? then this test reads the wrong files"
+    for name in used:
+        (node,) = mrkdwn(f":{name}:", NAMES)
+        assert isinstance(node, dict) and node["title"] == f":{name}:", name
+        for char in text_of(node):
+            # Monochrome symbols only: below the supplementary planes, where colour emoji live.
+            assert ord(char) < 0x1F000 and char != "\ufe0f", (name, char)
+    css = (Path(tokens.__file__).parent / "static" / "sandbox.css").read_text()
+    for name in SVG_EMOJI:
+        assert f".emoji-{name.replace('_', '-')}" in css, name
 
 
 def test_escaped_markup_becomes_text_not_elements() -> None:
@@ -138,7 +170,8 @@ def test_header_divider_context_and_plain_text() -> None:
         NAMES,
     )
     header, divider, context = nodes
-    assert header == {"el": "div", "class": "blk blk-header", "kids": ["Card ⚙️ *not bold*"]}
+    gear = {"el": "span", "class": "emoji emoji-gear", "title": ":gear:", "kids": ["\u2699"]}
+    assert header == {"el": "div", "class": "blk blk-header", "kids": ["Card ", gear, " *not bold*"]}
     assert divider == {"el": "hr", "class": "blk blk-divider", "kids": []}
     assert context["class"] == "blk blk-context"
     assert [text_of(k) for k in context["kids"]] == ["by @Alex Admin", ":gear: plain", "[image: logo]"]
