@@ -298,3 +298,23 @@ def _an_address_other_than_loopback() -> str | None:
             return None
         address = probe.getsockname()[0]
     return None if address.startswith("127.") else address
+
+
+async def test_the_people_list_shows_roles_granted_while_it_runs(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    def roles(state: dict[str, Any]) -> dict[str, str]:
+        return {p["id"]: p["role"] for p in state["people"]}
+
+    assert roles(await sandbox.page.view(BYSTANDER))[BYSTANDER] == "no role"
+    _, answer = await api(
+        http,
+        sandbox,
+        "/sandbox/command",
+        user=OWNER,
+        channel=APPROVALS,
+        text="/dpor role grant @ben owner prod-eu",
+    )
+    assert answer["ok"]
+    assert roles(await sandbox.page.view(BYSTANDER))[BYSTANDER] == "owner of prod-eu"
+    assert roles(await sandbox.page.view(BYSTANDER))[OWNER] == "owner of all"
