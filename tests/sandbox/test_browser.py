@@ -54,8 +54,8 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def open_page(browser: Browser, url: str, problems: list[str]) -> Page:
-    page = await browser.new_page(viewport={"width": 1600, "height": 1000})
+async def open_page(browser: Browser, url: str, problems: list[str], width: int = 1600) -> Page:
+    page = await browser.new_page(viewport={"width": width, "height": 1000 if width > 700 else 844})
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     page.on(
         "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
@@ -109,20 +109,23 @@ async def test_request_refusal_and_approval_in_a_browser(sandbox: Sandbox, brows
     await expect(card).to_contain_text("0 of 1 approvals")
 
     # Olivia, an owner, approves and confirms: the card says applied, the notification arrives.
+    await page.click('.nav-item[data-target="C0APPROVALS"]')
     await page.click('[data-user="U0OWNER1"]')
     await expect(page.locator(".person.active")).to_contain_text("Olivia Owner")
     await expect(approvals.locator(".item-ephemeral")).to_have_count(0)
     await approve.click()
     await page.locator('.dialog [data-role="confirm"]').click()
     await expect(card).to_contain_text(re.compile(r"Applied at .*approved by @Olivia Owner"), timeout=15_000)
-    await expect(card.locator("button")).to_have_count(0)
+    await expect(card.locator("button[data-action-id]")).to_have_count(0)
     await expect(card.locator(".edited")).to_have_text("(edited)")
+    await page.click('.nav-item[data-target="C0NOTIFY"]')
     notification = notifications.locator(".item-message").last
     await expect(notification).to_contain_text("was applied")
     await expect(notification).to_contain_text("Contoso MSP")
 
     # Alex gets a direct message about his request.
     await page.click('[data-user="U0ADMIN"]')
+    await page.click('.nav-item[data-target="D0ADMIN"]')
     dm = page.locator('section[data-channel="D0ADMIN"] .item-message').last
     await expect(dm).to_contain_text("was applied")
 
@@ -138,7 +141,7 @@ async def test_request_refusal_and_approval_in_a_browser(sandbox: Sandbox, brows
 async def test_the_page_builds_each_block_type_and_no_markup(sandbox: Sandbox, browser: Browser) -> None:
     problems: list[str] = []
     page = await open_page(browser, sandbox.url, problems)
-    await expect(page.locator(".pane")).to_have_count(3)
+    await expect(page.locator(".pane")).to_have_count(4)
     tree = render.blocks(to_dicts(card_blocks(_view())), "", NAMES, ORIGIN)
     hostile = [
         {"el": "script", "kids": ["window.pwned = 'script'"]},
