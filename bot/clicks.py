@@ -153,9 +153,12 @@ async def _facts(session: AsyncSession, act: str, user_id: str, req: ChangeReque
     )
 
 
-async def _act(session: AsyncSession, facts: Facts, verdict: Verdict, pol: Policy) -> Decision:
+async def _act(
+    session: AsyncSession, facts: Facts, verdict: Verdict, pol: Policy, reason: str = ""
+) -> Decision:
     """Record the verdict. The conditional UPDATE comes first: when it finds the request moved on,
-    nothing of this click has been written and the refusal is recorded in its place."""
+    nothing of this click has been written and the refusal is recorded in its place.
+    `reason`: why the decider rejects (the request's decision_note and the audit event's `reason`)."""
     req, user_id = facts.request, facts.user_id
     if verdict.withdraw:
         await lifecycle.withdraw(session, req, "requester_no_longer_authorised")
@@ -175,9 +178,17 @@ async def _act(session: AsyncSession, facts: Facts, verdict: Verdict, pol: Polic
     elif facts.act == REJECT:
         rows.dm(req.requester_id, req.id, "rejected")
         rows.notify(await lifecycle.notify_targets(session, pol, req.subscription_id), req.id, "rejected")
-        entry = event(req, user_id, "request.rejected")
+        entry = event(req, user_id, "request.rejected", **({"reason": reason} if reason else {}))
         await lifecycle.record(
-            session, req, verdict.expected, verdict.new, entry, rows, decided_by=user_id, decided_at=now
+            session,
+            req,
+            verdict.expected,
+            verdict.new,
+            entry,
+            rows,
+            decided_by=user_id,
+            decided_at=now,
+            decision_note=reason or None,
         )
         await requests.add_decision(session, req.id, user_id, "reject")
     else:
@@ -207,8 +218,11 @@ async def click(
     team_id: str,
     user_id: str,
     channel_id: str | None = None,
+    reason: str = "",
 ) -> Decision:
-    """Decide and record one click; a refusal is audited as `approval.denied` and answered privately."""
+    """Decide and record one click; a refusal is audited as `approval.denied` and answered privately
+    (in `channel_id`; without one the caller shows it). A reject's `reason` is checked before anything."""
+    reason = lifecycle.validate_reason(reason) if act == REJECT else ""
     async with db.write() as session:
         req: ChangeRequest | None = None
         try:
@@ -220,7 +234,7 @@ async def click(
                 )
             else:
                 facts = await _facts(session, act, user_id, req)
-                return await _act(session, facts, decide(facts, pol), pol)
+                return await _act(session, facts, decide(facts, pol), pol, reason)
         except Refusal as exc:
             refusal = exc
         await _deny(session, act, refusal, user_id=user_id, req=req, channel_id=channel_id, raw=request_id)

@@ -7,10 +7,14 @@ class Refusal(Exception):
     """The request was understood and refused; nothing was written (except, for clicks, the audit)."""
 
     code = "refused"
+    # The form field a refusal is about (a modal's block_id), when it is about one; None: the whole input.
+    field: str | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if field is not None:
+            self.field = field
 
 
 class BadInput(Refusal):
@@ -19,14 +23,17 @@ class BadInput(Refusal):
 
 class InvalidSubscriptionId(Refusal):
     code = "invalid_subscription_id"
+    field = "subscription"
 
 
 class InvalidPartnerId(Refusal):
     code = "invalid_partner_id"
+    field = "partner"
 
 
 class UnknownSubscription(Refusal):
     code = "unknown_subscription"
+    field = "subscription"
 
 
 class UnknownRequest(Refusal):
@@ -35,10 +42,12 @@ class UnknownRequest(Refusal):
 
 class PartnerAlreadySet(Refusal):
     code = "partner_already_set"
+    field = "partner"
 
 
 class OpenRequestExists(Refusal):
     code = "open_request_exists"
+    field = "subscription"
 
     def __init__(self, message: str, request_id: int | None = None) -> None:
         super().__init__(message)
@@ -49,6 +58,7 @@ class NotAuthorised(Refusal):
     """The user holds no role that allows this on that subscription."""
 
     code = "not_authorised"
+    field = "subscription"
 
 
 class NotOwner(Refusal):

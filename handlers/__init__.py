@@ -3,10 +3,11 @@
 from slack_bolt.async_app import AsyncApp
 
 from bot.context import BotContext
-from handlers import actions, commands, home
+from handlers import actions, commands, home, modals
 
 
 def register_listeners(app: AsyncApp, ctx: BotContext) -> None:
     commands.register(app, ctx)
     actions.register(app, ctx)
+    modals.register(app, ctx)
     home.register(app, ctx)

@@ -16,11 +16,12 @@ from bot.errors import Refusal
 from bot.logs import bound
 from bot.metrics import ERROR, OK, REFUSED
 from handlers.home import publish_home
-from handlers.messages import APPROVE, REJECT, RETRY
+from handlers.messages import APPROVE, RETRY
 
 log = logging.getLogger("dpor.actions")
 
-ACTS = {APPROVE: clicks.APPROVE, REJECT: clicks.REJECT, RETRY: clicks.RETRY}
+# Reject asks why first: its button opens a form (handlers/modals.py), decided at submission.
+ACTS = {APPROVE: clicks.APPROVE, RETRY: clicks.RETRY}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import directory, lifecycle, policy, views, watches
 from bot.context import BotContext
@@ -15,7 +16,8 @@ from bot.errors import Refusal
 from bot.logs import bound
 from bot.metrics import ERROR, OK, REFUSED, UNKNOWN
 from bot.text import clean
-from handlers import replies
+from bot.views import ChangeRequest
+from handlers import forms, replies
 from handlers.grammar import USAGE, Command, UsageError, parse
 from handlers.replies import PAGE_SIZE, Reply
 
@@ -25,7 +27,18 @@ Body = dict[str, Any]
 Subcommand = Callable[[BotContext, Command, Body], Awaitable[Reply]]
 
 
+def request_opened(req: ChangeRequest) -> str:
+    """The private answer to a request opened: one wording for the typed command and the set form."""
+    where = f" in <#{req.card_channel}>" if req.card_channel else ""
+    return (
+        f":inbox_tray: Request #{req.id} is open: set partner `{req.partner_id}` on this subscription. "
+        f"An owner approves it on the card{where}; it expires {replies.when(req.expires_at)}."
+    )
+
+
 async def _set(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    if not cmd.args:  # the listener opens the form; without a trigger there is none to open
+        return replies.usage("`set` without arguments opens a form in Slack.", "set")
     req = await lifecycle.create_request(
         ctx.db,
         ctx.policy,
@@ -36,12 +49,7 @@ async def _set(ctx: BotContext, cmd: Command, body: Body) -> Reply:
         reason=cmd.rest,
         channel_id=body.get("channel_id"),
     )
-    where = f" in <#{req.card_channel}>" if req.card_channel else ""
-    return Reply(
-        wrote=True,
-        text=f":inbox_tray: Request #{req.id} is open: set partner `{req.partner_id}` on this subscription. "
-        f"An owner approves it on the card{where}; it expires {replies.when(req.expires_at)}.",
-    )
+    return Reply(request_opened(req), wrote=True)
 
 
 def _offset(cmd: Command) -> int:
@@ -183,16 +191,39 @@ async def answer(ctx: BotContext, body: Body) -> Reply:
     return reply
 
 
+def _opens_form(body: Body) -> bool:
+    """`/dpor set` with no arguments: the set form, rather than an answer."""
+    try:
+        cmd = parse(clean(body.get("text", "")))
+    except UsageError:
+        return False
+    return cmd.name == "set" and not cmd.args
+
+
+FORM_UNOPENED = (
+    "Slack did not open the form (it allows 3 seconds). Try `/dpor set` again, "
+    "or type `/dpor set SUBSCRIPTION PARTNER_ID reason`."
+)
+
+
 def register(app: AsyncApp, ctx: BotContext) -> None:
     ctx.metrics.expect(SUBCOMMANDS)
 
     @app.command("/dpor")
-    async def dpor_command(ack: AsyncAck, body: Body, context: AsyncBoltContext) -> None:
+    async def dpor_command(
+        ack: AsyncAck, body: Body, context: AsyncBoltContext, client: AsyncWebClient
+    ) -> None:
         home = context.authorize_result.team_id if context.authorize_result else None
         if home and body.get("team_id") != home:
             # A well-signed command from another workspace (an org-wide or shared install): not ours.
             reply = replies.refusal("dpor-bot serves another Slack workspace; nothing was done.")
             ctx.metrics.request(UNKNOWN, REFUSED)
+        elif _opens_form(body):
+            form = forms.set_form(body.get("channel_id"))
+            if await forms.open_form(client, body.get("trigger_id", ""), form):
+                await ack()  # the form is the answer
+                return
+            reply = replies.refusal(FORM_UNOPENED)
         else:
             reply = await answer(ctx, body)
         await ack(**reply.to_ack())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 USAGE = {
     "set": (
-        "/dpor set SUBSCRIPTION PARTNER_ID [reason...]",
+        "/dpor set  (opens a form)  or  /dpor set SUBSCRIPTION PARTNER_ID [reason...]",
         "/dpor set prod-eu 4977985 Contoso now runs our support",
     ),
     "show": ("/dpor show SUBSCRIPTION", "/dpor show prod-eu"),
@@ -94,6 +94,8 @@ def parse(text: str) -> Command:
         return Command("help")
     if name == "set":
         parts = tail.strip().split(None, 2)
+        if not parts:
+            return Command("set")  # the form
         if len(parts) < 2:
             raise UsageError("`set` needs a subscription and a partner ID.", "set")
         reason = plain(parts[2]).strip() if len(parts) > 2 else ""

@@ -96,7 +96,8 @@ def _status_detail(view: CardView) -> str:
         progress = f"{len(view.approvers)} of {view.required} approvals"
         return f"{status}: {progress}" + (f" ({approved})" if approved else "")
     if req.status in ("approved", "applying", "rejected", "cancelled"):
-        return f"{status} by {user(req.decided_by)} at {when(req.decided_at)}"
+        note = reason_line(req.decision_note)  # a rejection's reason
+        return f"{status} by {user(req.decided_by)} at {when(req.decided_at)}{note}"
     if req.status == "applied":
         detail = ""
         result = req.result or {}
@@ -209,7 +210,13 @@ def event_text(view: CardView, event: str) -> str:
     sentence = EVENT_SENTENCES.get(event, event).format(
         decider=user(req.decided_by), new=new, error=escape(req.error or "unknown error")
     )
-    return f"Request #{req.id} to set the DPOR of *{escape(sub.name)}* to {new} {sentence}"
+    note = reason_line(req.decision_note) if event == "rejected" else ""
+    return f"Request #{req.id} to set the DPOR of *{escape(sub.name)}* to {new} {sentence}{note}"
+
+
+def reason_line(note: str | None) -> str:
+    """The decider's reason (a rejection's), escaped, on a line of its own; nothing when none was given."""
+    return f"\nReason: {escape(note)}" if note else ""
 
 
 def reminder_text(view: CardView) -> str:

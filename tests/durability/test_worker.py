@@ -155,6 +155,8 @@ async def test_dead_rows_keep_their_error_and_are_requeued(
 
     h.slack.fail("chat.update", status=200, error="message_not_found")
     assert (await h.click("dpor_reject", rid, OWNER))[0] == 200
+    why = {"reason": {"reason": {"type": "plain_text_input", "value": "not now"}}}
+    assert (await h.submit(OWNER, why))[0] == 200  # Reject asks why; the submission decides
 
     async def one_dead() -> bool:
         return [r.status for r in await rows(h) if r.kind == "card"].count("dead") == 1 and len(

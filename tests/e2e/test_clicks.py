@@ -66,6 +66,9 @@ async def test_reject_updates_card_and_tells_requester(harness: Harness) -> None
     rid = await open_request(harness)
     status, _ = await harness.click("dpor_reject", rid, OWNER)
     assert status == 200
+    # Reject asks why (tests/e2e/test_reject_reason.py); the submitted reason decides.
+    why = {"reason": {"reason": {"type": "plain_text_input", "value": "wrong partner"}}}
+    assert (await harness.submit(OWNER, why))[0] == 200
     await harness.settle()
     assert (await harness.request(rid)).status == "rejected"
     card = await harness.card(rid)

@@ -13,7 +13,6 @@ from tests.harness import ADMIN, BYSTANDER, NEW_PARTNER, NOTIFY, OWNER, OWNER2, 
 
 WRONG = [
     "frobnicate",
-    "set",
     "set prod",
     "set prod 12345",
     "set prod 12345678",

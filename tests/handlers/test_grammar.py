@@ -10,6 +10,8 @@ from handlers.grammar import Command, UsageError, parse, parse_user, plain
     [
         ("", Command("help")),
         ("help", Command("help")),
+        ("set", Command("set")),  # no arguments: the form
+        ("SET  ", Command("set")),
         ("set prod 4977985", Command("set", ("prod", "4977985"))),
         (
             "set prod 4977985  new MSP, see ticket 12",
@@ -37,7 +39,6 @@ def test_parses(text: str, expected: Command) -> None:
 @pytest.mark.parametrize(
     ("text", "subcommand"),
     [
-        ("set", "set"),
         ("set prod", "set"),
         ("show", "show"),
         ("show a b", "show"),

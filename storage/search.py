@@ -1,0 +1,51 @@
+"""SQL for the set form's typeahead: subscriptions a person holds a role on, and the partner directory."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import ALL_SUBSCRIPTIONS, Partner, RoleAssignment, Subscription
+
+
+async def subscriptions_held(
+    session: AsyncSession, *, user_id: str, roles: Collection[str], needle: str, limit: int
+) -> list[Subscription]:
+    """Subscriptions on which `user_id` holds one of `roles` (there, or on every subscription), whose
+    name, alias or ID contains `needle` in any case (an empty needle matches all), by name then ID."""
+    mine = and_(RoleAssignment.user_id == user_id, RoleAssignment.role.in_(list(roles)))
+    everywhere = exists().where(mine, RoleAssignment.scope == ALL_SUBSCRIPTIONS)
+    here = Subscription.id.in_(select(RoleAssignment.scope).where(mine))
+    query = select(Subscription).where(or_(everywhere, here))
+    if needle:
+        needle = needle.lower()
+        query = query.where(
+            or_(
+                func.lower(Subscription.name).contains(needle, autoescape=True),
+                func.lower(Subscription.alias).contains(needle, autoescape=True),
+                func.lower(Subscription.id).contains(needle, autoescape=True),
+            )
+        )
+    query = query.order_by(Subscription.name, Subscription.id).limit(limit)
+    return list((await session.scalars(query)).all())
+
+
+async def partners_matching(session: AsyncSession, *, needle: str, limit: int) -> list[Partner]:
+    """Partners whose name or ID contains `needle` in any case (an empty needle matches all), by name."""
+    query = select(Partner)
+    if needle:
+        needle = needle.lower()
+        query = query.where(
+            or_(
+                func.lower(Partner.name).contains(needle, autoescape=True),
+                Partner.partner_id.contains(needle, autoescape=True),
+            )
+        )
+    query = query.order_by(Partner.name, Partner.partner_id).limit(limit)
+    return list((await session.scalars(query)).all())
+
+
+async def partner(session: AsyncSession, partner_id: str) -> Partner | None:
+    return await session.get(Partner, partner_id)
