@@ -97,8 +97,8 @@ def set_form(channel_id: str | None) -> JSONDict:
     }
 
 
-def reject_form(request_id: int | str) -> JSONDict:
-    """The form the card's Reject opens: why, before anything is written."""
+def reject_form(request_id: int | str, *, from_home: bool = False) -> JSONDict:
+    """The form Reject opens (on the card or the App Home): why, before anything is written."""
     number = str(request_id)[:20]
     return {
         "type": "modal",
@@ -106,7 +106,7 @@ def reject_form(request_id: int | str) -> JSONDict:
         "title": _text("Reject request"),
         "submit": _text("Reject"),
         "close": _text("Cancel"),
-        "private_metadata": json.dumps({"request": number}),
+        "private_metadata": json.dumps({"request": number, **({"home": True} if from_home else {})}),
         "blocks": [
             {
                 "type": "section",

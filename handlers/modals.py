@@ -22,6 +22,7 @@ from handlers import forms
 from handlers.actions import Click
 from handlers.commands import request_opened
 from handlers.forms import PARTNER, REASON, REJECT_FORM, SET_FORM, SUBSCRIPTION
+from handlers.home import publish_home
 from handlers.messages import REJECT
 
 log = logging.getLogger("dpor.modals")
@@ -163,11 +164,14 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         """Reject asks why first: nothing is written until the form is submitted."""
         await ack()
         click = Click.parse(REJECT, body)
-        if not await forms.open_form(client, body.get("trigger_id", ""), forms.reject_form(click.value)):
+        form = forms.reject_form(click.value, from_home=click.from_home)
+        if not await forms.open_form(client, body.get("trigger_id", ""), form):
             log.info("the reject form for request %s did not open", click.value[:20])
 
     @app.view(REJECT_FORM)
-    async def reject_submitted(ack: AsyncAck, body: Body, view: Body, context: AsyncBoltContext) -> None:
+    async def reject_submitted(
+        ack: AsyncAck, body: Body, view: Body, client: AsyncWebClient, context: AsyncBoltContext
+    ) -> None:
         user_id = body["user"]["id"]
         request = str(forms.metadata(view).get("request", ""))
         with bound(slack_user=user_id, request_id=request if request.isdigit() else None):
@@ -201,6 +205,8 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             else:
                 ctx.metrics.request(clicks.REJECT, OK)
                 await ack()
+                if forms.metadata(view).get("home") is True:  # the Home it came from shows the new state
+                    await publish_home(ctx, client, user_id, team_id=_team(body) or None)
             ctx.wake_worker()  # a request found past its time was expired, and its card must say so
 
 

@@ -115,3 +115,20 @@ async def test_an_empty_or_long_reason_is_refused_and_writes_nothing(harness: Ha
     assert await h.counts() == before
     assert (await h.request(rid)).status == "pending"
     assert "dpor_reject" in json.dumps((await h.card(rid)).blocks)
+
+
+async def test_reject_on_the_home_asks_why_and_republishes_the_home(harness: Harness) -> None:
+    h = harness
+    rid = await open_request(h)
+    assert (await h.home_opened(OWNER))[0] == 200
+    assert "dpor_reject" in json.dumps(h.home(OWNER))
+    before = await h.counts()
+    assert (await h.click_home("dpor_reject", rid, OWNER))[0] == 200
+    assert json.loads(h.modal(OWNER)["private_metadata"]) == {"request": str(rid), "home": True}
+    await h.settle()
+    assert await h.counts() == before  # the click wrote nothing
+    status, answer = await h.submit(OWNER, why(REASON))
+    assert status == 200 and not answer
+    assert (await h.request(rid)).decision_note == REASON
+    home = json.dumps(h.home(OWNER))
+    assert "dpor_reject" not in home and "dpor_approve" not in home  # nothing waits for OWNER any more
