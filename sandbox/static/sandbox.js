@@ -380,10 +380,11 @@ function renderGuide(data) {
   const guide = document.getElementById("guide");
   if (guide.childElementCount) return;
   const steps = [
-    ["As ", b("Alex Admin"), ", send ", c("/dpor set prod-eu 4977985 Contoso now runs our support"), " in #dpor-approvals: the bot answers privately and posts an approval card."],
-    ["Switch to ", b("Ben Bystander"), " and click ", b("Approve"), ": he holds no role, so he is refused, and only he sees why."],
-    ["Switch to ", b("Olivia Owner"), ", click ", b("Approve"), " and confirm: the card turns ", b("Applied"), ", #dpor-notifications hears of it and Alex gets a direct message."],
-    ["Try ", c("/dpor show prod-eu"), ", ", c("/dpor history prod-eu"), ", a ", b("Reject"), ", or ", c("/dpor role grant @ben owner prod-eu"), " as Olivia."],
+    ["As ", b("Alex Admin"), ", click ", b("\u26a1\ufe0e"), " by the composer and ", b("Request a partner change"), " (or send ", c("/dpor set"), "): pick the subscription and the partner as you type, give a reason, submit. No ID to type."],
+    ["Switch to ", b("Ben Bystander"), " and click ", b("Approve"), " on the card: he holds no role, so he is refused, and only he sees why."],
+    ["Switch to ", b("Olivia Owner"), ", open ", b("dpor \u00b7 Home"), " in the sidebar and approve there (or on the card): the card turns ", b("Applied"), ", its thread tells each step, #dpor-notifications hears of it and Alex gets a direct message."],
+    ["Try ", c("/dpor show prod-eu"), ", ", c("/dpor history prod-eu"), ", a ", b("Reject"), " (it asks why), or ", c("/dpor role grant @ben owner prod-eu"), " as Olivia: the people list follows."],
+    ["What only you see (\u201cOnly visible to you\u201d) is gone after a reload, as in Slack."],
   ];
   const examples = data.examples.map((text) =>
     h("button", { type: "button", class: "example", text, title: "Put this in the #dpor-approvals composer", onclick: () => fill(data.channels[0].id, text) }),

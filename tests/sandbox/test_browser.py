@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from handlers.messages import card_blocks, to_dicts
-from sandbox import render
+from sandbox import render, tokens
 from sandbox.server import Sandbox
 from tests.sandbox.test_render import NAMES, ORIGIN, _view
 
@@ -54,8 +56,12 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def open_page(browser: Browser, url: str, problems: list[str], width: int = 1600) -> Page:
-    page = await browser.new_page(viewport={"width": width, "height": 1000 if width > 700 else 844})
+async def open_page(
+    browser: Browser, url: str, problems: list[str], width: int = 1600, timezone_id: str | None = None
+) -> Page:
+    page = await browser.new_page(
+        viewport={"width": width, "height": 1000 if width > 700 else 844}, timezone_id=timezone_id
+    )
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     page.on(
         "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
@@ -203,4 +209,100 @@ async def test_the_page_builds_each_block_type_and_no_markup(sandbox: Sandbox, b
     assert (shape["scripts"], shape["images"], shape["anchors"], shape["handlers"]) == (0, 0, 0, 0)
     assert shape["hostileText"]
     assert await page.evaluate("window.pwned") is None
+    assert problems == []
+
+
+async def no_sideways_scroll(page: Page) -> None:
+    width = await page.evaluate("document.documentElement.clientWidth")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+async def test_the_form_app_home_dates_and_a_phone_in_a_browser(sandbox: Sandbox, browser: Browser) -> None:
+    """A newcomer's whole flow without typing an ID: the shortcut, typeahead, an inline error, the card,
+    another owner approving from App Home; then the same pages on a 390 px phone."""
+    problems: list[str] = []
+    zone = "Asia/Kolkata"  # +05:30: the browser's zone, not the server's
+    page = await open_page(browser, sandbox.url + "#as=U0ADMIN", problems, width=1440, timezone_id=zone)
+    approvals = page.locator('section[data-channel="C0APPROVALS"]')
+    await approvals.locator(".shortcut-btn").click()
+    await approvals.locator('.menu-item[data-callback-id="dpor_set"]').click()
+    modal = page.locator(".slack-modal")
+    await expect(modal.locator("h2")).to_have_text("Change a DPOR")
+
+    subscription = modal.locator('[data-block-id="subscription"] input')
+    await subscription.click()
+    await subscription.press_sequentially("prod")
+    await modal.locator('[data-block-id="subscription"] .option', has_text="Production EU").click()
+    await expect(subscription).to_have_value(re.compile("Production EU"))
+    partner = modal.locator('[data-block-id="partner"] input')
+    await partner.click()
+    await partner.press_sequentially("Contoso")
+    await modal.locator('[data-block-id="partner"] .option', has_text="Contoso MSP").click()
+
+    # No reason: the bot answers with an inline error under the field; the modal and the picks stay.
+    await modal.locator('[data-role="submit"]').click()
+    error = modal.locator('[data-block-id="reason"] .input-error')
+    await expect(error).to_be_visible()
+    await expect(subscription).to_have_value(re.compile("Production EU"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "sandbox-modal-1440.png"))
+
+    await modal.locator('[data-block-id="reason"] textarea').fill("Contoso now runs our support")
+    await modal.locator('[data-role="submit"]').click()
+    await expect(modal).to_have_count(0)
+    card = approvals.locator(".item-message").first
+    await expect(card.locator(".blk-header")).to_contain_text("#1")
+    await expect(card).to_contain_text("Contoso MSP")
+
+    # Dates in the browser's zone, as each Slack client writes them.
+    date = card.locator("time[data-epoch]").first
+    epoch = int(await date.get_attribute("data-epoch") or 0)
+    shown = await date.text_content()
+    node = tokens.date(
+        f"{epoch}^{{date_num}} {{time}}", "", ZoneInfo(zone), lambda: datetime.now(ZoneInfo(zone))
+    )
+    assert isinstance(node, dict)
+    written = await page.evaluate("(e) => window.slackDates.formatDate(e, '{date_num} {time}')", epoch)
+    assert written == node["kids"][0]
+    assert shown
+
+    # Olivia, another owner, approves from her Home tab: the card is applied.
+    await page.click('[data-user="U0OWNER1"]')
+    await page.click('.nav-item[data-target="home"]')
+    home = page.locator('section[data-channel="home"]')
+    approve = home.locator('button[data-action-id="dpor_approve"]').first
+    await expect(approve).to_be_visible(timeout=10_000)
+    await page.screenshot(path=str(ARTIFACTS / "sandbox-home-1440.png"))
+    await approve.click()
+    if await page.locator(".dialog").count():
+        await page.locator('.dialog [data-role="confirm"]').click()
+    await page.click('.nav-item[data-target="C0APPROVALS"]')
+    await expect(card).to_contain_text("Applied", timeout=15_000)
+    toggle = card.locator(".thread-toggle")
+    await expect(toggle).to_have_text(re.compile(r"\d+ repl(y|ies)"))
+    await toggle.click()
+    await expect(card.locator(".replies .item").first).to_be_visible()
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(ARTIFACTS / "sandbox-applied-1440.png"))
+
+    # A 1024 px laptop and a 390 px phone: nothing scrolls sideways; the sidebar is a menu on the phone.
+    await page.set_viewport_size({"width": 1024, "height": 768})
+    await no_sideways_scroll(page)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await expect(page.locator("#sidebar")).to_be_hidden()
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(ARTIFACTS / "sandbox-channel-390.png"))
+    await page.click("#menu")
+    await page.click('.nav-item[data-target="home"]')
+    await expect(home).to_be_visible()
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(ARTIFACTS / "sandbox-home-390.png"))
+    await page.click("#menu")
+    await page.click('.nav-item[data-target="C0APPROVALS"]')
+    await approvals.locator(".shortcut-btn").click()
+    await approvals.locator('.menu-item[data-callback-id="dpor_set"]').click()
+    await expect(modal).to_be_visible()
+    box = await modal.bounding_box()
+    assert box is not None and box["width"] == 390  # full screen on a phone
+    await page.screenshot(path=str(ARTIFACTS / "sandbox-modal-390.png"))
     assert problems == []

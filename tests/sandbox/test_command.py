@@ -77,7 +77,8 @@ async def command(port: int, text: str, user: str = "U0ADMIN") -> str:
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
         async with http.post("/sandbox/command", json=body) as response:
             assert response.status == 200 and (await response.json())["ok"]
-        async with http.get("/sandbox/state", params={"user": user}) as response:
+        # since=0: everything this person saw, from the start (a fresh page would show no ephemeral).
+        async with http.get("/sandbox/state", params={"user": user, "since": "0"}) as response:
             state = await response.json()
     (channel,) = [c for c in state["channels"] if c["id"] == "C0APPROVALS"]
     return "\n".join(text_of(item["body"]) for item in channel["items"])
@@ -183,8 +184,9 @@ async def test_DATABASE_URL_is_never_the_sandboxs(
     async with running({**env, "DATABASE_URL": database_url}, tmp_path, "--port", str(port)) as proc:
         lines = await started(proc)
         assert "a temporary database, removed on exit" in lines[1], lines
-        revoked = await command(port, "/dpor role revoke @olivia owner", user="U0OWNER1")
-        assert "no longer owner of every subscription" in revoked  # in the sandbox's own database
+        # (Oscar, not Olivia: she is the last owner of staging-us, and the last owner cannot go.)
+        revoked = await command(port, "/dpor role revoke @oscar owner prod-eu", user="U0OWNER1")
+        assert "no longer owner of" in revoked  # in the sandbox's own database
         await stopped(proc)
     assert await snapshot(database_url) == before  # no made-up owners, no revoked role, nothing
 
