@@ -11,10 +11,11 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import audit
+from bot import audit, owners
 from bot.errors import (
     BadInput,
     Conflict,
@@ -33,30 +34,47 @@ ROLES = ("owner", "admin")
 SCOPE_WORDS = (ALL_SUBSCRIPTIONS, "all")
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 GUID_SHAPE = re.compile(r"^[0-9a-zA-Z]{8}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{4}-[0-9a-zA-Z]{12}$")
-PARTNER_ID = re.compile(r"^\d{6,7}$")
+# A GUID's shape in any script's letters and digits (Arabic-Indic digits): meant as an ID, refused as one.
+ANY_GUID_SHAPE = re.compile(r"^[^\W_]{8}-[^\W_]{4}-[^\W_]{4}-[^\W_]{4}-[^\W_]{12}$")
+PARTNER_ID = re.compile(r"^[0-9]{6,7}$", re.ASCII)
 ALIAS = re.compile(r"^\S{1,64}$")
 MAX_NAME = 200
 
 
+def ascii_id(text: str) -> str:
+    """An ID as typed, folded to ASCII where Unicode says it is the same character (NFKC: fullwidth
+    `４` is `4`, `ａ` is `a`); what NFKC does not fold (Arabic-Indic digits) stays, to be refused."""
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def _not_ascii(text: str) -> str:
+    """The sentence's tail for an ID that holds characters other than ASCII after folding."""
+    if text.isascii():
+        return ""
+    return " It holds characters other than ASCII letters and digits: type it with the digits 0-9 (and a-f)."
+
+
 def subscription_id(text: str) -> str:
-    """Validate a subscription ID (a GUID) and return it in canonical lower case."""
-    text = text.strip()
-    if not GUID.match(text):
+    """Validate a subscription ID (a GUID) and return it in canonical ASCII lower case."""
+    folded = ascii_id(text)
+    if not GUID.match(folded):
         raise InvalidSubscriptionId(
-            f"`{text}` is not a subscription ID: expected a GUID such as "
-            "`00000000-0000-0000-0000-000000000000`."
+            f"`{text.strip()}` is not a subscription ID: expected a GUID such as "
+            f"`00000000-0000-0000-0000-000000000000`.{_not_ascii(folded)}"
         )
-    return text.lower()
+    return folded.lower()
 
 
 def partner_id(text: str) -> str:
-    text = text.strip()
-    if not PARTNER_ID.match(text):
+    """Validate a partner ID and return it in ASCII digits (never as typed)."""
+    folded = ascii_id(text)
+    if not PARTNER_ID.match(folded):
         raise InvalidPartnerId(
-            f"`{text}` is not a partner ID: expected the partner's numeric Partner ID "
+            f"`{text.strip()}` is not a partner ID: expected the partner's numeric Partner ID "
             "(Microsoft AI Cloud Partner Program ID), 6 or 7 digits, such as `4977985`."
+            f"{_not_ascii(folded)}"
         )
-    return text
+    return folded
 
 
 def looks_like_guid(text: str) -> bool:
@@ -119,8 +137,9 @@ async def resolve_subscription(session: AsyncSession, ref: str) -> Subscription:
         raise UnknownSubscription(
             f"`{ref}` means every subscription, not one: name a subscription by its ID or alias."
         )
-    if GUID.match(ref):
-        sub = await store.subscription_by_id(session, ref.lower())
+    folded = ascii_id(ref)
+    if GUID.match(folded):
+        sub = await store.subscription_by_id(session, folded.lower())
         if sub is None:
             raise UnknownSubscription(
                 f"Subscription `{ref}` is not known to dpor-bot. "
@@ -130,7 +149,7 @@ async def resolve_subscription(session: AsyncSession, ref: str) -> Subscription:
     sub = await store.subscription_by_alias(session, ref)
     if sub is not None:
         return sub
-    if looks_like_guid(ref):
+    if looks_like_guid(folded) or ANY_GUID_SHAPE.match(folded):
         subscription_id(ref)
     raise UnknownSubscription(
         f"No subscription has the ID or alias `{ref}`. `/dpor list` shows the subscriptions."
@@ -304,12 +323,27 @@ def _role(role: str) -> str:
 class RoleChange:
     scope: str  # the subscription's ID, or `*` for every subscription
     changed: bool  # False: the user already held (grant) or did not hold (revoke) the role there
+    # A forced revocation (the CLI's --force): the subscriptions it left without an owner.
+    left_without_owner: tuple[str, ...] = ()
 
 
 async def change_role(
-    db: Database, user_id: str, role: str, subscription: str | None, *, grant: bool, actor: str
+    db: Database,
+    user_id: str,
+    role: str,
+    subscription: str | None,
+    *,
+    grant: bool,
+    actor: str,
+    force: bool = False,
+    notify: Sequence[str] = (),
 ) -> RoleChange:
-    """Grant or revoke a role on a subscription, or on every one (None, `*`, `all`); audited if it changed."""
+    """Grant or revoke a role on a subscription, or on every one (None, `*`, `all`); audited if it changed,
+    and announced to `notify` (DPOR_NOTIFY_CHANNELS) and the channels watching the scope.
+
+    Revoking an owner role that would leave a subscription with no owner is refused (LastOwner), writing
+    nothing, unless `force` (the operator's CLI), which the audit event records.
+    """
     role = _role(role)
     async with db.write() as session:
         scope = await resolve_scope(session, subscription)
@@ -317,25 +351,43 @@ async def change_role(
             changed = await store.insert_role(session, user_id, role, scope, granted_by=actor)
         else:
             changed = await store.delete_role(session, user_id, role, scope)
+        orphans = []
+        if changed and not grant and role == "owner":
+            orphans = await owners.left_without_owner(session, scope)
+            if orphans and not force:
+                raise owners.last_owner(user_id, scope, orphans)  # rolls the deletion back
         if changed:
+            forced = {"forced": True, "left_without_owner": [sub.id for sub in orphans]} if orphans else {}
             await audit.append(
                 session,
                 audit.Entry(
                     actor=actor,
                     action="role.granted" if grant else "role.revoked",
                     subscription_id=None if scope == ALL_SUBSCRIPTIONS else scope,
-                    data={"user_id": user_id, "role": role, "scope": scope},
+                    data={"user_id": user_id, "role": role, "scope": scope, **forced},
                 ),
             )
-    return RoleChange(scope, changed)
+            await owners.announce(
+                session,
+                notify,
+                user_id=user_id,
+                role=role,
+                scope=scope,
+                actor=actor,
+                granted=grant,
+                orphans=orphans,
+            )
+    return RoleChange(scope, changed, tuple(sub.id for sub in orphans))
 
 
-async def grant_role(db: Database, user_id: str, role: str, subscription: str | None, *, actor: str) -> bool:
-    return (await change_role(db, user_id, role, subscription, grant=True, actor=actor)).changed
+async def grant_role(db: Database, user_id: str, role: str, scope: str | None, **options: Any) -> bool:
+    """`change_role` granting; `options`: actor, notify."""
+    return (await change_role(db, user_id, role, scope, grant=True, **options)).changed
 
 
-async def revoke_role(db: Database, user_id: str, role: str, subscription: str | None, *, actor: str) -> bool:
-    return (await change_role(db, user_id, role, subscription, grant=False, actor=actor)).changed
+async def revoke_role(db: Database, user_id: str, role: str, scope: str | None, **options: Any) -> bool:
+    """`change_role` revoking (LastOwner refuses a subscription's last owner); `options`: actor, notify."""
+    return (await change_role(db, user_id, role, scope, grant=False, **options)).changed
 
 
 async def list_roles(db: Database, subscription: str | None = None) -> list[RoleAssignment]:

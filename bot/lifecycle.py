@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit, policy
+from bot.approvers import eligible_approvers
 from bot.directory import partner_id as valid_partner_id
 from bot.directory import resolve_subscription
 from bot.errors import (
@@ -32,6 +33,7 @@ from bot.errors import (
 )
 from bot.metrics import Metrics
 from bot.outbox import Outbox
+from bot.owners import too_few_approvers
 from bot.policy import Policy
 from bot.text import clean
 from storage import requests
@@ -173,6 +175,11 @@ async def create_request(
             if sub.partner_id == pid:
                 raise PartnerAlreadySet(
                     f"Partner `{pid}` is already the partner of record of {sub.name}; nothing to change."
+                )
+            eligible = len(await eligible_approvers(session, pol, sub.id, user_id))
+            if eligible < pol.required_approvals:
+                raise too_few_approvers(
+                    sub, pol.required_approvals, eligible, self_approval=pol.allow_self_approval
                 )
             now = utcnow()
             current = await requests.open_for(session, sub.id)

@@ -81,6 +81,11 @@ class Outbox:
         for channel in channels:
             self.add(NOTICE, f"channel:{channel}", channel=channel, topic="drift", facts=facts)
 
+    def role_change(self, channels: Sequence[str], facts: dict[str, Any]) -> None:
+        """A role granted or revoked, told to the channels watching its scope (the facts as they were)."""
+        for channel in channels:
+            self.add(NOTICE, f"channel:{channel}", channel=channel, topic="role", facts=facts)
+
     def checkpoint(self, channel: str, seq: int, hash_: str, at: str) -> None:
         self.add(CHECKPOINT, f"channel:{channel}", channel=channel, seq=seq, hash=hash_, at=at)
 

@@ -90,12 +90,16 @@ async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     scope = await policy.require(ctx.db, "manage_roles", body["user_id"], subscription)
     where = _scope_words(subscription or scope)
     if cmd.name == "role grant":
-        changed = await directory.grant_role(ctx.db, target, role, scope, actor=body["user_id"])
+        changed = await directory.grant_role(
+            ctx.db, target, role, scope, actor=body["user_id"], notify=ctx.policy.notify_channels
+        )
         verb = "is now" if changed else "already was"
     else:
-        changed = await directory.revoke_role(ctx.db, target, role, scope, actor=body["user_id"])
+        changed = await directory.revoke_role(
+            ctx.db, target, role, scope, actor=body["user_id"], notify=ctx.policy.notify_channels
+        )
         verb = "is no longer" if changed else "was not"
-    return Reply(f"<@{target}> {verb} {role} of {where}.")
+    return Reply(f"<@{target}> {verb} {role} of {where}.", wrote=changed)  # its announcement
 
 
 async def _role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:

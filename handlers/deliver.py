@@ -27,6 +27,7 @@ from handlers.messages import (
     event_text,
     notification_blocks,
     reminder_text,
+    role_text,
     safe,
     to_dicts,
 )
@@ -142,10 +143,11 @@ class SlackDeliverer:
 
     async def notice(self, row: OutboxMessage) -> None:
         channel = row.payload["channel"]
-        if row.payload.get("topic") != "drift":
+        render = {"drift": drift_text, "role": role_text}.get(row.payload.get("topic"))
+        if render is None:
             raise Undeliverable(f"unknown notice {row.payload.get('topic')!r}", permanent=True)
         await self._call(
-            channel, self.client.chat_postMessage, channel=channel, text=drift_text(row.payload["facts"])
+            channel, self.client.chat_postMessage, channel=channel, text=render(row.payload["facts"])
         )
 
     async def checkpoint(self, row: OutboxMessage) -> None:

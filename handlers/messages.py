@@ -278,3 +278,25 @@ def checkpoint_text(seq: int, hash_: str, at: str) -> str:
         f"dpor-bot's audit log had event {int(seq)} with this hash at that time. Keep this message: "
         "`dpor-bot audit verify --checkpoints FILE` proves the database still holds this history."
     )
+
+
+def role_text(facts: dict) -> str:
+    """The channel notice of a role granted or revoked (names from outside escaped, people as mentions)."""
+    if facts.get("subscription"):
+        alias = f" ({escape(facts['alias'])})" if facts.get("alias") else ""
+        where = f"*{escape(facts['subscription'])}*{alias} `{escape(facts['scope'])}`"
+    else:
+        where = "*every subscription*"
+    who, role, by = user(facts["user_id"]), escape(facts["role"]), user(facts.get("actor"))
+    if facts.get("granted"):
+        return f":key: {who} is now *{role}* of {where}, granted by {by}."
+    text = f":key: {who} is no longer *{role}* of {where}, revoked by {by}."
+    if facts.get("forced"):
+        named = [f"*{escape(name)}*" for name in facts.get("left_without_owner", [])]
+        more = int(facts.get("left_without_owner_count", len(named))) - len(named)
+        left = ", ".join(named) + (f" and {more} more" if more > 0 else "")
+        text += (
+            f" The operator forced it: no owner is left on {left}, so nobody can approve requests "
+            "there until someone is granted the owner role."
+        )
+    return text

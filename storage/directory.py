@@ -141,6 +141,16 @@ async def holders(session: AsyncSession, role: str, subscription_id: str) -> lis
     return list(rows.all())
 
 
+async def subscriptions_without(session: AsyncSession, role: str) -> list[Subscription]:
+    """The subscriptions nobody holds `role` on now (neither on it nor on every subscription), by name."""
+    held = select(RoleAssignment.id).where(
+        RoleAssignment.role == role,
+        or_(RoleAssignment.scope == Subscription.id, RoleAssignment.scope == ALL_SUBSCRIPTIONS),
+    )
+    query = select(Subscription).where(~held.exists()).order_by(Subscription.name, Subscription.id)
+    return list((await session.scalars(query)).all())
+
+
 async def insert_role(session: AsyncSession, user_id: str, role: str, scope: str, *, granted_by: str) -> bool:
     """Record the assignment; False when the user already holds that role on that scope."""
     found = await session.scalar(

@@ -66,6 +66,10 @@ _IN_THE_CLI = (
     (re.compile(r"`/dpor pending`"), "`dpor-bot requests list --status pending`"),
     (re.compile(r"`/dpor cancel (\d+)`"), r"`dpor-bot requests cancel \1 --reason TEXT`"),
     (re.compile(r"`/dpor list`"), "`dpor-bot subscriptions list`"),
+    (
+        re.compile(r"`/dpor role grant @someone (owner|admin) ([^`]+)`"),
+        r"`dpor-bot roles grant SLACK_USER_ID \1 --subscription \2`",
+    ),
 )
 
 

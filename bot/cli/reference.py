@@ -7,10 +7,11 @@ from typing import TextIO
 
 import click
 
-from bot.cli.command import Failed, actor, run, slack_user_id, table, when
+from bot.cli.command import Failed, actor, in_the_cli, run, settings, slack_user_id, table, when
 from bot.directory import (
     KEEP,
     ROLES,
+    RoleChange,
     SubscriptionRow,
     add_partner,
     alias_key,
@@ -21,9 +22,12 @@ from bot.directory import (
     upsert_subscriptions,
     validate_subscription,
 )
+from bot.directory import partner_id as valid_partner_id
 from bot.errors import Refusal
+from bot.owners import LastOwner
 from bot.providers import NAMES as PROVIDER_NAMES
 from bot.removals import remove_partner, remove_subscription
+from storage.db import Database
 
 CSV_COLUMNS = ("id", "name", "alias")
 
@@ -47,7 +51,7 @@ def subscriptions_add(subscription_id: str, name: str, alias: str | None, provid
     row = SubscriptionRow(subscription_id, name, alias, provider)
     result = run(lambda database: upsert_subscriptions(database, [row], actor=actor()))
     verb = "added" if result.added else "updated" if result.updated else "unchanged:"
-    click.echo(f"{verb} subscription {subscription_id.strip().lower()}")
+    click.echo(f"{verb} subscription {validate_subscription(row).id}")
 
 
 def read_subscriptions_csv(path: str) -> list[SubscriptionRow]:
@@ -149,7 +153,7 @@ def partners() -> None:
 def partners_add(partner_id: str, name: str) -> None:
     """Add a partner to the directory, or rename it."""
     changed = run(lambda database: add_partner(database, partner_id, name, actor=actor()))
-    pid = partner_id.strip()
+    pid = valid_partner_id(partner_id)  # as stored: in ASCII digits
     click.echo(f"saved partner {pid}" if changed else f"unchanged: partner {pid} already has that name")
 
 
@@ -187,12 +191,39 @@ def _role_command(name: str, *, grant: bool, summary: str, done: str, same: str)
         metavar="ID_OR_ALIAS",
         help="One subscription; leave out (or give * or all) for every subscription.",
     )
-    def command(user: str, role: str, subscription: str | None) -> None:
+    @click.option(
+        "--force",
+        is_flag=True,
+        hidden=grant,
+        help="Revoke an owner role even when it leaves a subscription with no owner (audited).",
+    )
+    def command(user: str, role: str, subscription: str | None, force: bool) -> None:
         user_id = slack_user_id(user)
-        result = run(
-            lambda database: change_role(database, user_id, role, subscription, grant=grant, actor=actor())
-        )
+        notify = settings().notify_channels  # the channels told of the change
+
+        async def work(database: Database) -> RoleChange:
+            try:
+                return await change_role(
+                    database,
+                    user_id,
+                    role,
+                    subscription,
+                    grant=grant,
+                    actor=actor(),
+                    force=force,
+                    notify=notify,
+                )
+            except LastOwner as exc:
+                raise Failed(
+                    f"{in_the_cli(exc.message)} Or revoke it anyway with --force (audited)."
+                ) from None
+
+        result = run(work)
         click.echo((done if result.changed else same).format(role=role, user=user_id, scope=result.scope))
+        if result.left_without_owner:
+            click.echo(
+                "warning: forced: no owner is left on " + ", ".join(result.left_without_owner), err=True
+            )
 
     return command
 

@@ -203,7 +203,8 @@ def test_roles_grant_list_revoke_and_their_audit_events(database_url: str, tmp_p
     prod = table_rows(ok(run("roles", "list", "--subscription", "prod")))
     assert sorted(row[:3] for row in prod) == [["U0OWNER", "owner", "*"], ["W0ADMIN", "admin", SUB]]
 
-    assert ok(run("roles", "revoke", "U0OWNER", "owner")) == "revoked owner from U0OWNER on *\n"
+    # The only owner: --force (tests/bot/test_guardrails.py shows the refusal without it).
+    assert ok(run("roles", "revoke", "U0OWNER", "owner", "--force")) == "revoked owner from U0OWNER on *\n"
     assert "does not hold owner" in ok(run("roles", "revoke", "U0OWNER", "owner"))
     ok(run("roles", "revoke", "W0ADMIN", "admin", "--subscription", SUB))
     assert query(database_url, select(RoleAssignment.user_id, RoleAssignment.role, RoleAssignment.scope)) == [
@@ -403,7 +404,8 @@ def test_aliases_that_read_as_a_scope_an_id_or_another_alias_are_refused(
     assert ok(run("roles", "grant", "U0OWNER", "owner", "--subscription", "all")) == (
         "granted owner to U0OWNER on *\n"
     )
-    assert "does not hold" not in ok(run("roles", "revoke", "U0OWNER", "owner", "--subscription", "*"))
+    revoked = ok(run("roles", "revoke", "U0OWNER", "owner", "--subscription", "*", "--force"))
+    assert "does not hold" not in revoked
     assert query(sqlite_url, select(func.count()).select_from(RoleAssignment)) == [(0,)]
 
 

@@ -203,6 +203,8 @@ async def test_granting_twice_is_a_no_op(db: Database) -> None:
 
 async def test_revoke(db: Database) -> None:
     await two_subscriptions(db)
+    # Another owner everywhere, so revoking USER's owner roles leaves no subscription without an owner.
+    await directory.grant_role(db, "UKEEPER", "owner", None, actor=OPERATOR)
     await directory.grant_role(db, USER, "owner", A, actor=OPERATOR)
     await directory.grant_role(db, USER, "owner", None, actor=OPERATOR)
     assert await directory.revoke_role(db, USER, "owner", A, actor="UREVOKER") is True
@@ -216,7 +218,7 @@ async def test_revoke(db: Database) -> None:
         ("UREVOKER", A, A),
         ("UREVOKER", None, "*"),
     ]
-    assert await count(db, RoleAssignment) == 0
+    assert await count(db, RoleAssignment) == 1  # UKEEPER's
 
 
 async def test_role_refusals_write_nothing(db: Database) -> None:
@@ -330,6 +332,7 @@ async def test_a_scope_is_resolved_in_one_place(db: Database) -> None:
     assert (await directory.change_role(db, USER, "owner", "all", grant=True, actor=OPERATOR)).scope == "*"
     assert await roles(db, USER, B) == {"owner"}
     assert await directory.grant_role(db, USER, "owner", "*", actor=OPERATOR) is False
+    await directory.grant_role(db, "UKEEPER", "owner", "all", actor=OPERATOR)  # not the last owner then
     revoked = await directory.change_role(db, USER, "owner", None, grant=False, actor=OPERATOR)
     assert (revoked.scope, revoked.changed) == ("*", True)
 

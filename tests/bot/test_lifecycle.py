@@ -544,6 +544,7 @@ async def test_already_decided_says_by_whom_and_how(db: Database) -> None:
         assert f"Request #{rid} was already approved by <@{OWNER}>" in refusal.message
 
     await directory.grant_role(db, OWNER, "owner", None, actor=OPERATOR)
+    await directory.grant_role(db, OTHER_OWNER, "owner", OTHER_SUB, actor=OPERATOR)  # one who can approve
     other = await lifecycle.create_request(
         db, POLICY, team_id=TEAM, user_id=OWNER, subscription=OTHER_SUB, partner=PARTNER
     )
