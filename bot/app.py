@@ -215,7 +215,7 @@ def outbox_worker(
             outbox.CARD: lambda row: partial(lifecycle.card_unposted, request_id=row.payload["request_id"])
         },
         sweep=checkpoints.with_daily(
-            lambda: lifecycle.sweep(ctx.db, settings.remind_after, metrics=ctx.metrics),
+            lambda: lifecycle.sweep(ctx.db, settings.remind_after, metrics=ctx.metrics, pol=ctx.policy),
             ctx.db,
             ctx.policy.audit_channel,
         ),

@@ -98,6 +98,7 @@ async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: Appl
             # A failed change may be retried for as long as a pending one waits for approval, no longer.
             values = {"error": outcome.error, "result": result, "expires_at": now + pol.request_ttl}
         rows.dm(req.requester_id, req.id, news)
+        rows.thread(req.card_channel, req.id, news, **({} if outcome.ok else {"error": outcome.error}))
         rows.notify(await lifecycle.notify_targets(session, pol, req.subscription_id), req.id, news)
         await lifecycle.record(session, req, RequestStatus.APPLYING, status, entry, rows, **values)
         if outcome.ok:

@@ -20,6 +20,7 @@ from bot.errors import (
     Refusal,
     RequestExpired,
     SelfApproval,
+    moment,
     person,
 )
 from bot.lifecycle import event
@@ -131,7 +132,7 @@ def _retryable(facts: Facts) -> None:
         )
     if req.expires_at <= facts.now:
         raise RequestExpired(
-            f"Request #{req.id} could be retried until {req.expires_at:%Y-%m-%d %H:%M} UTC. "
+            f"Request #{req.id} could be retried until {moment(req.expires_at)}. "
             "Make a new request if this change is still wanted."
         )
 
@@ -161,7 +162,7 @@ async def _act(
     `reason`: why the decider rejects (the request's decision_note and the audit event's `reason`)."""
     req, user_id = facts.request, facts.user_id
     if verdict.withdraw:
-        await lifecycle.withdraw(session, req, "requester_no_longer_authorised")
+        await lifecycle.withdraw(session, req, "requester_no_longer_authorised", pol)
         raise AlreadyDecided(
             f"Request #{req.id} was withdrawn: {person(req.requester_id)}, who asked for it, "
             f"no longer holds a role that may request changes on {facts.subscription.name}."
@@ -170,6 +171,7 @@ async def _act(
     now = utcnow()
     if facts.act == RETRY:
         rows.apply(req.id)
+        rows.thread(req.card_channel, req.id, "retried", by=user_id)
         # A retry gets the whole budget of attempts again, not what was left of the failed one.
         entry = event(req, user_id, "apply.started", retry=True)
         await lifecycle.record(
@@ -177,6 +179,7 @@ async def _act(
         )
     elif facts.act == REJECT:
         rows.dm(req.requester_id, req.id, "rejected")
+        rows.thread(req.card_channel, req.id, "rejected", by=user_id)
         rows.notify(await lifecycle.notify_targets(session, pol, req.subscription_id), req.id, "rejected")
         entry = event(req, user_id, "request.rejected", **({"reason": reason} if reason else {}))
         await lifecycle.record(
@@ -201,6 +204,8 @@ async def _act(
             final=verdict.final,
         )
         decided = {"decided_by": user_id, "decided_at": now} if verdict.final else {}
+        step = {"by": user_id, "count": verdict.approvals, "required": pol.required_approvals}
+        rows.thread(req.card_channel, req.id, "approval", **step)
         if verdict.final:
             rows.apply(req.id)
             rows.dm(req.requester_id, req.id, "approved")
@@ -228,10 +233,8 @@ async def click(
         try:
             req = await lifecycle.load(session, request_id, team_id)
             if lifecycle.is_expired(req, utcnow()):
-                await lifecycle.expire(session, req)
-                refusal: Refusal = RequestExpired(
-                    f"Request #{req.id} expired at {req.expires_at:%Y-%m-%d %H:%M} UTC."
-                )
+                await lifecycle.expire(session, req, pol)
+                refusal: Refusal = RequestExpired(f"Request #{req.id} expired at {moment(req.expires_at)}.")
             else:
                 facts = await _facts(session, act, user_id, req)
                 return await _act(session, facts, decide(facts, pol), pol, reason)

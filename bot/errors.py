@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class Refusal(Exception):
     """The request was understood and refused; nothing was written (except, for clicks, the audit)."""
@@ -100,3 +102,9 @@ def person(user_id: str | None) -> str:
     if user_id.startswith(OPERATOR_PREFIX):
         return f"an operator ({user_id})"
     return f"<@{user_id}>"
+
+
+def moment(at: datetime) -> str:
+    """A time in a sentence: Slack's date token, which each reader sees in their own time zone, falling back
+    to UTC where Slack cannot render it (`<!date^...|2026-03-10 09:05 UTC>`)."""
+    return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{at:%Y-%m-%d %H:%M} UTC>"

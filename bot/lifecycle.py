@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import audit, policy
+from bot import audit, policy, reach
 from bot.approvers import eligible_approvers
 from bot.directory import partner_id as valid_partner_id
 from bot.directory import resolve_subscription
@@ -29,6 +29,7 @@ from bot.errors import (
     PartnerAlreadySet,
     UnknownRequest,
     WrongTeam,
+    moment,
     person,
 )
 from bot.metrics import Metrics
@@ -61,7 +62,7 @@ _PAST = {
 
 def decided_sentence(req: ChangeRequest) -> str:
     state = _PAST.get(RequestStatus(req.status), req.status)
-    when = f" at {req.decided_at:%Y-%m-%d %H:%M} UTC" if req.decided_at else ""
+    when = f" at {moment(req.decided_at)}" if req.decided_at else ""
     by = f" by {person(req.decided_by)}" if req.decided_by and req.status != RequestStatus.EXPIRED else ""
     return f"Request #{req.id} was already {state}{by}{when}."
 
@@ -185,7 +186,7 @@ async def create_request(
             current = await requests.open_for(session, sub.id)
             if current is not None and is_expired(current, now):
                 # Past its TTL but not swept yet: it expires now rather than block the new request.
-                await expire(session, current)
+                await expire(session, current, pol)
             elif current is not None:
                 raise open_exists(sub, current.id)
             req = await requests.insert(
@@ -214,7 +215,9 @@ async def create_request(
                     expires_at=req.expires_at.isoformat(),
                 ),
             )
-            await effects(req).flush(session)
+            rows = effects(req)
+            req.approvers_reach = await reach.ask_approvers(session, pol, req, rows)
+            await rows.flush(session)
             return req
     except IntegrityError:
         # The partial unique index caught a request opened concurrently (another process).
@@ -232,9 +235,19 @@ def open_exists(sub: Subscription, open_id: int | None) -> OpenRequestExists:
     )
 
 
-async def expire(session: AsyncSession, req: ChangeRequest) -> None:
+async def announce(
+    session: AsyncSession, pol: Policy | None, req: ChangeRequest, rows: Outbox, news: str
+) -> None:
+    """A step of `req` told in its card's thread and to the channels that watch its subscription (without
+    a policy, as in a bare sweep: the watching channels only)."""
+    rows.thread(req.card_channel, req.id, news)
+    rows.notify(await notify_targets(session, pol or Policy(), req.subscription_id), req.id, news)
+
+
+async def expire(session: AsyncSession, req: ChangeRequest, pol: Policy | None = None) -> None:
     rows = effects(req)
     rows.dm(req.requester_id, req.id, "expired")
+    await announce(session, pol, req, rows, "expired")
     await record(
         session,
         req,
@@ -246,10 +259,11 @@ async def expire(session: AsyncSession, req: ChangeRequest) -> None:
     )
 
 
-async def withdraw(session: AsyncSession, req: ChangeRequest, why: str) -> None:
+async def withdraw(session: AsyncSession, req: ChangeRequest, why: str, pol: Policy | None = None) -> None:
     """The bot cancels a pending request nobody may carry on with (its requester lost the right to ask)."""
     rows = effects(req)
     rows.dm(req.requester_id, req.id, "withdrawn")
+    await announce(session, pol, req, rows, "voided")
     await record(
         session,
         req,
@@ -297,6 +311,7 @@ async def cancel(
         rows = effects(req)
         if user_id != req.requester_id:
             rows.dm(req.requester_id, req.id, "cancelled")
+        await announce(session, pol, req, rows, "cancelled")
         await record(
             session,
             req,
@@ -310,7 +325,9 @@ async def cancel(
         return req
 
 
-async def expire_due(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[int]:
+async def expire_due(
+    db: Database, *, now: datetime | None = None, limit: int = 100, pol: Policy | None = None
+) -> list[int]:
     """Expire pending requests past their TTL, each in its own transaction; returns their ids."""
     now = now or utcnow()
     async with db.read() as session:
@@ -322,7 +339,7 @@ async def expire_due(db: Database, *, now: datetime | None = None, limit: int = 
                 req = await requests.get(session, rid)
                 if req is None or not is_expired(req, now):
                     continue
-                await expire(session, req)
+                await expire(session, req, pol)
                 expired.append(rid)
         except AlreadyDecided:
             continue
@@ -350,9 +367,11 @@ async def card_unposted(session: AsyncSession, request_id: int) -> None:
         await rows.flush(session)
 
 
-async def sweep(db: Database, remind_after: timedelta | None, *, metrics: Metrics | None = None) -> None:
+async def sweep(
+    db: Database, remind_after: timedelta | None, *, metrics: Metrics | None = None, pol: Policy | None = None
+) -> None:
     """Expire requests past their TTL and queue due reminders; every process may sweep at once."""
-    expired = await expire_due(db)
+    expired = await expire_due(db, pol=pol)
     if metrics is not None:
         metrics.expiries.inc(len(expired))
     reminded = await remind_due(db, remind_after) if remind_after else []

@@ -26,7 +26,9 @@ APPLY = "apply"  # apply an approved change through the partner provider
 REMIND = "remind"  # remind the approval channel, in the card's thread, that a request still waits
 NOTICE = "notice"  # a message in a channel about no request (partner drift found by reconcile)
 CHECKPOINT = "checkpoint"  # publish the audit chain's head (position, hash, time) in DPOR_AUDIT_CHANNEL
-KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY, NOTICE, REMIND, CHECKPOINT)
+ASK = "ask"  # DM an owner who can approve a new request: its summary and a link to its card
+THREAD = "thread"  # one step of a request (approval k of N, applied, failed, ...) in its card's thread
+KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY, NOTICE, REMIND, CHECKPOINT, ASK, THREAD)
 
 Recorder = Callable[[AsyncSession], Awaitable[None]]
 """What a delivery writes in the transaction that records its outcome (a card's ts, covered rows)."""
@@ -95,6 +97,18 @@ class Outbox:
     def remind(self, request_id: int) -> None:
         # The card's key: the reminder goes into the card's thread, so it waits for the card's post.
         self.add(REMIND, f"card:{request_id}", request_id=request_id)
+
+    def ask(self, user_ids: Sequence[str], request_id: int) -> None:
+        # The card's key: the DM links to the card, so it waits for the card's post.
+        for user_id in user_ids:
+            self.add(ASK, f"card:{request_id}", user_id=user_id, request_id=request_id)
+
+    def thread(self, channel: str | None, request_id: int, event: str, **facts: Any) -> None:
+        """A step in the card's thread (none when the request has no card channel); `facts` are what the
+        step was at the time (who, approval k of N, the error), since the request moves on."""
+        if channel:
+            key = f"card:{request_id}"
+            self.add(THREAD, key, channel=channel, request_id=request_id, event=event, **facts)
 
     async def flush(self, session: AsyncSession) -> None:
         await table.insert_rows(session, self.rows)

@@ -81,6 +81,7 @@ class Policy:
     approval_channel: str | None = None
     notify_channels: tuple[str, ...] = field(default_factory=tuple)
     audit_channel: str | None = None  # where the audit chain's checkpoints are published
+    dm_approvers_max: int = 10  # DPOR_DM_APPROVERS_MAX: owners DMed when a request opens (0: none)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -91,4 +92,5 @@ class Policy:
             approval_channel=settings.approval_channel,
             notify_channels=tuple(settings.notify_channels),
             audit_channel=settings.audit_channel or None,
+            dm_approvers_max=settings.dm_approvers_max,
         )

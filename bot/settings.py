@@ -70,6 +70,24 @@ def _http_url(value: str, example: str) -> str:
     return value
 
 
+# A Slack channel's ID (public C..., private G...): what the Web API takes; a name (`#general`) it refuses.
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]+", re.ASCII)
+CHANNEL_ID_HELP = (
+    "a Slack channel ID such as C0123ABCD, not a channel name: use the channel's ID "
+    "(in Slack: open the channel's details, copy the channel ID at the bottom)"
+)
+
+
+def channel_id(value: str, *, listed: bool = False) -> str:
+    """A channel setting's value: a channel ID, or a ValueError saying how to find one (`listed`: one of
+    a comma-separated list, named in the sentence)."""
+    value = value.strip()
+    if not _CHANNEL_ID.fullmatch(value):
+        which = f"; {value!r} is not one" if listed else ""
+        raise ValueError(f"expected {CHANNEL_ID_HELP}{which}")
+    return value
+
+
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _AZURE_FILE_HELP = "a JSON file of Azure identities (README: the azure provider)"
 
@@ -163,6 +181,8 @@ class Settings(BaseSettings):
     request_ttl: timedelta = Field(default=timedelta(hours=72), alias="DPOR_REQUEST_TTL")
     required_approvals: int = Field(default=1, ge=1, le=10, alias="DPOR_REQUIRED_APPROVALS")
     allow_self_approval: bool = Field(default=False, alias="DPOR_ALLOW_SELF_APPROVAL")
+    # Owners DMed when a request opens (0: none; more eligible owners than this: the channel only).
+    dm_approvers_max: int = Field(default=10, ge=0, le=1000, alias="DPOR_DM_APPROVERS_MAX")
     port: int = Field(default=3000, ge=1, le=65535, alias="PORT")
     # The outbox worker and the sweep for expiry and reminders (README: Operating).
     remind_after: timedelta | None = Field(default=None, alias="DPOR_REMIND_AFTER")
@@ -202,7 +222,14 @@ class Settings(BaseSettings):
     @classmethod
     def _channels(cls, value: object) -> object:
         if isinstance(value, str):
-            return [c.strip() for c in value.split(",") if c.strip()]
+            return [channel_id(c, listed=True) for c in value.split(",") if c.strip()]
+        return value
+
+    @field_validator("approval_channel", "audit_channel", mode="before")
+    @classmethod
+    def _channel(cls, value: object) -> object:
+        if isinstance(value, str):
+            return channel_id(value) if value.strip() else None
         return value
 
     @field_validator("azure_identities", mode="before")

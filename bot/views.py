@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
+from bot.approvers import eligible_approvers
 from bot.directory import resolve_subscription
+from bot.policy import Policy
 from storage import directory, queries, requests
 from storage.db import Database
 from storage.models import ALL_SUBSCRIPTIONS, OPEN_STATUSES, ChangeRequest, RoleAssignment, Subscription
@@ -32,6 +35,10 @@ class CardView:
     # Who approved, in order: for a pending request only those who are owners now (they are what counts).
     approvers: list[str]
     required: int
+    # Every approval (who, when), in order, owners now or not: what a decided card lists.
+    approvals: list[tuple[str, datetime]] = field(default_factory=list)
+    # The owners who can approve it now and have not yet: whom a reminder mentions.
+    missing: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,8 @@ class Overview:
     open_request: ChangeRequest | None
 
 
-async def card(db: Database, request_id: int, required: int) -> CardView | None:
+async def card(db: Database, request_id: int, required: int, pol: Policy | None = None) -> CardView | None:
+    pol = pol or Policy(required_approvals=required)
     async with db.read() as session:
         req = await requests.get(session, request_id)
         if req is None:
@@ -50,6 +58,8 @@ async def card(db: Database, request_id: int, required: int) -> CardView | None:
         assert sub is not None  # a foreign key
         names = await directory.partner_names(session, [req.previous_partner_id, req.partner_id])
         approvers = await requests.current_owner_approvals(session, req.id, sub.id)
+        approvals = await requests.approvals(session, req.id)
+        eligible = await eligible_approvers(session, pol, sub.id, req.requester_id)
     return CardView(
         request=req,
         subscription=sub,
@@ -57,6 +67,8 @@ async def card(db: Database, request_id: int, required: int) -> CardView | None:
         new_name=names.get(req.partner_id),
         approvers=approvers,
         required=required,
+        approvals=approvals,
+        missing=[owner for owner in eligible if owner not in approvers],
     )
 
 

@@ -15,11 +15,13 @@ from bot.context import BotContext
 from bot.errors import Refusal
 from bot.logs import bound
 from bot.metrics import ERROR, OK, REFUSED, UNKNOWN
+from bot.reach import reach_of
 from bot.text import clean
 from bot.views import ChangeRequest
 from handlers import forms, replies
 from handlers.grammar import USAGE, Command, UsageError, parse
 from handlers.replies import PAGE_SIZE, Reply
+from handlers.steps import reach_text
 
 log = logging.getLogger("dpor.commands")
 
@@ -33,6 +35,7 @@ def request_opened(req: ChangeRequest) -> str:
     return (
         f":inbox_tray: Request #{req.id} is open: set partner `{req.partner_id}` on this subscription. "
         f"An owner approves it on the card{where}; it expires {replies.when(req.expires_at)}."
+        + reach_text(reach_of(req))
     )
 
 

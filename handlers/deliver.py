@@ -31,6 +31,7 @@ from handlers.messages import (
     safe,
     to_dicts,
 )
+from handlers.steps import ask_blocks, thread_text
 
 # Slack errors that no retry will fix: the row goes straight to dead with the error kept.
 PERMANENT_SLACK_ERRORS = frozenset(
@@ -62,6 +63,7 @@ class SlackDeliverer:
         self.db = ctx.db
         self.client = client
         self.required = ctx.policy.required_approvals
+        self.policy = ctx.policy
         # Channels Slack answered 429 for, and until when this process leaves them alone.
         self._holds: dict[str, datetime] = {}
 
@@ -74,10 +76,12 @@ class SlackDeliverer:
             outbox.NOTICE: self.notice,
             outbox.EPHEMERAL: self.ephemeral,
             outbox.CHECKPOINT: self.checkpoint,
+            outbox.ASK: self.ask,
+            outbox.THREAD: self.thread,
         }
 
     async def _view(self, row: OutboxMessage) -> CardView:
-        view = await views.card(self.db, row.payload["request_id"], self.required)
+        view = await views.card(self.db, row.payload["request_id"], self.required, self.policy)
         if view is None:
             raise Undeliverable(f"request {row.payload['request_id']} does not exist", permanent=True)
         return view
@@ -122,6 +126,43 @@ class SlackDeliverer:
             channel=req.card_channel,
             thread_ts=req.card_ts,
             text=reminder_text(view),
+        )
+
+    async def ask(self, row: OutboxMessage) -> None:
+        """DM an owner who can approve a new request, with a link to its card (posted by now: same key)."""
+        view = await self._view(row)
+        req = view.request
+        if req.status != "pending" or row.payload["user_id"] not in view.missing:
+            return  # decided, approved by them, or no longer theirs to approve since the DM was queued
+        link = None
+        if req.card_channel and req.card_ts:
+            found = await self._call(
+                None, self.client.chat_getPermalink, channel=req.card_channel, message_ts=req.card_ts
+            )
+            link = found.get("permalink")
+        opened = await self._call(None, self.client.conversations_open, users=row.payload["user_id"])
+        channel = opened["channel"]["id"]
+        await self._call(
+            channel,
+            self.client.chat_postMessage,
+            channel=channel,
+            text=event_text(view, "asked"),
+            blocks=to_dicts(ask_blocks(view, link)),
+        )
+
+    async def thread(self, row: OutboxMessage) -> None:
+        """One step of a request as a reply in its card's thread (none if the card was never posted)."""
+        view = await self._view(row)
+        req = view.request
+        if req.card_channel is None or req.card_ts is None:
+            return
+        facts = {k: v for k, v in row.payload.items() if k in ("by", "count", "required", "error")}
+        await self._call(
+            req.card_channel,
+            self.client.chat_postMessage,
+            channel=req.card_channel,
+            thread_ts=req.card_ts,
+            text=thread_text(view, row.payload["event"], facts),
         )
 
     async def dm(self, row: OutboxMessage) -> None:

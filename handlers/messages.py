@@ -22,7 +22,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.errors import person
+from bot.errors import moment, person
 from bot.views import CardView, Subscription
 
 SECTION_LIMIT = 3000
@@ -36,11 +36,18 @@ def escape(text: str | None) -> str:
 
 
 _MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)&gt;")
+# Slack's date token exactly as bot.errors.moment writes it, once escaped: a time, never a ping or a link.
+_DATE = re.compile(
+    r"&lt;!date\^([0-9]{1,12})\^\{date_short_pretty\} \{time\}"
+    r"\|([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2} UTC)&gt;"
+)
 
 
 def safe(message: str) -> str:
-    """Escape a sentence that may echo user input, keeping the user mentions the bot itself wrote."""
-    return _MENTION.sub(r"<@\1>", escape(message))
+    """Escape a sentence that may echo user input, keeping the user mentions and the date tokens the bot
+    itself wrote (anything else, `<!channel>` included, stays escaped)."""
+    kept = _MENTION.sub(r"<@\1>", escape(message))
+    return _DATE.sub(r"<!date^\1^{date_short_pretty} {time}|\2>", kept)
 
 
 def clip(text: str, limit: int = SECTION_LIMIT) -> str:
@@ -49,9 +56,7 @@ def clip(text: str, limit: int = SECTION_LIMIT) -> str:
 
 def when(at: datetime | None) -> str:
     """A timestamp each reader sees in their own time zone, with a UTC fallback."""
-    if at is None:
-        return "-"
-    return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{at:%Y-%m-%d %H:%M} UTC>"
+    return "-" if at is None else moment(at)
 
 
 def user(user_id: str | None) -> str:
@@ -88,11 +93,19 @@ STATUS_LINE = {
 }
 
 
+def approvals_text(view: CardView) -> str:
+    """Every approval, who and when (on a pending request, those of people who are owners now)."""
+    shown = view.approvals
+    if view.request.status == "pending":
+        shown = [(who, at) for who, at in view.approvals if who in view.approvers]
+    return ", ".join(f"{user(who)} {when(at)}" for who, at in shown)
+
+
 def _status_detail(view: CardView) -> str:
     req = view.request
     status = STATUS_LINE.get(req.status, req.status)
     if req.status == "pending":
-        approved = ", ".join(user(a) for a in view.approvers)
+        approved = approvals_text(view)
         progress = f"{len(view.approvers)} of {view.required} approvals"
         return f"{status}: {progress}" + (f" ({approved})" if approved else "")
     if req.status in ("approved", "applying", "rejected", "cancelled"):
@@ -107,15 +120,23 @@ def _status_detail(view: CardView) -> str:
                 f"\n:warning: The provider names partner `{req.partner_id}` *{escape(returned)}*, "
                 f"not *{escape(view.new_name or 'unknown')}* as in the directory."
             )
-        return f"{status} at {when(req.applied_at)} (approved by {user(req.decided_by)}){detail}"
+        return f"{status} at {when(req.applied_at)} (approved by {approvals_text(view)}){detail}"
     if req.status == "failed":
         return (
             f"{status}: {escape(req.error or 'unknown error')}\n"
             f"An owner can retry until {when(req.expires_at)} unless the partner or a newer request moves on."
         )
     if req.status == "expired":
-        return f"{status} at {when(req.expires_at)} without a decision"
+        return f"{status} {when(req.expires_at)} without a decision"
     return status
+
+
+def _card_status(view: CardView) -> str:
+    """The card's status, and on a decided card that was not applied, every approval it had."""
+    detail = _status_detail(view)
+    if view.request.status not in ("pending", "applied") and view.approvals:
+        detail += f"\nApproved by {approvals_text(view)}"
+    return detail
 
 
 def card_blocks(view: CardView) -> list[Block]:
@@ -127,7 +148,8 @@ def card_blocks(view: CardView) -> list[Block]:
                 MarkdownTextObject(text=f"*Subscription*\n{subscription_label(sub)}"),
                 MarkdownTextObject(text=f"*Requested by*\n{user(req.requester_id)}"),
                 MarkdownTextObject(
-                    text=f"*Current partner*\n{partner_label(req.previous_partner_id, view.current_name)}"
+                    text=f"*{'Current' if req.status == 'pending' else 'Previous'} partner*\n"
+                    f"{partner_label(req.previous_partner_id, view.current_name)}"
                 ),
                 MarkdownTextObject(
                     text=f"*New partner*\n{partner_label(req.partner_id, view.new_name, new=True)}"
@@ -135,10 +157,10 @@ def card_blocks(view: CardView) -> list[Block]:
             ]
         ),
         SectionBlock(text=MarkdownTextObject(text=clip(f"*Reason*\n{escape(req.reason) or '_none given_'}"))),
-        ContextBlock(elements=[MarkdownTextObject(text=f"Expires {when(req.expires_at)}")]),
-        DividerBlock(),
-        SectionBlock(text=MarkdownTextObject(text=clip(_status_detail(view)))),
     ]
+    if req.status == "pending":  # a decided card says when it ended instead (failed: until when to retry)
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Expires {when(req.expires_at)}")]))
+    blocks += [DividerBlock(), SectionBlock(text=MarkdownTextObject(text=clip(_card_status(view))))]
     if req.status == "pending":
         new = escape(view.new_name) if view.new_name else f"{req.partner_id} (not in the partner directory)"
         blocks.append(
@@ -193,8 +215,15 @@ EVENT_SENTENCES = {
     "expired": "expired without a decision.",
     "applied": "was applied: the partner of record is now {new}.",
     "failed": "could not be applied: {error}",
+    "approval": "has approval {count} of {required}, from {decider}.",
+    "retried": "is being applied again: {decider} retried it.",
+    "asked": "needs an owner's approval: {requester} asked for it.",
     "withdrawn": (
         "was withdrawn by dpor-bot: you no longer hold a role that may request changes on that subscription."
+    ),
+    "voided": (
+        "was withdrawn by dpor-bot: {requester}, who asked for it, no longer holds a role that may request "
+        "changes on that subscription."
     ),
     "unposted": (
         "has no approval card: Slack would not post it in that channel. Cancel it, and ask an operator "
@@ -203,12 +232,18 @@ EVENT_SENTENCES = {
 }
 
 
-def event_text(view: CardView, event: str) -> str:
-    """One sentence about what happened to a request, for a DM or a channel notification."""
-    req, sub = view.request, view.subscription
+def event_text(view: CardView, event: str, facts: dict | None = None) -> str:
+    """One sentence about what happened to a request, for a DM, a channel notification or the card's
+    thread; `facts` are the step's own (who, approval k of N, the error), where it has them."""
+    req, sub, facts = view.request, view.subscription, facts or {}
     new = f"{escape(view.new_name)} ({req.partner_id})" if view.new_name else req.partner_id
     sentence = EVENT_SENTENCES.get(event, event).format(
-        decider=user(req.decided_by), new=new, error=escape(req.error or "unknown error")
+        decider=user(facts.get("by") or req.decided_by),
+        new=new,
+        error=escape(facts.get("error") or req.error or "unknown error"),
+        count=int(facts.get("count") or len(view.approvers)),
+        required=int(facts.get("required") or view.required),
+        requester=user(req.requester_id),
     )
     note = reason_line(req.decision_note) if event == "rejected" else ""
     return f"Request #{req.id} to set the DPOR of *{escape(sub.name)}* to {new} {sentence}{note}"
@@ -225,7 +260,8 @@ def reminder_text(view: CardView) -> str:
     return (
         f":bell: Request #{req.id} for *{escape(view.subscription.name)}* is still waiting for approval "
         f"({len(view.approvers)} of {view.required} approvals). It expires {when(req.expires_at)}."
-    )
+    ) + (f" Waiting on {', '.join(user(owner) for owner in view.missing)}." if view.missing else "")
+
 
 
 def notification_blocks(view: CardView, event: str) -> list[Block]:

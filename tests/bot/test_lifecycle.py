@@ -59,6 +59,7 @@ from tests.bot.world import (
     written_since,
 )
 
+THREAD = {"channel": APPROVAL_CHANNEL}  # a step of the request, as a reply in its card's thread
 
 async def test_create_opens_a_pending_request(db: Database) -> None:
     await seed(db)
@@ -78,7 +79,12 @@ async def test_create_opens_a_pending_request(db: Database) -> None:
     assert stored.expires_at - stored.created_at == POLICY.request_ttl
     assert stored.card_channel == APPROVAL_CHANNEL
     written = await written_since(db, since)
-    assert written.outbox == [("card", {"request_id": req.id})]
+    # The card, and a DM to each owner who can approve it (the requester is an admin, not an owner).
+    assert written.outbox == [
+        ("card", {"request_id": req.id}),
+        ("ask", {"user_id": OWNER, "request_id": req.id}),
+        ("ask", {"user_id": OTHER_OWNER, "request_id": req.id}),
+    ]
     [event] = written.audit
     assert (event.action, event.actor, event.request_id, event.subscription_id) == (
         "request.created",
@@ -96,7 +102,11 @@ async def test_create_posts_the_card_where_asked_without_an_approval_channel(db:
     since = await mark(db)
     rid = await open_request(db, Policy(), channel_id="CASKED")
     assert (await load(db, rid)).card_channel == "CASKED"
-    assert (await written_since(db, since)).outbox == [("card", {"request_id": rid})]
+    assert (await written_since(db, since)).outbox == [
+        ("card", {"request_id": rid}),
+        ("ask", {"user_id": OWNER, "request_id": rid}),
+        ("ask", {"user_id": OTHER_OWNER, "request_id": rid}),
+    ]
 
 
 async def test_create_without_any_channel_posts_no_card(db: Database) -> None:
@@ -124,6 +134,10 @@ async def test_approve_then_apply_succeeds(db: Database) -> None:
     written = await written_since(db, since)
     assert written.outbox == [
         ("card", {"request_id": rid}),
+        (
+            "thread",
+            {**THREAD, "request_id": rid, "event": "approval", "by": OWNER, "count": 1, "required": 1},
+        ),
         ("apply", {"request_id": rid}),
         ("dm", {"user_id": ADMIN, "request_id": rid, "event": "approved"}),
     ]
@@ -170,6 +184,7 @@ async def test_approve_then_apply_succeeds(db: Database) -> None:
     assert written.outbox == [
         ("card", {"request_id": rid}),
         ("dm", {"user_id": ADMIN, "request_id": rid, "event": "applied"}),
+        ("thread", {**THREAD, "request_id": rid, "event": "applied"}),
         ("notify", {"channel": NOTIFY_CHANNEL, "request_id": rid, "event": "applied"}),
         ("notify", {"channel": "CWATCH", "request_id": rid, "event": "applied"}),
     ]
@@ -212,6 +227,7 @@ async def test_apply_failure_keeps_the_error_and_an_owner_retries(db: Database) 
     assert written.outbox == [
         ("card", {"request_id": rid}),
         ("dm", {"user_id": ADMIN, "request_id": rid, "event": "failed"}),
+        ("thread", {**THREAD, "request_id": rid, "event": "failed", "error": "400 PartnerIdInvalid"}),
         ("notify", {"channel": NOTIFY_CHANNEL, "request_id": rid, "event": "failed"}),
     ]
     assert [(e.action, e.data) for e in written.audit] == [
@@ -225,7 +241,11 @@ async def test_apply_failure_keeps_the_error_and_an_owner_retries(db: Database) 
     # A retry starts a fresh budget of attempts: a failure by exhausted retries is retried in full.
     assert (req.status, req.error, req.apply_attempts) == ("applying", None, 0)
     written = await written_since(db, since)
-    assert written.outbox == [("card", {"request_id": rid}), ("apply", {"request_id": rid})]
+    assert written.outbox == [
+        ("card", {"request_id": rid}),
+        ("apply", {"request_id": rid}),
+        ("thread", {**THREAD, "request_id": rid, "event": "retried", "by": OTHER_OWNER}),
+    ]
     assert [(e.action, e.actor, e.data) for e in written.audit] == [
         ("apply.started", OTHER_OWNER, {"retry": True})
     ]
@@ -254,6 +274,7 @@ async def test_reject(db: Database) -> None:
     assert written.outbox == [
         ("card", {"request_id": rid}),
         ("dm", {"user_id": ADMIN, "request_id": rid, "event": "rejected"}),
+        ("thread", {**THREAD, "request_id": rid, "event": "rejected", "by": OTHER_OWNER}),
         ("notify", {"channel": NOTIFY_CHANNEL, "request_id": rid, "event": "rejected"}),
     ]
     assert [(e.action, e.actor) for e in written.audit] == [("request.rejected", OTHER_OWNER)]
@@ -270,8 +291,12 @@ async def test_the_requester_cancels(db: Database) -> None:
     req = await load(db, rid)
     assert (req.status, req.decided_by) == ("cancelled", ADMIN)
     written = await written_since(db, since)
-    # The requester knows already: only the card changes.
-    assert written.outbox == [("card", {"request_id": rid})]
+    # The requester knows already: no DM, but the card, its thread and the channels are told.
+    assert written.outbox == [
+        ("card", {"request_id": rid}),
+        ("thread", {**THREAD, "request_id": rid, "event": "cancelled"}),
+        ("notify", {"channel": NOTIFY_CHANNEL, "request_id": rid, "event": "cancelled"}),
+    ]
     assert [(e.action, e.actor) for e in written.audit] == [("request.cancelled", ADMIN)]
     # Cancelled is not open: a new request may follow.
     assert await open_request(db) != rid
@@ -287,6 +312,8 @@ async def test_an_owner_cancels_and_the_requester_is_told(db: Database) -> None:
     assert written.outbox == [
         ("card", {"request_id": rid}),
         ("dm", {"user_id": ADMIN, "request_id": rid, "event": "cancelled"}),
+        ("thread", {**THREAD, "request_id": rid, "event": "cancelled"}),
+        ("notify", {"channel": NOTIFY_CHANNEL, "request_id": rid, "event": "cancelled"}),
     ]
     assert [(e.action, e.actor) for e in written.audit] == [("request.cancelled", OWNER)]
 
@@ -307,6 +334,7 @@ async def test_expire_due_expires_pending_requests_past_their_ttl(db: Database) 
     assert written.outbox == [
         ("card", {"request_id": rid}),
         ("dm", {"user_id": ADMIN, "request_id": rid, "event": "expired"}),
+        ("thread", {**THREAD, "request_id": rid, "event": "expired"}),
     ]
     assert [(e.action, e.actor) for e in written.audit] == [("request.expired", "dpor-bot")]
 
@@ -337,7 +365,7 @@ async def test_a_click_on_an_expired_request_expires_it_and_refuses(db: Database
     written = await written_since(db, since)
     assert written.actions == ["request.expired", "approval.denied"]
     assert written.audit[1].data["reason"] == "expired"
-    assert written.kinds == ["card", "dm", "ephemeral"]
+    assert written.kinds == ["card", "dm", "thread", "ephemeral"]
     async with db.read() as session:
         assert await session.scalar(select(func.count()).select_from(Approval)) == 0
 
@@ -353,7 +381,8 @@ async def test_two_required_approvals(db: Database) -> None:
     req = await load(db, rid)
     assert (req.status, req.decided_by) == ("pending", None)
     written = await written_since(db, since)
-    assert written.outbox == [("card", {"request_id": rid})]
+    step = {"channel": APPROVAL_CHANNEL, "request_id": rid, "event": "approval", "by": OWNER}
+    assert written.outbox == [("card", {"request_id": rid}), ("thread", {**step, "count": 1, "required": 2})]
     assert [(e.action, e.data) for e in written.audit] == [
         ("request.approved", {"approvals": 1, "required": 2, "final": False})
     ]
@@ -368,7 +397,8 @@ async def test_two_required_approvals(db: Database) -> None:
     req = await load(db, rid)
     assert (req.status, req.decided_by) == ("approved", OTHER_OWNER)
     written = await written_since(db, since)
-    assert written.kinds == ["card", "apply", "dm"]
+    assert written.kinds == ["card", "thread", "apply", "dm"]
+    assert written.outbox[1] == ("thread", {**step, "by": OTHER_OWNER, "count": 2, "required": 2})
     assert [(e.action, e.data) for e in written.audit] == [
         ("request.approved", {"approvals": 2, "required": 2, "final": True})
     ]

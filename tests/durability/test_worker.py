@@ -53,6 +53,7 @@ async def new_request(h: Harness, text: str, user_id: str) -> int:
     return int(body["text"].split("Request #")[1].split()[0].rstrip(".:,"))
 
 
+@pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])  # the card's rows only
 async def test_a_429_holds_the_whole_channel_until_retry_after(harness_any_db: Harness) -> None:
     """Slack answers 429 to the first card's post: no call reaches that channel until Retry-After has
     passed, not even another request's card that is due in the meantime; both are then posted once."""
@@ -80,7 +81,7 @@ async def _both(h: Harness, first: int, second: int) -> bool:
     return await card_posted(h, first) and await card_posted(h, second)
 
 
-@pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_MAX_ATTEMPTS": "1"}])
+@pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_MAX_ATTEMPTS": "1", "DPOR_DM_APPROVERS_MAX": "0"}])
 async def test_a_429_storm_delivers_every_message_once(harness: Harness) -> None:
     """Every Web API method the worker uses answers 429, again and again: every card, DM, notification and
     ephemeral still arrives, none twice, and no row dies of it although one failed attempt is the bound.
@@ -109,8 +110,10 @@ async def test_a_429_storm_delivers_every_message_once(harness: Harness) -> None
 
     await until("both applied and every row delivered", applied, within=40)
     assert sum(c.status == 429 for c in h.slack.calls) == 5
-    cards = h.slack.messages(APPROVALS)
+    cards = [m for m in h.slack.messages(APPROVALS) if m.thread_ts is None]
     assert len(cards) == 2 and all("Applied" in json.dumps(c.blocks) for c in cards)
+    steps = [m.text for m in h.slack.messages(APPROVALS) if m.thread_ts is not None]
+    assert sorted("approval 1 of 1" in t for t in steps) == [False, False, True, True], steps
     for requester in (ADMIN, OWNER2):
         dms = [m.text for m in h.slack.messages(h.slack.dm_channel(requester))]
         assert sorted("was approved" in t for t in dms) == [False, True], dms
@@ -171,6 +174,7 @@ async def test_dead_rows_keep_their_error_and_are_requeued(
     assert "Rejected" in json.dumps((await h.card(rid)).blocks)
 
 
+@pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])  # the card's rows only
 async def test_requeue_refuses_rows_that_are_not_dead(harness: Harness) -> None:
     rid = await new_request(harness, f"set prod {NEW_PARTNER}", ADMIN)
     await until("the card posted", lambda: card_posted(harness, rid))
@@ -183,6 +187,7 @@ async def test_requeue_refuses_rows_that_are_not_dead(harness: Harness) -> None:
     assert await outbox_rows.requeue(harness.bot.db) == []
 
 
+@pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])  # the card's rows only
 async def test_a_cards_rows_go_in_order_post_before_update(harness: Harness) -> None:
     """The card's post is held at Slack; the request is rejected meanwhile. The update waits for the post
     (it needs its ts), so the card is posted once and then shows the rejection."""
@@ -196,14 +201,18 @@ async def test_a_cards_rows_go_in_order_post_before_update(harness: Harness) -> 
     assert h.slack.calls_to("chat.update") == []
     h.slack.release("chat.postMessage")
     await until("every row delivered", lambda: all_done(h))
-    (card,) = h.slack.messages(APPROVALS)
-    assert "Cancelled" in json.dumps(card.blocks)
-    assert [c.method for c in h.slack.calls if c.params.get("channel") == APPROVALS and c.ok] in (
+    card, step = h.slack.messages(APPROVALS)  # the card, and the cancellation in its thread
+    assert "Cancelled" in json.dumps(card.blocks) and step.thread_ts == card.ts
+    on_card = [
+        c for c in h.slack.calls if c.params.get("channel") == APPROVALS and "thread_ts" not in c.params
+    ]
+    assert [c.method for c in on_card if c.ok] in (
         ["chat.postMessage", "chat.update"],
         ["chat.postMessage"],  # the post rendered the cancellation already and covered the update
     )
 
 
+@pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])  # the card's rows only
 async def test_stop_releases_the_rows_it_could_not_finish(harness_any_db: Harness) -> None:
     """A delivery still in flight when the grace period ends is cancelled and its row released at once
     (not left to its lease), with the attempt not counted; the next worker delivers it once."""
@@ -274,6 +283,8 @@ async def test_reminder_then_expiry(harness_any_db: Harness) -> None:
     await until("reminded", reminded)
     (reminder,) = replies()
     assert f"Request #{rid}" in reminder and "still waiting for approval" in reminder
+    # It mentions the owners who can approve it and have not (both; the requester is an admin).
+    assert f"Waiting on <@{OWNER}>, <@{OWNER2}>." in reminder
 
     async def expired() -> bool:
         return (await h.request(rid)).status == "expired" and await all_done(h)
@@ -282,7 +293,9 @@ async def test_reminder_then_expiry(harness_any_db: Harness) -> None:
     assert "Expired" in json.dumps(h.slack.message(APPROVALS, card.ts).blocks)
     dms = [m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN))]
     assert len(dms) == 1 and "expired without a decision" in dms[0], dms
-    assert replies() == [reminder]
+    # The expiry is the thread's next and last step.
+    assert replies()[0] == reminder and len(replies()) == 2, replies()
+    assert "expired without a decision" in replies()[1]
     assert len([m for m in h.slack.messages(APPROVALS) if m.thread_ts is None]) == 1
     async with h.bot.db.read() as session:
         expiries = await session.scalar(
@@ -301,7 +314,7 @@ async def test_remind_due_reminds_each_pending_request_once(db: Database) -> Non
     async with db.read() as session:
         kinds = (await session.scalars(select(OutboxMessage.kind).order_by(OutboxMessage.id))).all()
         req = await session.get(ChangeRequest, waiting)
-    assert kinds == ["card", "remind"]
+    assert kinds == ["card", "ask", "ask", "remind"]  # the DMs to the two owners, then the reminder
     assert req is not None and req.reminded_at is not None
 
 

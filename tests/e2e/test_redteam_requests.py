@@ -124,7 +124,8 @@ async def test_the_card_counts_only_approvals_of_current_owners(harness_any_db: 
     await h.settle()
     assert (await h.request(rid)).status == "pending"
     blocks = str((await h.card(rid)).blocks)
-    assert "1 of 2 approvals (<@U0OWNER2>)" in blocks and "2 of 2" not in blocks
+    assert "1 of 2 approvals (<@U0OWNER2> <!date^" in blocks and "2 of 2" not in blocks
+    assert "U0OWNER>" not in blocks  # the revoked owner's approval is not listed
 
 
 @pytest.mark.parametrize(
