@@ -27,7 +27,7 @@ class LastOwner(Refusal):
 
     def __init__(self, message: str, orphans: Sequence[Subscription]) -> None:
         super().__init__(message)
-        self.orphans = list(orphans)
+        self.orphans = [sub.id for sub in orphans]  # their IDs: the rows go with the rolled-back session
 
 
 async def left_without_owner(session: AsyncSession, scope: str) -> list[Subscription]:
