@@ -50,6 +50,7 @@ STATIC = files("sandbox") / "static"
 STATIC_TYPES = {
     "sandbox.js": "text/javascript",
     "views.js": "text/javascript",
+    "layout.js": "text/javascript",
     "dates.js": "text/javascript",
     "sandbox.css": "text/css",
 }

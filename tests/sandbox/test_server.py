@@ -178,7 +178,8 @@ async def test_the_page_and_its_files(sandbox: Sandbox, http: aiohttp.ClientSess
         assert response.status == 200 and response.content_type == "text/html"
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
         assert '<script src="/static/sandbox.js"' in await response.text()
-    for name, kind in (("sandbox.js", "text/javascript"), ("sandbox.css", "text/css")):
+    scripts = ("dates.js", "views.js", "layout.js", "sandbox.js")
+    for name, kind in (*((n, "text/javascript") for n in scripts), ("sandbox.css", "text/css")):
         async with http.get(f"{sandbox.url}static/{name}") as response:
             assert response.status == 200 and response.content_type == kind
     async with http.get(f"{sandbox.url}static/server.py") as response:
