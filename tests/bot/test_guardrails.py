@@ -3,7 +3,9 @@ request nobody could approve enough is refused, IDs are kept in ASCII, role chan
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -12,7 +14,7 @@ from bot import directory, lifecycle, watches
 from bot.errors import InvalidPartnerId, InvalidSubscriptionId
 from bot.owners import LastOwner, TooFewApprovers
 from storage.db import Database
-from storage.models import Partner, RoleAssignment, Subscription
+from storage.models import AuditEvent, OutboxMessage, Partner, RoleAssignment, Subscription
 from tests.bot.world import (
     ADMIN,
     NOTIFY_CHANNEL,
@@ -30,6 +32,7 @@ from tests.bot.world import (
     seed,
     written_since,
 )
+from tests.processes import dpor_bot, ok, query, refused
 
 WATCHER = "CWATCHPROD"
 WATCHER_ALL = "CWATCHALL"
@@ -288,3 +291,33 @@ async def test_a_request_in_fullwidth_ids_names_the_ascii_ones(db: Database) -> 
             db, POLICY, team_id=TEAM, user_id=ADMIN, subscription="stage", partner=ARABIC_INDIC_PARTNER
         ),
     )
+
+
+# --- the operator's CLI ---------------------------------------------------------------------------------
+
+
+def test_the_cli_refuses_the_last_owner_unless_forced(sqlite_url: str, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return dpor_bot(*args, url=sqlite_url, cwd=tmp_path, env={"DPOR_NOTIFY_CHANNELS": NOTIFY_CHANNEL})
+
+    assert ok(run("subscriptions", "add", FULLWIDTH_SUB, "--name", "Prod", "--alias", "prod")) == (
+        f"added subscription {SUB}\n"
+    )
+    assert ok(run("partners", "add", FULLWIDTH_PARTNER, "--name", "Contoso")) == f"saved partner {PARTNER}\n"
+    assert "other than ASCII" in refused(run("partners", "add", ARABIC_INDIC_PARTNER, "--name", "Contoso"))
+    ok(run("roles", "grant", OWNER, "owner", "--subscription", "prod"))
+
+    line = refused(run("roles", "revoke", OWNER, "owner", "--subscription", "prod"))
+    assert f"is the last owner of Prod (`{SUB}`)" in line
+    assert "`dpor-bot roles grant SLACK_USER_ID owner --subscription prod`" in line
+    assert line.endswith("Or revoke it anyway with --force (audited).")
+    assert query(sqlite_url, select(RoleAssignment.user_id)) == [(OWNER,)]
+
+    forced = run("roles", "revoke", OWNER, "owner", "--subscription", "prod", "--force")
+    assert ok(forced) == f"revoked owner from {OWNER} on {SUB}\n"
+    assert forced.stderr == f"warning: forced: no owner is left on {SUB}\n"
+    assert query(sqlite_url, select(RoleAssignment.user_id)) == []
+    (data,) = query(sqlite_url, select(AuditEvent.data).where(AuditEvent.action == "role.revoked"))
+    assert data[0]["forced"] is True and data[0]["left_without_owner"] == [SUB]
+    (payload,) = query(sqlite_url, select(OutboxMessage.payload).where(OutboxMessage.kind == "notice"))[-1:]
+    assert payload[0]["channel"] == NOTIFY_CHANNEL and payload[0]["facts"]["forced"] is True
