@@ -68,7 +68,8 @@ async def test_operator_flow_against_serve(base_env: dict[str, str], tmp_path: P
                 events, f"set prod {NEW_PARTNER} new MSP", ADMIN, team_id=TEAM
             )
             assert status == 200 and "Request #1" in body["text"], body
-            (post,) = await slack.wait_for("chat.postMessage", timeout=10)
+            # The card comes first; the DM asking the owner to approve follows it.
+            post, *_ = await slack.wait_for("chat.postMessage", timeout=10)
             assert post.params["channel"] == APPROVALS
             ts = slack.messages(APPROVALS)[0].ts
 
