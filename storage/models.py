@@ -102,6 +102,45 @@ class RoleAssignment(Base):
     granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Person(Base):
+    """A Slack user linked by an operator to a Microsoft Entra object ID (never inferred from an email)."""
+
+    __tablename__ = "people"
+
+    slack_user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(36), index=True)
+    upn: Mapped[str | None] = mapped_column(String(256))
+    linked_by: Mapped[str] = mapped_column(String(64))
+    linked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PartnerPrincipal(Base):
+    """A principal (user or service principal) a partner linked its Partner ID to with PAL."""
+
+    __tablename__ = "partner_principals"
+
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.partner_id"), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    added_by: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ManagedAssignment(Base):
+    """A role assignment dpor-bot created to credit a partner (the azure-rbac provider); removed_at once
+    dpor-bot removed it for the next partner."""
+
+    __tablename__ = "managed_assignments"
+
+    assignment_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(36), index=True)
+    partner_id: Mapped[str] = mapped_column(String(7))
+    principal_id: Mapped[str] = mapped_column(String(36))
+    role_definition_id: Mapped[str] = mapped_column(String(512))
+    request_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class ChangeRequest(Base):
     __tablename__ = "change_requests"
     __table_args__ = (

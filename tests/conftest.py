@@ -22,6 +22,9 @@ from tests.harness import Harness, start_harness
 
 PG_ADMIN_URL = os.environ.get("DPOR_TEST_DATABASE_URL", "").strip()
 TABLES = (
+    "managed_assignments",
+    "partner_principals",
+    "people",
     "approvals",
     "change_requests",
     "audit_events",
