@@ -70,6 +70,8 @@ _IN_THE_CLI = (
         re.compile(r"`/dpor role grant @someone (owner|admin) ([^`]+)`"),
         r"`dpor-bot roles grant SLACK_USER_ID \1 --subscription \2`",
     ),
+    # Slack's date tokens (bot.errors.moment): a terminal shows their UTC fallback.
+    (re.compile(r"<!date\^\d+\^[^|>]*\|([^>]*)>"), r"\1"),
 )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -396,6 +397,8 @@ def test_requests_show_and_cancel(database_url: str) -> None:
     code, _, err = invoke(database_url, "requests", "cancel", str(pending), "--reason", "again")
     assert code == 1
     assert err.startswith(f"error: Request #{pending} was already cancelled by an operator (cli:")
+    # The decision's time as a terminal shows it: the UTC fallback of Slack's date token, not the token.
+    assert "<!date" not in err and re.search(r" at \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\.$", err.strip())
     # The bot's refusals name CLI commands at the CLI, not /dpor ones.
     assert invoke(database_url, "requests", "cancel", "999", "--reason", "x") == (
         1,
