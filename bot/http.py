@@ -37,6 +37,10 @@ SIGNATURE_WINDOW = 300
 # A connection gets this long for a request's headers (counted from its opening or from the previous
 # answer; aiohttp's keep-alive timer), then as long again for the body: a half-sent request is closed.
 READ_TIMEOUT = 10.0
+# Requests that only read (an external select's typeahead) are not recorded against replay: Slack sends two
+# identical ones, signed alike, when a person types the same text twice within a second, and answering a
+# copy again changes nothing.
+READ_ONLY_PAYLOADS = frozenset({"block_suggestion"})
 HEALTH_TIMEOUT = 5.0
 
 
@@ -68,16 +72,6 @@ class HttpEdge:
                 return web.Response()  # Slack's certificate check comes unsigned and only wants a 200
             log.warning("refused a request without a valid Slack signature (401)")
             return web.Response(status=401)
-        digest = hashlib.sha256(signature.encode()).hexdigest()
-        try:
-            first = await self.sightings.first(digest, datetime.fromtimestamp(int(timestamp), UTC))
-        except Exception as exc:
-            log.error("refused a request (503): its signature could not be recorded: %s", _first_line(exc))
-            return web.Response(status=503)
-        if not first:
-            log.warning("refused a replayed request (401): its signature was already seen")
-            # A copy of a request already received: Slack (were it the sender) need not try again.
-            return web.Response(status=401, headers={"X-Slack-No-Retry": "1"})
         try:
             bolt_request = _reparsed(
                 AsyncBoltRequest(body=raw.decode(), query=request.query_string, headers=request.headers)  # type: ignore[arg-type]
@@ -85,6 +79,19 @@ class HttpEdge:
         except Exception as exc:  # whatever Bolt's parser trips on (not UTF-8, not JSON, not an object)
             log.warning("refused a signed request whose body is malformed (400): %s", type(exc).__name__)
             return web.Response(status=400)
+        if bolt_request.body.get("type") not in READ_ONLY_PAYLOADS:
+            digest = hashlib.sha256(signature.encode()).hexdigest()
+            try:
+                first = await self.sightings.first(digest, datetime.fromtimestamp(int(timestamp), UTC))
+            except Exception as exc:
+                log.error(
+                    "refused a request (503): its signature could not be recorded: %s", _first_line(exc)
+                )
+                return web.Response(status=503)
+            if not first:
+                log.warning("refused a replayed request (401): its signature was already seen")
+                # A copy of a request already received: Slack (were it the sender) need not try again.
+                return web.Response(status=401, headers={"X-Slack-No-Retry": "1"})
         response = await self.app.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)
 

@@ -17,7 +17,7 @@ from bot.app import Bot, web_app
 from storage import replay
 from storage.models import ChangeRequest, ChannelWatch, SeenRequest, utcnow
 from tests.harness import ADMIN, NEW_PARTNER, OWNER, SECRET, Harness, make_settings
-from tests.slack import FORM_CONTENT_TYPE, block_actions_body, sign, slash_command_body
+from tests.slack import FORM_CONTENT_TYPE, block_actions_body, block_suggestion_body, sign, slash_command_body
 
 NEWCOMER = "U0NEWCOMER"
 TEAM_CHANNEL = "C0TEAM"
@@ -152,3 +152,18 @@ async def test_signatures_are_forgotten_once_no_window_accepts_them(harness: Har
         digests = set((await session.scalars(select(SeenRequest.digest))).all())
     assert "a" * 64 not in digests and "b" * 64 in digests
     assert len(digests) == 2  # the four-minute-old one and the help request's
+
+
+async def test_the_same_typeahead_twice_is_answered_twice_and_recorded_never(harness: Harness) -> None:
+    """Typing the same text twice within a second sends two identical, identically signed typeahead
+    requests: both are answered (a read changes nothing), and neither is recorded against replay."""
+    await harness.shortcut("dpor_set", ADMIN)
+    body = block_suggestion_body("subscription", "prod", user_id=ADMIN, view=harness.modal(ADMIN))
+    async with harness.bot.db.read() as session:
+        seen_before = await session.scalar(select(func.count()).select_from(SeenRequest))
+    sent_at = int(time.time())
+    answers = [await harness.client.post(harness.url, body, timestamp=sent_at) for _ in range(2)]
+    assert [status for status, _ in answers] == [200, 200]
+    assert answers[0][1] == answers[1][1] and answers[0][1]["options"]
+    async with harness.bot.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(SeenRequest)) == seen_before
