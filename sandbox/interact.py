@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sandbox.page import BotAnswer, Page
 
 JSONDict = dict[str, Any]
-SHORTCUTS = {"dpor_set": "Request a partner change"}  # the manifest's global shortcuts
+SHORTCUTS = {"dpor_set": "Change a DPOR"}  # the manifest's global shortcuts (name as manifest.yaml gives it)
 MAX_QUERY = 200
 
 

@@ -62,7 +62,7 @@ function renderGuide(data) {
   const guide = document.getElementById("guide");
   if (guide.childElementCount) return;
   const steps = [
-    ["As ", b("Alex Admin"), ", click ", b("\u26a1\ufe0e"), " by the composer and ", b("Request a partner change"), " (or send ", c("/dpor set"), "): pick the subscription and the partner as you type, give a reason, submit. No ID to type."],
+    ["As ", b("Alex Admin"), ", click ", b("\u26a1\ufe0e"), " by the composer and ", b("Change a DPOR"), " (or send ", c("/dpor set"), "): pick the subscription and the partner as you type, give a reason, submit. No ID to type."],
     ["Switch to ", b("Ben Bystander"), " and click ", b("Approve"), " on the card: he holds no role, so he is refused, and only he sees why."],
     ["Switch to ", b("Olivia Owner"), ", open ", b("dpor \u00b7 Home"), " in the sidebar and approve there (or on the card): the card turns ", b("Applied"), ", its thread tells each step, #dpor-notifications hears of it and Alex gets a direct message."],
     ["Try ", c("/dpor show prod-eu"), ", ", c("/dpor history prod-eu"), ", a ", b("Reject"), " (it asks why), or ", c("/dpor role grant @ben owner prod-eu"), " as Olivia: the people list follows."],

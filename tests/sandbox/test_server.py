@@ -319,3 +319,20 @@ async def test_the_people_list_shows_roles_granted_while_it_runs(
     assert answer["ok"]
     assert roles(await sandbox.page.view(BYSTANDER))[BYSTANDER] == "owner of prod-eu"
     assert roles(await sandbox.page.view(BYSTANDER))[OWNER] == "owner of all"
+
+
+def test_the_shortcuts_menu_names_the_manifests_shortcuts() -> None:
+    """The page's ⚡ menu offers the global shortcuts manifest.yaml gives Slack, by the same names."""
+    import re
+    from pathlib import Path
+
+    from sandbox.interact import SHORTCUTS
+
+    manifest = (Path(__file__).parents[2] / "manifest.yaml").read_text()
+    declared = dict(
+        (callback, name.strip())
+        for name, callback in re.findall(
+            r"- name: ([^\n]+)\n\s+type: global\n\s+callback_id: (\w+)", manifest
+        )
+    )
+    assert declared and declared == SHORTCUTS
