@@ -195,6 +195,12 @@ class Settings(BaseSettings):
     azure_identities: Annotated[dict[str, AzureIdentity], NoDecode] = Field(
         default_factory=dict, alias="DPOR_AZURE_CREDENTIALS_FILE"
     )
+    # Which Azure cloud ARM and sign-in live in (bot/providers/arm.py::cloud_from); explicit URLs win.
+    azure_cloud: Literal["public", "china", "usgov"] = Field(default="public", alias="DPOR_AZURE_CLOUD")
+    azure_arm_url: str | None = Field(default=None, alias="DPOR_AZURE_ARM_URL")
+    azure_authority_host: str | None = Field(default=None, alias="DPOR_AZURE_AUTHORITY_HOST")
+    # The azure-rbac provider's role: a built-in name (Contributor, Owner) or a role definition GUID.
+    azure_rbac_role: str = Field(default="Contributor", alias="DPOR_AZURE_RBAC_ROLE")
     webhook_url: str | None = Field(default=None, alias="DPOR_WEBHOOK_URL")
     webhook_secret: SecretStr | None = Field(default=None, alias="DPOR_WEBHOOK_SECRET")
     reconcile_every: timedelta | None = Field(default=None, alias="DPOR_RECONCILE_EVERY")
@@ -237,6 +243,22 @@ class Settings(BaseSettings):
     def _azure_identities(cls, value: object) -> object:
         if isinstance(value, str):
             return read_azure_identities(value) if value.strip() else {}
+        return value
+
+    @field_validator("azure_cloud", mode="before")
+    @classmethod
+    def _azure_cloud(cls, value: object) -> object:
+        return (value.strip().lower() or "public") if isinstance(value, str) else value
+
+    @field_validator("azure_arm_url", "azure_authority_host", mode="before")
+    @classmethod
+    def _azure_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            if not value:
+                return None
+            if not re.match(r"^https://[^/\s]+", value) or has_ambiguous_userinfo(value):
+                raise ValueError("expected an https URL such as https://management.azure.com")
         return value
 
     @field_validator("audit_key", mode="before")
@@ -284,8 +306,10 @@ class Settings(BaseSettings):
 
 _FIELD_HINTS = {
     "DPOR_REQUIRED_APPROVALS": "a whole number from 1 to 10",
-    "DPOR_PROVIDER": "one of ledger, azure, webhook",
+    "DPOR_PROVIDER": "one of ledger, azure-rbac, azure-pal (old name: azure), webhook, portal",
     "DPOR_ALLOW_SELF_APPROVAL": "true or false",
+    "DPOR_ROLE_SOURCE": "local or azure",
+    "DPOR_AZURE_CLOUD": "public, china or usgov (or DPOR_AZURE_ARM_URL and DPOR_AZURE_AUTHORITY_HOST)",
     "PORT": "a port number from 1 to 65535",
     "DPOR_OUTBOX_MAX_ATTEMPTS": "a whole number from 1 to 100",
     "DPOR_OUTBOX_CONCURRENCY": "a whole number from 1 to 100",
