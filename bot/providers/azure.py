@@ -30,6 +30,7 @@ from azure.mgmt.managementpartner.aio import ACEProvisioningManagementPartnerAPI
 from azure.mgmt.managementpartner.models import PartnerResponse
 
 from bot.providers import PartnerState, ProviderError, name_check, retry_after
+from bot.providers.arm import cloud_from
 from bot.settings import AzureIdentity, Settings
 from storage.db import Database
 
@@ -52,6 +53,7 @@ class AzureProvider:
         self.db = db
         self.identities = settings.azure_identities
         self.timeout = settings.provider_timeout.total_seconds()
+        self.cloud = cloud_from(settings)  # the same cloud as the azure-rbac provider and role source
         # azure-core's transport hook: None is its aiohttp transport; the tests replay the service here.
         self.transport = transport
 
@@ -111,7 +113,7 @@ class AzureProvider:
         return options
 
     def _credential(self, identity: AzureIdentity | None) -> AsyncTokenCredential:
-        options = self._options()
+        options = {**self._options(), "authority": self.cloud.authority_host}
         if identity is None:
             return DefaultAzureCredential(**options)
         if identity.client_secret is not None:
@@ -145,7 +147,12 @@ class AzureProvider:
             async with (
                 asyncio.timeout(self.timeout),
                 credential,
-                ACEProvisioningManagementPartnerAPI(credential, **self._options()) as client,
+                ACEProvisioningManagementPartnerAPI(
+                    credential,
+                    base_url=self.cloud.arm_url,
+                    credential_scopes=[self.cloud.credential_scope],
+                    **self._options(),
+                ) as client,
             ):
                 yield client, identity
         except ProviderError:
