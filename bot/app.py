@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from functools import partial
@@ -23,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import audit_keys, checkpoints, lifecycle, outbox, reconcile
 from bot.apply import Applier
+from bot.azure_roles import AzureRoles, role_source
 from bot.context import BotContext
 from bot.http import READ_TIMEOUT, HttpEdge, web_app
 from bot.logs import configure_for
@@ -67,11 +69,14 @@ class Bot(HttpEdge):
         worker_poll_interval: float | None = None,
         socket_mode: bool = False,
         expire_interval: float | None = None,
+        arm: Any | None = None,
     ) -> None:
         self.settings = settings
         self.socket_mode = socket_mode
         self.db = Database(settings.database_url)
-        self.policy = Policy.from_settings(settings)
+        # DPOR_ROLE_SOURCE: `arm` is the ARM client the Azure role source reads through (tests: a replay).
+        roles = role_source(settings, self.db, arm)
+        self.policy = dataclasses.replace(Policy.from_settings(settings), roles=roles)
         self.providers = Providers(settings, self.db)
         self.metrics = Metrics()  # this bot's own registry: GET /metrics
         self.ctx = BotContext(settings=settings, db=self.db, policy=self.policy, metrics=self.metrics)
@@ -190,6 +195,8 @@ class Bot(HttpEdge):
             await self.worker.stop()
         if self.http is not None:
             await self.http.close()
+        if isinstance(self.policy.roles, AzureRoles):
+            await self.policy.roles.close()
         await self.db.dispose()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.policy import Policy
-from storage.directory import holders
 
 
 async def eligible_approvers(
@@ -13,7 +12,7 @@ async def eligible_approvers(
 ) -> list[str]:
     """The owners of the subscription (on it or on every subscription), in user-id order; the requester
     is left out unless DPOR_ALLOW_SELF_APPROVAL is on."""
-    owners = await holders(session, "owner", subscription_id)
+    owners = await pol.roles.holders(session, "owner", subscription_id)
     if pol.allow_self_approval or requester_id is None:
         return owners
     return [user for user in owners if user != requester_id]

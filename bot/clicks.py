@@ -26,9 +26,9 @@ from bot.errors import (
 from bot.lifecycle import event
 from bot.outbox import Outbox
 from bot.policy import Policy
+from bot.roles import RolesUnavailable, current_owner_approvals, prepare_request
 from storage import requests
 from storage.db import Database
-from storage.directory import roles_for
 from storage.models import ChangeRequest, RequestStatus, Subscription, utcnow
 
 APPROVE, REJECT, RETRY = "approve", "reject", "retry"
@@ -137,17 +137,17 @@ def _retryable(facts: Facts) -> None:
         )
 
 
-async def _facts(session: AsyncSession, act: str, user_id: str, req: ChangeRequest) -> Facts:
+async def _facts(session: AsyncSession, act: str, user_id: str, req: ChangeRequest, pol: Policy) -> Facts:
     sub = await lifecycle.subscription_of(session, req)
     return Facts(
         act=act,
         user_id=user_id,
         request=req,
         subscription=sub,
-        roles=frozenset(await roles_for(session, user_id, sub.id)),
-        requester_roles=frozenset(await roles_for(session, req.requester_id, sub.id)),
+        roles=await pol.roles.roles(session, user_id, sub.id),
+        requester_roles=await pol.roles.roles(session, req.requester_id, sub.id),
         mine=await requests.decision_of(session, req.id, user_id),
-        approvers=tuple(await requests.current_owner_approvals(session, req.id, sub.id)),
+        approvers=tuple(await current_owner_approvals(session, pol.roles, req.id, sub.id)),
         open_request=await requests.open_for(session, sub.id) if act == RETRY else None,
         newer=await requests.newer_than(session, req) if act == RETRY else None,
         now=utcnow(),
@@ -228,6 +228,15 @@ async def click(
     """Decide and record one click; a refusal is audited as `approval.denied` and answered privately
     (in `channel_id`; without one the caller shows it). A reject's `reason` is checked before anything."""
     reason = lifecycle.validate_reason(reason) if act == REJECT else ""
+    try:
+        await prepare_request(db, pol.roles, user_id, request_id)
+    except RolesUnavailable as exc:
+        await _tell(db, channel_id, user_id, exc.message)  # nothing decided, nothing audited
+        raise
+    except Refusal as exc:  # the clicker is not linked to an Azure identity: a denial like any other
+        async with db.write() as session:
+            await _deny(session, act, exc, user_id=user_id, req=None, channel_id=channel_id, raw=request_id)
+        raise
     async with db.write() as session:
         req: ChangeRequest | None = None
         try:
@@ -236,12 +245,20 @@ async def click(
                 await lifecycle.expire(session, req, pol)
                 refusal: Refusal = RequestExpired(f"Request #{req.id} expired at {moment(req.expires_at)}.")
             else:
-                facts = await _facts(session, act, user_id, req)
+                facts = await _facts(session, act, user_id, req, pol)
                 return await _act(session, facts, decide(facts, pol), pol, reason)
         except Refusal as exc:
             refusal = exc
         await _deny(session, act, refusal, user_id=user_id, req=req, channel_id=channel_id, raw=request_id)
     raise refusal
+
+
+async def _tell(db: Database, channel_id: str | None, user_id: str, message: str) -> None:
+    if channel_id:
+        async with db.write() as session:
+            rows = Outbox()
+            rows.ephemeral(channel_id, user_id, message)
+            await rows.flush(session)
 
 
 async def _deny(

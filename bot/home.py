@@ -6,10 +6,12 @@ Roles are read now, as a click reads them: the Home shows the buttons a click wo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot import views
+from bot.errors import Refusal
 from bot.policy import Policy
 from bot.views import CardView
 from storage import home as table
@@ -88,8 +90,10 @@ class HomeView:
 async def home(db: Database, pol: Policy, user_id: str, team_id: str | None = None) -> HomeView:
     """Everything `user_id`'s Home shows, read now (requests of `team_id` only, when given)."""
     now = utcnow()
+    with contextlib.suppress(Refusal):  # not linked, or Azure slow: no roles shown (the clicks say why)
+        await pol.roles.prepare(user_id, [None])
     async with db.read() as session:
-        held = await table.roles_of(session, user_id)
+        held = await pol.roles.role_list(session, user_id)
         scopes = [scope for role, scope in held if role == "owner"]
         subs = await table.subscriptions_named(session, {s for _, s in held if s != ALL_SUBSCRIPTIONS})
         roles = [Role(role, scope, subs.get(scope)) for role, scope in held]
@@ -117,7 +121,7 @@ async def home(db: Database, pol: Policy, user_id: str, team_id: str | None = No
         )
         drift_subs = await table.subscriptions_named(session, {e.subscription_id or "" for e in events})
         names = await partner_names(session, [(e.data or {}).get("recorded_partner_id") for e in events])
-    cards = [await views.card(db, req.id, pol.required_approvals) for req in waiting]
+    cards = [await views.card(db, req.id, pol.required_approvals, pol) for req in waiting]
     # A request decided between the two reads is no longer waiting: it is left out, not shown stale.
     shown = [c for c in cards if c is not None and c.request.status == RequestStatus.PENDING]
     return HomeView(

@@ -9,9 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.directory import resolve_scope
 from bot.errors import NotAuthorised, NotOwner, Refusal
+from bot.roles import LOCAL_ROLES, RoleSource
 from bot.settings import Settings
 from storage.db import Database
-from storage.directory import roles_for, subscription_by_id
+from storage.directory import subscription_by_id
 from storage.models import ALL_SUBSCRIPTIONS, Subscription
 
 # Every act on a subscription, and the roles that allow it there (a role on `*` counts everywhere).
@@ -20,6 +21,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "approve": frozenset({"owner"}),
     "reject": frozenset({"owner"}),
     "retry": frozenset({"owner"}),
+    # Saying on the card that a change was made in the Azure portal, or could not be (the portal provider).
+    "attest": frozenset({"owner"}),
     # The requester may always cancel their own pending request; otherwise an owner may.
     "cancel": frozenset({"owner"}),
     "manage_roles": frozenset({"owner"}),
@@ -48,10 +51,12 @@ async def check(
     *,
     refusal: str = "",
     error: type[Refusal] | None = None,
+    roles: RoleSource = LOCAL_ROLES,
 ) -> None:
-    """Refuse unless the user holds, now, a role that allows `act` on the subscription (None: on `*`)."""
+    """Refuse unless the user holds, now, a role that allows `act` on the subscription (None: on `*`),
+    as the role source says (`roles`: the policy's; its `prepare` awaited before the transaction)."""
     scope = ALL_SUBSCRIPTIONS if subscription is None else subscription.id
-    if allowed(act, await roles_for(session, user_id, scope)):
+    if allowed(act, await roles.roles(session, user_id, scope)):
         return
     where = (
         "every subscription"
@@ -63,13 +68,16 @@ async def check(
     raise error(refusal or f"Only {who_may(act)} of {where} can do that.")
 
 
-async def require(db: Database, act: str, user_id: str, ref: str | None) -> str:
+async def require(
+    db: Database, act: str, user_id: str, ref: str | None, roles: RoleSource = LOCAL_ROLES
+) -> str:
     """`check` on a scope (a subscription's ID or alias; None, `*` or `all`: every subscription), in a
     read of its own, for acts whose write happens elsewhere (roles, watches). Returns the scope."""
+    await roles.prepare(user_id, [ref])
     async with db.read() as session:
         scope = await resolve_scope(session, ref)
         sub = None if scope == ALL_SUBSCRIPTIONS else await subscription_by_id(session, scope)
-        await check(session, act, user_id, sub)
+        await check(session, act, user_id, sub, roles=roles)
     return scope
 
 
@@ -82,6 +90,8 @@ class Policy:
     notify_channels: tuple[str, ...] = field(default_factory=tuple)
     audit_channel: str | None = None  # where the audit chain's checkpoints are published
     dm_approvers_max: int = 10  # DPOR_DM_APPROVERS_MAX: owners DMed when a request opens (0: none)
+    # DPOR_ROLE_SOURCE: where every role read asks (bot/roles.py); the Bot sets the Azure one.
+    roles: RoleSource = LOCAL_ROLES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:

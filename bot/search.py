@@ -11,10 +11,13 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from bot.policy import PERMISSIONS
+from bot.errors import Refusal
+from bot.policy import PERMISSIONS, allowed
+from bot.roles import LOCAL, LOCAL_ROLES, RoleSource
 from storage import search
 from storage.db import Database
 from storage.models import Subscription
+from storage.queries import all_subscriptions
 
 # Slack shows at most 100 options in an external select.
 MAX_OPTIONS = 100
@@ -42,13 +45,31 @@ def typed_partner_id(typed: str) -> str | None:
     return folded if _TYPED_PARTNER_ID.fullmatch(folded) else None
 
 
-async def requestable(db: Database, user_id: str, typed: str, limit: int = MAX_OPTIONS) -> list[Subscription]:
+async def requestable(
+    db: Database, user_id: str, typed: str, limit: int = MAX_OPTIONS, roles: RoleSource = LOCAL_ROLES
+) -> list[Subscription]:
     """The subscriptions `user_id` may request a change for now, matching what they typed (name, alias
-    or ID, in any case); none for someone without a role that may request."""
+    or ID, in any case); none for someone without a role that may request. From Azure: every matching
+    subscription asked about (bounded, cached); none while Azure has not answered or for someone unlinked."""
+    if roles.name == LOCAL:
+        async with db.read() as session:
+            return await search.subscriptions_held(
+                session, user_id=user_id, roles=PERMISSIONS["request"], needle=fold(typed), limit=limit
+            )
+    needle = fold(typed).lower()
     async with db.read() as session:
-        return await search.subscriptions_held(
-            session, user_id=user_id, roles=PERMISSIONS["request"], needle=fold(typed), limit=limit
-        )
+        subs = [
+            sub
+            for sub in await all_subscriptions(session)
+            if not needle or any(needle in (text or "").lower() for text in (sub.name, sub.alias, sub.id))
+        ]
+    try:
+        await roles.prepare(user_id, [sub.id for sub in subs])
+    except Refusal:
+        return []
+    async with db.read() as session:
+        held = [sub for sub in subs if allowed("request", await roles.roles(session, user_id, sub.id))]
+    return sorted(held, key=lambda sub: (sub.name, sub.id))[:limit]
 
 
 async def partners(db: Database, typed: str, limit: int = MAX_OPTIONS) -> list[PartnerChoice]:

@@ -177,7 +177,9 @@ class Settings(BaseSettings):
     notify_channels: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="DPOR_NOTIFY_CHANNELS"
     )
-    provider: Literal["ledger", "azure", "webhook"] = Field(default="ledger", alias="DPOR_PROVIDER")
+    provider: Literal["ledger", "azure-pal", "azure", "webhook", "azure-rbac", "portal"] = Field(
+        default="ledger", alias="DPOR_PROVIDER"
+    )
     request_ttl: timedelta = Field(default=timedelta(hours=72), alias="DPOR_REQUEST_TTL")
     required_approvals: int = Field(default=1, ge=1, le=10, alias="DPOR_REQUIRED_APPROVALS")
     allow_self_approval: bool = Field(default=False, alias="DPOR_ALLOW_SELF_APPROVAL")
@@ -212,6 +214,17 @@ class Settings(BaseSettings):
     # key file beside the database), and the channel its checkpoints are published in.
     audit_key: SecretStr | None = Field(default=None, alias="DPOR_AUDIT_KEY")
     audit_channel: str | None = Field(default=None, alias="DPOR_AUDIT_CHANNEL")
+    # Where roles come from (bot/roles.py): the bot's own table, or Azure RBAC (bot/azure_roles.py), whose
+    # role definitions (built-in names or GUIDs) make the bot's owner and admin, cached and waited for.
+    role_source: Literal["local", "azure"] = Field(default="local", alias="DPOR_ROLE_SOURCE")
+    azure_approver_roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["Owner"], alias="DPOR_AZURE_APPROVER_ROLES"
+    )
+    azure_requester_roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["Contributor"], alias="DPOR_AZURE_REQUESTER_ROLES"
+    )
+    azure_role_cache: timedelta = Field(default=timedelta(seconds=60), alias="DPOR_AZURE_ROLE_CACHE")
+    azure_role_wait: timedelta = Field(default=timedelta(seconds=2), alias="DPOR_AZURE_ROLE_WAIT")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -230,6 +243,28 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [channel_id(c, listed=True) for c in value.split(",") if c.strip()]
         return value
+
+    @field_validator("role_source", mode="before")
+    @classmethod
+    def _role_source(cls, value: object) -> object:
+        return (value.strip().lower() or "local") if isinstance(value, str) else value
+
+    @field_validator("azure_approver_roles", "azure_requester_roles", mode="before")
+    @classmethod
+    def _azure_roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            from bot.azure_roles import role_guids  # imports nothing of the azure extra
+
+            value = [name.strip() for name in value.split(",") if name.strip()]
+            if not value:
+                raise ValueError("expected Azure role names or role definition GUIDs, comma-separated")
+            role_guids(value)
+        return value
+
+    @field_validator("azure_role_cache", "azure_role_wait", mode="before")
+    @classmethod
+    def _role_duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str | int | float) else value
 
     @field_validator("approval_channel", "audit_channel", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import audit, policy
 from bot.directory import resolve_scope
 from bot.errors import NotAuthorised
+from bot.roles import LOCAL_ROLES, RoleSource
 from storage import directory as store
 from storage.db import Database
 from storage.models import ALL_SUBSCRIPTIONS, Subscription
@@ -33,14 +34,24 @@ def _entry(action: str, user_id: str, channel_id: str, scope: str) -> audit.Entr
     )
 
 
-async def watch(db: Database, *, team_id: str, channel_id: str, subscription: str, user_id: str) -> bool:
+async def watch(
+    db: Database,
+    *,
+    team_id: str,
+    channel_id: str,
+    subscription: str,
+    user_id: str,
+    roles: RoleSource = LOCAL_ROLES,
+) -> bool:
     """The channel gets change notifications for a subscription or `all`; False if it already did.
 
     Needs owner or admin there. Two at once both succeed: the unique constraint decides which one adds.
     """
+    await roles.prepare(user_id, [subscription])
     async with db.write() as session:
         scope = await resolve_scope(session, subscription)
-        await policy.check(session, "subscribe", user_id, await _scope_subject(session, scope))
+        subject = await _scope_subject(session, scope)
+        await policy.check(session, "subscribe", user_id, subject, roles=roles)
         added = await store.insert_watch(
             session, team_id=team_id, channel_id=channel_id, scope=scope, created_by=user_id
         )
@@ -49,22 +60,32 @@ async def watch(db: Database, *, team_id: str, channel_id: str, subscription: st
     return added
 
 
-async def unwatch(db: Database, *, channel_id: str, subscription: str | None, user_id: str) -> Unwatched:
+async def unwatch(
+    db: Database,
+    *,
+    channel_id: str,
+    subscription: str | None,
+    user_id: str,
+    roles: RoleSource = LOCAL_ROLES,
+) -> Unwatched:
     """Stop the channel's notifications for one scope, or (None) for every scope the user may stop.
 
     Removing a watch needs the role that adding it needs, on that subscription: an admin of one
     subscription cannot silence a channel's notifications about the others.
     """
+    await roles.prepare(user_id, [subscription])  # None: every subscription, as the loop below asks
     async with db.write() as session:
         watched = await store.watched_scopes(session, channel_id)
         if subscription is not None:
             scope = await resolve_scope(session, subscription)
-            await policy.check(session, "unsubscribe", user_id, await _scope_subject(session, scope))
+            subject = await _scope_subject(session, scope)
+            await policy.check(session, "unsubscribe", user_id, subject, roles=roles)
             watched = [scope] if scope in watched else []
         removed, kept = [], []
         for scope in watched:
             try:
-                await policy.check(session, "unsubscribe", user_id, await _scope_subject(session, scope))
+                subject = await _scope_subject(session, scope)
+                await policy.check(session, "unsubscribe", user_id, subject, roles=roles)
             except NotAuthorised:
                 kept.append(scope)
                 continue

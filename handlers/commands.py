@@ -16,6 +16,7 @@ from bot.errors import Refusal
 from bot.logs import bound
 from bot.metrics import ERROR, OK, REFUSED, UNKNOWN
 from bot.reach import reach_of
+from bot.roles import AZURE, ROLES_FROM_AZURE, RolesFromAzure, holders_on
 from bot.text import clean
 from bot.views import ChangeRequest
 from handlers import forms, replies
@@ -88,6 +89,8 @@ def _scope_words(ref: str) -> str:
 
 
 async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    if ctx.policy.roles.name == AZURE:
+        raise RolesFromAzure(ROLES_FROM_AZURE)
     target, role = cmd.args[0], cmd.args[1]
     subscription = cmd.args[2] if len(cmd.args) > 2 else None
     scope = await policy.require(ctx.db, "manage_roles", body["user_id"], subscription)
@@ -106,9 +109,32 @@ async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
 
 
 async def _role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    if ctx.policy.roles.name == AZURE:
+        return await _azure_role_list(ctx, cmd, body)
     assignments = await directory.list_roles(ctx.db, cmd.args[0] if cmd.args else None)
     subs = await views.subscriptions_named(ctx.db, {a.scope for a in assignments} - {views.ALL_SUBSCRIPTIONS})
     return replies.roles(assignments, subs)
+
+
+async def _azure_role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
+    settings = ctx.settings
+    source = (
+        f"Roles come from Azure RBAC (DPOR_ROLE_SOURCE=azure): {', '.join(settings.azure_approver_roles)} "
+        f"on a subscription approves, {', '.join(settings.azure_requester_roles)} requests. Only people the "
+        "operator linked with `dpor-bot people link` hold them in dpor-bot."
+    )
+    if not cmd.args or directory.is_scope_word(cmd.args[0]):
+        return Reply(f"{replies.escape(source)} Name a subscription to see who: `/dpor role list SUB`.")
+    found = await holders_on(ctx.db, ctx.policy.roles, body["user_id"], cmd.args[0])
+    sub = found.subscription
+
+    def people(users: list[str]) -> str:
+        return ", ".join(f"<@{u}>" for u in users) or "nobody"
+
+    return Reply(
+        f"{replies.escape(source)}\n*{replies.escape(sub.name)}* (`{sub.id}`): "
+        f"owners {people(found.owners)}; admins {people(found.admins)}."
+    )
 
 
 async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
@@ -119,6 +145,7 @@ async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
         channel_id=body["channel_id"],
         subscription=target,
         user_id=body["user_id"],
+        roles=ctx.policy.roles,
     )
     state = "will now get" if added else "already gets"
     return Reply(f":bell: This channel {state} DPOR change notifications for {_scope_words(target)}.")
@@ -127,7 +154,11 @@ async def _subscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
 async def _unsubscribe(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     target = cmd.args[0] if cmd.args else None
     done = await watches.unwatch(
-        ctx.db, channel_id=body["channel_id"], subscription=target, user_id=body["user_id"]
+        ctx.db,
+        channel_id=body["channel_id"],
+        subscription=target,
+        user_id=body["user_id"],
+        roles=ctx.policy.roles,
     )
     kept = ""
     if done.kept:

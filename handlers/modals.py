@@ -123,7 +123,8 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         if _foreign(body, context):
             return await ack(options=[])
         user_id, typed = _typed(body)
-        subs = await _quietly(SUBSCRIPTION, search.requestable(ctx.db, user_id, typed))
+        found = search.requestable(ctx.db, user_id, typed, roles=ctx.policy.roles)
+        subs = await _quietly(SUBSCRIPTION, found)
         await ack(options=[forms.subscription_option(s) for s in subs])
 
     @app.options(PARTNER)
