@@ -36,6 +36,7 @@ from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.owners import too_few_approvers
 from bot.policy import Policy
+from bot.roles import prepare_request
 from bot.text import clean
 from storage import requests
 from storage.db import Database
@@ -162,6 +163,8 @@ async def create_request(
     """Open a request to set `partner` as the subscription's partner of record."""
     pid = valid_partner_id(partner)
     reason = validate_reason(reason)
+    # Azure as the role source: the requester's roles and the owners' (too few approvers?) fetched first.
+    await pol.roles.prepare(user_id, [subscription], everyone=True)
     try:
         async with db.write() as session:
             sub = await resolve_subscription(session, subscription)
@@ -170,6 +173,7 @@ async def create_request(
                 "request",
                 user_id,
                 sub,
+                roles=pol.roles,
                 refusal=f"You are not an admin or owner of subscription {sub.name} (`{sub.id}`), "
                 "so you cannot request a change to its partner. An owner can grant you the admin role.",
             )
@@ -294,6 +298,8 @@ async def cancel(
     reason = validate_reason(reason)
     if operator and not reason:
         raise BadInput("Say why the request is cancelled: the reason is recorded in the audit log.")
+    if not operator:
+        await prepare_request(db, pol.roles, user_id, request_id)
     async with db.write() as session:
         req = await load(session, request_id, team_id)
         if req.status != RequestStatus.PENDING:
@@ -304,6 +310,7 @@ async def cancel(
                 "cancel",
                 user_id,
                 await subscription_of(session, req),
+                roles=pol.roles,
                 refusal=f"Only the requester ({person(req.requester_id)}) or an owner of the subscription "
                 f"can cancel request #{req.id}.",
                 error=NotAuthorised,
