@@ -26,6 +26,7 @@ from bot.directory import partner_id as valid_partner_id
 from bot.errors import Refusal
 from bot.owners import LastOwner
 from bot.providers import NAMES as PROVIDER_NAMES
+from bot.providers import OLD_NAMES
 from bot.removals import remove_partner, remove_subscription
 from storage.db import Database
 
@@ -43,11 +44,17 @@ def subscriptions() -> None:
 @click.option("--alias", help="A short name for /dpor commands, such as prod-eu (leave out for none).")
 @click.option(
     "--provider",
-    type=click.Choice(PROVIDER_NAMES),
+    type=click.Choice([*PROVIDER_NAMES, *OLD_NAMES]),
     help="The partner provider for this subscription (default: DPOR_PROVIDER; leave out to keep it).",
 )
 def subscriptions_add(subscription_id: str, name: str, alias: str | None, provider: str | None) -> None:
     """Add the subscription ID, or update its name, alias and provider."""
+    if provider in OLD_NAMES:
+        click.echo(
+            f"--provider {provider} is the old name of {OLD_NAMES[provider]}; stored as the new one.",
+            err=True,
+        )
+        provider = OLD_NAMES[provider]
     row = SubscriptionRow(subscription_id, name, alias, provider)
     result = run(lambda database: upsert_subscriptions(database, [row], actor=actor()))
     verb = "added" if result.added else "updated" if result.updated else "unchanged:"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,11 @@ from storage.db import Database
 from storage.queries import partner_name, providers_named
 from storage.requests import subscription
 
-NAMES = ("ledger", "azure", "webhook")
+log = logging.getLogger("dpor.providers")
+NAMES = ("ledger", "azure-pal", "webhook", "portal")
+# Old names that still work (DPOR_PROVIDER, a subscription's provider column), each logged once per process.
+OLD_NAMES = {"azure": "azure-pal"}
+_warned: set[str] = set()
 # A Retry-After longer than this is a misbehaving server; the outbox waits this long at most.
 MAX_RETRY_AFTER = 3600.0
 
@@ -103,20 +108,41 @@ def _build(name: str, settings: Settings, db: Database) -> PartnerProvider:
         from bot.providers.ledger import LedgerProvider
 
         return LedgerProvider(db)
-    if name == "azure":
+    if name in ("azure-pal", "azure"):
         try:
             from bot.providers.azure import AzureProvider
         except ImportError as exc:
             raise ConfigError(
-                f"DPOR_PROVIDER: azure needs the Azure extra ({exc.name} is missing): "
+                f"DPOR_PROVIDER: {name} needs the Azure extra ({exc.name} is missing): "
                 "pip install 'dpor-bot[azure]'"
             ) from None
-        return AzureProvider(settings, db)
+        pal = AzureProvider(settings, db)
+        if name in OLD_NAMES:
+            _deprecated(name)
+            pal.name = name  # metrics, reconcile and the audit keep the name the operator configured
+        return pal
+    if name == "portal":
+        from bot.providers.portal import PortalProvider
+
+        return PortalProvider(db, getattr(settings, "azure_cloud", "public"))
     if name == "webhook":
         from bot.providers.webhook import WebhookProvider
 
         return WebhookProvider(settings, db)
     raise ConfigError(f"DPOR_PROVIDER: expected one of {', '.join(NAMES)} (got {name!r})")
+
+
+def _deprecated(name: str) -> None:
+    """One line per process for an old provider name, saying what to write instead."""
+    if name not in _warned:
+        _warned.add(name)
+        log.warning(
+            "DPOR_PROVIDER=%s is the old name of %s; it keeps working, but write %s (in DPOR_PROVIDER and "
+            "`dpor-bot subscriptions add --provider`)",
+            name,
+            OLD_NAMES[name],
+            OLD_NAMES[name],
+        )
 
 
 async def name_check(db: Database, partner_id: str | None, returned: str | None) -> dict[str, Any]:

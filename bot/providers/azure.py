@@ -45,7 +45,7 @@ MAX_MESSAGE = 300
 
 
 class AzureProvider:
-    name = "azure"
+    name = "azure-pal"
 
     def __init__(
         self, settings: Settings, db: Database, *, transport: AsyncHttpTransport | None = None
