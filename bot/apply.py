@@ -11,14 +11,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot import checkpoints, lifecycle
+from bot.audit import Checkpoint
 from bot.errors import SYSTEM_ACTOR, Refusal, UnknownRequest
 from bot.lifecycle import event
 from bot.logs import bound
 from bot.metrics import APPLIED, FAILED, RETRIED, Metrics
 from bot.outbox import Outbox, Undeliverable
 from bot.policy import Policy
-from bot.providers import ProviderError, Providers
+from bot.providers import PartnerProvider, ProviderError, Providers
+from bot.providers.portal import AwaitingAttestation
 from storage import requests
 from storage.db import Database
 from storage.models import ChangeRequest, OutboxMessage, RequestStatus, utcnow
@@ -35,14 +39,36 @@ class ApplyOutcome:
     error: str | None = None
 
 
-async def start_apply(db: Database, request_id: int) -> ChangeRequest | None:
-    """Move an approved request to applying (or pick up one left applying); None if there is nothing to do."""
+async def start_apply(
+    db: Database, request_id: int, awaiting: dict[str, Any] | None = None
+) -> ChangeRequest | None:
+    """Move an approved request to applying (or pick up one left applying); None if there is nothing to do.
+
+    `awaiting` (a provider a person finishes, such as portal's `{"awaiting": "attestation", ...}`): kept as
+    the request's result and in `apply.started`; the card shows the steps, and the reminder clock restarts.
+    """
     async with db.write() as session:
         req = await requests.get(session, request_id)
         if req is None or req.status not in (RequestStatus.APPROVED, RequestStatus.APPLYING):
             return None
         attempts = req.apply_attempts + 1
-        if req.status == RequestStatus.APPROVED:
+        if awaiting:
+            rows = lifecycle.effects(req)
+            rows.thread(req.card_channel, req.id, "awaiting")
+            await lifecycle.record(
+                session,
+                req,
+                req.status,
+                RequestStatus.APPLYING,
+                event(req, SYSTEM_ACTOR, "apply.started", partner_id=req.partner_id, **awaiting)
+                if req.status == RequestStatus.APPROVED
+                else None,  # a retry's apply.started is the owner's click
+                rows,
+                apply_attempts=attempts,
+                result=awaiting,
+                reminded_at=None,
+            )
+        elif req.status == RequestStatus.APPROVED:
             entry = event(req, SYSTEM_ACTOR, "apply.started", partner_id=req.partner_id)
             await lifecycle.record(
                 session,
@@ -69,43 +95,58 @@ async def start_apply(db: Database, request_id: int) -> ChangeRequest | None:
 async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: ApplyOutcome) -> ChangeRequest:
     """applying -> applied (the record follows; the chain's head is checkpointed) or failed (Retry possible
     for DPOR_REQUEST_TTL)."""
-    point = None
     async with db.write() as session:
         req = await requests.get(session, request_id)
         if req is None:
             raise UnknownRequest(f"There is no request #{request_id}.")
-        now = utcnow()
-        result = {
-            "partner_id": outcome.partner_id,
-            "partner_name": outcome.partner_name,
-            **(outcome.detail or {}),
-        }
-        rows = lifecycle.effects(req)
-        if outcome.ok:
-            # A provider that does not read the partner back applied the one requested.
-            result["partner_id"] = outcome.partner_id or req.partner_id
-            news, status = "applied", RequestStatus.APPLIED
-            entry = event(
-                req,
-                SYSTEM_ACTOR,
-                "apply.succeeded",
-                **{"partner_id": req.partner_id, "previous_partner_id": req.previous_partner_id, **result},
-            )
-            values: dict[str, Any] = {"applied_at": now, "result": result, "error": None}
-        else:
-            news, status = "failed", RequestStatus.FAILED
-            entry = event(req, SYSTEM_ACTOR, "apply.failed", partner_id=req.partner_id, error=outcome.error)
-            # A failed change may be retried for as long as a pending one waits for approval, no longer.
-            values = {"error": outcome.error, "result": result, "expires_at": now + pol.request_ttl}
-        rows.dm(req.requester_id, req.id, news)
-        rows.thread(req.card_channel, req.id, news, **({} if outcome.ok else {"error": outcome.error}))
-        rows.notify(await lifecycle.notify_targets(session, pol, req.subscription_id), req.id, news)
-        await lifecycle.record(session, req, RequestStatus.APPLYING, status, entry, rows, **values)
-        if outcome.ok:
-            await requests.set_partner(session, req.subscription_id, result["partner_id"], now)
-            point = await checkpoints.take(session, pol.audit_channel, checkpoints.APPLY)
+        point = await finish(session, pol, req, outcome)
     checkpoints.published(point)
     return req
+
+
+async def finish(
+    session: AsyncSession, pol: Policy, req: ChangeRequest, outcome: ApplyOutcome, actor: str = SYSTEM_ACTOR
+) -> Checkpoint | None:
+    """finish_apply inside the caller's transaction (`actor`: who finished it, e.g. an owner attesting);
+    returns the checkpoint to publish once committed."""
+    now = utcnow()
+    result = {
+        "partner_id": outcome.partner_id,
+        "partner_name": outcome.partner_name,
+        **(outcome.detail or {}),
+    }
+    rows = lifecycle.effects(req)
+    if outcome.ok:
+        # A provider that does not read the partner back applied the one requested.
+        result["partner_id"] = outcome.partner_id or req.partner_id
+        news, status = "applied", RequestStatus.APPLIED
+        entry = event(
+            req,
+            actor,
+            "apply.succeeded",
+            **{"partner_id": req.partner_id, "previous_partner_id": req.previous_partner_id, **result},
+        )
+        values: dict[str, Any] = {"applied_at": now, "result": result, "error": None}
+    else:
+        news, status = "failed", RequestStatus.FAILED
+        entry = event(
+            req,
+            actor,
+            "apply.failed",
+            partner_id=req.partner_id,
+            error=outcome.error,
+            **(outcome.detail or {}),
+        )
+        # A failed change may be retried for as long as a pending one waits for approval, no longer.
+        values = {"error": outcome.error, "result": result, "expires_at": now + pol.request_ttl}
+    rows.dm(req.requester_id, req.id, news)
+    rows.thread(req.card_channel, req.id, news, **({} if outcome.ok else {"error": outcome.error}))
+    rows.notify(await lifecycle.notify_targets(session, pol, req.subscription_id), req.id, news)
+    await lifecycle.record(session, req, RequestStatus.APPLYING, status, entry, rows, **values)
+    if not outcome.ok:
+        return None
+    await requests.set_partner(session, req.subscription_id, result["partner_id"], now)
+    return await checkpoints.take(session, pol.audit_channel, checkpoints.APPLY)
 
 
 class Applier:
@@ -128,16 +169,25 @@ class Applier:
 
     async def deliver(self, row: OutboxMessage) -> None:
         request_id = row.payload["request_id"]
-        req = await start_apply(self.db, request_id)
+        async with self.db.read() as session:
+            found = await requests.get(session, request_id)
+        if found is None:
+            return
+        provider = await self.providers.for_subscription(found.subscription_id)
+        # A provider a person finishes (portal) says what the request awaits; it stays applying until then.
+        waits = getattr(provider, "awaiting", None)
+        req = await start_apply(self.db, request_id, waits() if waits else None)
         if req is None:
             return
         with bound(request_id=request_id, subscription=req.subscription_id):
-            await self._apply(req)
+            await self._apply(req, provider)
 
-    async def _apply(self, req: ChangeRequest) -> None:
-        provider = await self.providers.for_subscription(req.subscription_id)
+    async def _apply(self, req: ChangeRequest, provider: PartnerProvider) -> None:
         try:
             state = await provider.apply(req.subscription_id, req.partner_id)
+        except AwaitingAttestation:
+            log.info("request %s awaits an owner's attestation (%s provider)", req.id, provider.name)
+            return
         except ProviderError as exc:
             if exc.retryable and req.apply_attempts < self.max_attempts:
                 self.metrics.apply(provider.name, RETRIED)

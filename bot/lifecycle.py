@@ -354,10 +354,13 @@ async def expire_due(
 
 
 async def remind_due(db: Database, remind_after: timedelta, *, now: datetime | None = None) -> list[int]:
-    """Queue one reminder for each pending request waiting longer than `remind_after`; returns their ids."""
+    """Queue one reminder for each pending request waiting longer than `remind_after` (and each approved one
+    waiting that long for an owner's attestation of the portal step); returns their ids."""
     now = now or utcnow()
     async with db.write(chain=False) as session:
         reminded = await requests.mark_reminded(session, now, now - remind_after)
+        # Approved changes still waiting for an owner to attest the Azure portal step (the portal provider).
+        reminded += await requests.mark_attestation_reminded(session, now, now - remind_after)
         rows = Outbox()
         for request_id in reminded:
             rows.remind(request_id)

@@ -30,7 +30,9 @@ log = logging.getLogger("dpor.reconcile")
 
 # Statuses of a finding, in the order the table lists them.
 DRIFT, ERROR, UNCHECKED, BUSY, IN_SYNC = "drift", "error", "unchecked", "busy", "in sync"
-ORDER = (DRIFT, ERROR, UNCHECKED, BUSY, IN_SYNC)
+# A subscription on the portal provider: what an owner last attested (who and when), never a drift.
+ATTESTED = "attested"
+ORDER = (DRIFT, ERROR, UNCHECKED, BUSY, ATTESTED, IN_SYNC)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ async def _check(
     found = replace(
         found, observed=state.partner_id, observed_name=state.partner_name, identity=state.identity
     )
+    if state.detail.get("attested"):
+        who, at = state.identity.get("attested_by"), state.identity.get("attested_at")
+        return replace(found, status=ATTESTED, message=f"attested by {who} at {at}")
     if state.partner_id == sub.partner_id:
         return found
     return await _record(db, policy, replace(found, status=DRIFT), state, actor)

@@ -3,7 +3,7 @@
 from slack_bolt.async_app import AsyncApp
 
 from bot.context import BotContext
-from handlers import actions, commands, home, modals
+from handlers import actions, commands, home, modals, portal
 
 
 def register_listeners(app: AsyncApp, ctx: BotContext) -> None:
@@ -11,3 +11,4 @@ def register_listeners(app: AsyncApp, ctx: BotContext) -> None:
     actions.register(app, ctx)
     modals.register(app, ctx)
     home.register(app, ctx)
+    portal.register(app, ctx)

@@ -20,6 +20,7 @@ from bot.context import BotContext
 from bot.outbox import OutboxMessage, Recorder, Undeliverable
 from bot.views import CardView
 from handlers.messages import (
+    awaits_portal,
     card_blocks,
     card_text,
     checkpoint_text,
@@ -118,8 +119,8 @@ class SlackDeliverer:
     async def remind(self, row: OutboxMessage) -> None:
         view = await self._view(row)
         req = view.request
-        if req.status != "pending" or req.card_channel is None:
-            return  # decided since the reminder was queued: nothing to remind anyone of
+        if (req.status != "pending" and not awaits_portal(view)) or req.card_channel is None:
+            return  # decided (or attested) since the reminder was queued: nothing to remind anyone of
         await self._call(
             req.card_channel,
             self.client.chat_postMessage,

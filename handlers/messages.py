@@ -108,6 +108,11 @@ def _status_detail(view: CardView) -> str:
         approved = approvals_text(view)
         progress = f"{len(view.approvers)} of {view.required} approvals"
         return f"{status}: {progress}" + (f" ({approved})" if approved else "")
+    if awaits_portal(view):
+        return (
+            f":hourglass_flowing_sand: *Waiting for the Azure portal*: approved by {user(req.decided_by)} at "
+            f"{when(req.decided_at)}. An owner sets the partner there, then says so below."
+        )
     if req.status in ("approved", "applying", "rejected", "cancelled"):
         note = reason_line(req.decision_note)  # a rejection's reason
         return f"{status} by {user(req.decided_by)} at {when(req.decided_at)}{note}"
@@ -120,6 +125,8 @@ def _status_detail(view: CardView) -> str:
                 f"\n:warning: The provider names partner `{req.partner_id}` *{escape(returned)}*, "
                 f"not *{escape(view.new_name or 'unknown')}* as in the directory."
             )
+        if result.get("attested"):
+            detail += f"\nAttested by {user(result.get('attested_by'))}: {escape(result.get('note'))}"
         return f"{status} at {when(req.applied_at)} (approved by {approvals_text(view)}){detail}"
     if req.status == "failed":
         return (
@@ -158,6 +165,8 @@ def card_blocks(view: CardView) -> list[Block]:
         ),
         SectionBlock(text=MarkdownTextObject(text=clip(f"*Reason*\n{escape(req.reason) or '_none given_'}"))),
     ]
+    if grant := grant_text(view):
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(grant))))
     if req.status == "pending":  # a decided card says when it ended instead (failed: until when to retry)
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Expires {when(req.expires_at)}")]))
     blocks += [DividerBlock(), SectionBlock(text=MarkdownTextObject(text=clip(_card_status(view))))]
@@ -189,6 +198,10 @@ def card_blocks(view: CardView) -> list[Block]:
                 ],
             )
         )
+    elif awaits_portal(view):
+        from handlers.portal import portal_blocks  # its module builds on this one's wording
+
+        blocks += portal_blocks(view)
     elif req.status == "failed":
         blocks.append(
             ActionsBlock(
@@ -197,6 +210,28 @@ def card_blocks(view: CardView) -> list[Block]:
             )
         )
     return blocks
+
+
+def grant_text(view: CardView) -> str | None:
+    """What approving grants when the provider credits through role assignments (azure-rbac); else None."""
+    req = view.request
+    if view.grant_role is None or req.status not in ("pending", "approved", "applying", "failed"):
+        return None
+    new = escape(view.new_name) if view.new_name else f"Partner {req.partner_id}"
+    text = (
+        f":key: *What approving grants*: {new}'s principal gets *{escape(view.grant_role)}* on "
+        f"*{escape(view.subscription.name)}*: real access to its resources, which is how Microsoft credits "
+        "the partner."
+    )
+    if req.previous_partner_id:
+        old = escape(view.current_name) if view.current_name else f"Partner {req.previous_partner_id}"
+        text += f" {old}'s loses it."
+    return text
+
+
+def awaits_portal(view: CardView) -> bool:
+    """The request was approved and waits for an owner to set it in the Azure portal (the portal provider)."""
+    return view.request.status == "applying" and (view.request.result or {}).get("awaiting") == "attestation"
 
 
 def card_text(view: CardView) -> str:
@@ -218,6 +253,7 @@ EVENT_SENTENCES = {
     "approval": "has approval {count} of {required}, from {decider}.",
     "retried": "is being applied again: {decider} retried it.",
     "asked": "needs an owner's approval: {requester} asked for it.",
+    "awaiting": "was approved; an owner must now set it in the Azure portal and say so on the card.",
     "withdrawn": (
         "was withdrawn by dpor-bot: you no longer hold a role that may request changes on that subscription."
     ),
@@ -257,6 +293,10 @@ def reason_line(note: str | None) -> str:
 def reminder_text(view: CardView) -> str:
     """The reminder posted once in the card's thread when a request waits longer than DPOR_REMIND_AFTER."""
     req = view.request
+    if awaits_portal(view):
+        from handlers.portal import portal_reminder
+
+        return portal_reminder(view)
     return (
         f":bell: Request #{req.id} for *{escape(view.subscription.name)}* is still waiting for approval "
         f"({len(view.approvers)} of {view.required} approvals). It expires {when(req.expires_at)}."
@@ -299,6 +339,9 @@ def drift_text(facts: dict) -> str:
     alias = f" ({escape(facts['alias'])})" if facts.get("alias") else ""
     recorded = label(facts.get("recorded"), facts.get("recorded_name"))
     observed = label(facts.get("observed"), facts.get("observed_name"))
+    if facts.get("several"):  # azure-rbac: role assignments credit more than one partner
+        each = [label(p.get("id"), p.get("name")) for p in facts["several"]]
+        observed = "several partners: " + ", ".join(each)
     return (
         f":warning: *Partner drift* on *{escape(facts['name'])}*{alias} `{facts['subscription_id']}`: "
         f"dpor-bot's record says {recorded}, but the {escape(facts['provider'])} provider "

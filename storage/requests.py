@@ -194,6 +194,29 @@ async def mark_reminded(session: AsyncSession, now: datetime, waiting_since: dat
     )
 
 
+async def mark_attestation_reminded(
+    session: AsyncSession, now: datetime, waiting_since: datetime
+) -> list[int]:
+    """Mark approved requests waiting since before `waiting_since` for an owner to attest the Azure portal
+    change (the portal provider), and not reminded since; returns their ids (once each, as above)."""
+    return sorted(
+        (
+            await session.scalars(
+                update(ChangeRequest)
+                .where(
+                    ChangeRequest.status == RequestStatus.APPLYING,
+                    ChangeRequest.result["awaiting"].as_string() == "attestation",
+                    ChangeRequest.reminded_at.is_(None),
+                    ChangeRequest.updated_at <= waiting_since,
+                    ChangeRequest.card_channel.is_not(None),
+                )
+                .values(reminded_at=now)
+                .returning(ChangeRequest.id)
+            )
+        ).all()
+    )
+
+
 async def record_card(session: AsyncSession, request_id: int, channel: str, ts: str) -> None:
     """Where Slack posted the request's card (set once: a later post never moves it)."""
     await session.execute(
