@@ -34,6 +34,7 @@ ACTIONS = frozenset(
     {
         "subscription.added",
         "partner.added",
+        "partner.principal_added",
         "subscription.removed",
         "partner.removed",
         "role.granted",
@@ -51,6 +52,8 @@ ACTIONS = frozenset(
         "channel.subscribed",
         "channel.unsubscribed",
         "audit.rekeyed",
+        "person.linked",
+        "person.unlinked",
     }
 )
 NO_KEY = (

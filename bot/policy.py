@@ -92,6 +92,9 @@ class Policy:
     dm_approvers_max: int = 10  # DPOR_DM_APPROVERS_MAX: owners DMed when a request opens (0: none)
     # DPOR_ROLE_SOURCE: where every role read asks (bot/roles.py); the Bot sets the Azure one.
     roles: RoleSource = LOCAL_ROLES
+    # DPOR_PROVIDER and DPOR_AZURE_RBAC_ROLE: what a card says approving grants (azure-rbac).
+    provider: str = "ledger"
+    rbac_role: str = "Contributor"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -103,4 +106,6 @@ class Policy:
             notify_channels=tuple(settings.notify_channels),
             audit_channel=settings.audit_channel or None,
             dm_approvers_max=settings.dm_approvers_max,
+            provider=settings.provider,
+            rbac_role=settings.azure_rbac_role,
         )

@@ -50,6 +50,8 @@ class Finding:
     # For a drift: when it was first recorded (now, if this run recorded it), and whether this run did.
     since: datetime | None = None
     announced: bool = False
+    # Every partner the target credits when it credits several (azure-rbac): a drift even if one is recorded.
+    credited: tuple[str, ...] = ()
 
 
 async def reconcile(
@@ -98,7 +100,9 @@ async def _check(
     if state.detail.get("attested"):
         who, at = state.identity.get("attested_by"), state.identity.get("attested_at")
         return replace(found, status=ATTESTED, message=f"attested by {who} at {at}")
-    if state.partner_id == sub.partner_id:
+    if len(state.credited) > 1:  # observed lists them all; observed_name is set once their names are read
+        found = replace(found, observed=",".join(state.credited), credited=state.credited)
+    elif state.partner_id == sub.partner_id:
         return found
     return await _record(db, policy, replace(found, status=DRIFT), state, actor)
 
@@ -109,6 +113,11 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
         sub = await requests.subscription(session, found.subscription_id)
         if sub is None or sub.partner_id != found.recorded:
             return replace(found, status=BUSY, message="the record changed while it was checked")
+        names = await directory.partner_names(session, [found.recorded, found.observed, *found.credited])
+        several = [{"id": pid, "name": names.get(pid)} for pid in found.credited]
+        if several:
+            listed = ", ".join(f"{p['name'] or '?'} ({p['id']})" for p in several)
+            found = replace(found, observed_name=f"several partners: {listed}")
         last = await chain.latest_of(session, sub.id, ("partner.drift", "apply.succeeded"))
         if (
             last is not None
@@ -128,11 +137,11 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
                     "recorded_partner_id": found.recorded,
                     "observed_partner_id": found.observed,
                     "observed_partner_name": found.observed_name,
+                    **({"observed_partner_ids": list(found.credited)} if found.credited else {}),
                     "identity": state.identity,
                 },
             ),
         )
-        names = await directory.partner_names(session, [found.recorded, found.observed])
         rows = Outbox()
         rows.drift(
             await lifecycle.notify_targets(session, policy, sub.id),
@@ -145,6 +154,7 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
                 "recorded_name": names.get(found.recorded or ""),
                 "observed": found.observed,
                 "observed_name": found.observed_name or names.get(found.observed or ""),
+                **({"several": several} if several else {}),
             },
         )
         await rows.flush(session)

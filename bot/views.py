@@ -8,6 +8,7 @@ from datetime import datetime
 from bot.approvers import eligible_approvers
 from bot.directory import resolve_subscription
 from bot.policy import Policy
+from bot.principals import role_label
 from bot.roles import RolesUnavailable, current_owner_approvals
 from storage import directory, queries, requests
 from storage.db import Database
@@ -40,6 +41,9 @@ class CardView:
     approvals: list[tuple[str, datetime]] = field(default_factory=list)
     # The owners who can approve it now and have not yet: whom a reminder mentions.
     missing: list[str] = field(default_factory=list)
+    # The subscription's provider, and the role approving gives the new partner's principal (azure-rbac).
+    provider: str | None = None
+    grant_role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ async def card(db: Database, request_id: int, required: int, pol: Policy | None 
         required=required,
         approvals=approvals,
         missing=[owner for owner in eligible if owner not in approvers],
+        provider=sub.provider or pol.provider,
+        grant_role=role_label(pol.rbac_role) if (sub.provider or pol.provider) == "azure-rbac" else None,
     )
 
 

@@ -25,9 +25,11 @@ from bot.directory import (
 from bot.directory import partner_id as valid_partner_id
 from bot.errors import Refusal
 from bot.owners import LastOwner
+from bot.principals import add_principals, all_principals, object_id
 from bot.providers import NAMES as PROVIDER_NAMES
 from bot.providers import OLD_NAMES
 from bot.removals import remove_partner, remove_subscription
+from bot.roles import ROLES_FROM_AZURE
 from storage.db import Database
 
 CSV_COLUMNS = ("id", "name", "alias")
@@ -157,11 +159,25 @@ def partners() -> None:
 @partners.command("add")
 @click.argument("partner_id")
 @click.option("--name", required=True, help="The partner's name, as people should recognise it.")
-def partners_add(partner_id: str, name: str) -> None:
-    """Add a partner to the directory, or rename it."""
+@click.option(
+    "--principal",
+    "principals",
+    multiple=True,
+    help="An object ID the partner linked its Partner ID to (PAL), credited by azure-rbac. Repeatable.",
+)
+def partners_add(partner_id: str, name: str, principals: tuple[str, ...]) -> None:
+    """Add a partner to the directory, or rename it; link its principals. Audited."""
+    try:
+        checked = [object_id(p) for p in principals]  # all checked before anything is written
+    except Refusal as exc:
+        raise Failed(in_the_cli(exc.message)) from None
     changed = run(lambda database: add_partner(database, partner_id, name, actor=actor()))
     pid = valid_partner_id(partner_id)  # as stored: in ASCII digits
     click.echo(f"saved partner {pid}" if changed else f"unchanged: partner {pid} already has that name")
+    if checked:
+        added = run(lambda database: add_principals(database, pid, checked, actor=actor()))
+        for oid in checked:
+            click.echo(f"linked principal {oid}" if oid in added else f"unchanged: {oid} already linked")
 
 
 @partners.command("list")
@@ -171,7 +187,11 @@ def partners_list() -> None:
     if not found:
         click.echo("no partners: add one with `dpor-bot partners add`")
         return
-    table(("PARTNER_ID", "NAME"), [(p.partner_id, p.name) for p in found])
+    linked = run(all_principals)
+    table(
+        ("PARTNER_ID", "NAME", "PRINCIPALS"),
+        [(p.partner_id, p.name, ",".join(linked.get(p.partner_id, []))) for p in found],
+    )
 
 
 @partners.command("remove")
@@ -205,6 +225,8 @@ def _role_command(name: str, *, grant: bool, summary: str, done: str, same: str)
         help="Revoke an owner role even when it leaves a subscription with no owner (audited).",
     )
     def command(user: str, role: str, subscription: str | None, force: bool) -> None:
+        if settings().role_source == "azure":
+            raise Failed(ROLES_FROM_AZURE)
         user_id = slack_user_id(user)
         notify = settings().notify_channels  # the channels told of the change
 

@@ -15,7 +15,7 @@ from storage.queries import partner_name, providers_named
 from storage.requests import subscription
 
 log = logging.getLogger("dpor.providers")
-NAMES = ("ledger", "azure-pal", "webhook", "portal")
+NAMES = ("ledger", "azure-rbac", "azure-pal", "webhook", "portal")
 # Old names that still work (DPOR_PROVIDER, a subscription's provider column), each logged once per process.
 OLD_NAMES = {"azure": "azure-pal"}
 _warned: set[str] = set()
@@ -32,6 +32,8 @@ class PartnerState:
     identity: dict[str, Any] = field(default_factory=dict)
     # Recorded with the apply (e.g. the directory's name when the target names the partner otherwise).
     detail: dict[str, Any] = field(default_factory=dict)
+    # Every partner the target credits (azure-rbac): several means partner_id is None and reconcile says so.
+    credited: tuple[str, ...] = ()
 
 
 class ProviderError(Exception):
@@ -125,6 +127,15 @@ def _build(name: str, settings: Settings, db: Database) -> PartnerProvider:
         from bot.providers.portal import PortalProvider
 
         return PortalProvider(db, getattr(settings, "azure_cloud", "public"))
+    if name == "azure-rbac":
+        try:
+            from bot.providers.azure_rbac import AzureRbacProvider
+        except ImportError as exc:
+            raise ConfigError(
+                f"DPOR_PROVIDER: azure-rbac needs the Azure extra ({exc.name} is missing): "
+                "pip install 'dpor-bot[azure]'"
+            ) from None
+        return AzureRbacProvider(settings, db)
     if name == "webhook":
         from bot.providers.webhook import WebhookProvider
 
