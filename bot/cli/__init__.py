@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from bot.cli import doctor, operations, reference, requests
+from bot.cli import doctor, operations, people, reference, requests
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +26,7 @@ for _command in (
     reference.subscriptions,
     reference.partners,
     reference.roles,
+    people.people_group,
     requests.requests,
     operations.audit_group,
     operations.reconcile_command,
