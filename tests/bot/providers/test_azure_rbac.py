@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -18,6 +19,7 @@ from storage.models import ManagedAssignment, PartnerPrincipal, Subscription
 from tests.bot.providers import arm_replay
 from tests.bot.providers.arm_replay import CONTRIBUTOR, MANAGEMENT_GROUP, OWNER, READER, FakeArm, install
 from tests.bot.providers.conftest import NEW, OLD, SUB, World, make_world, when
+from tests.processes import dpor_bot, ok, refused, table_rows
 
 SCOPE = f"/subscriptions/{SUB}"
 CONTOSO_SP = "c0c0c0c0-0000-4000-8000-00000000c0c0"
@@ -233,3 +235,34 @@ async def test_a_custom_role_is_assigned_and_counts(world: World, fake: FakeArm)
     assert {a["role"] for a in state.identity["assignments"]} == {custom}
     assert all(r["properties"]["roleDefinitionId"].endswith(custom) for r in fake.on(SUB))
     assert (await provider.current(SUB)).partner_id == NEW
+
+
+def test_cli_partners_add_principal(tmp_path: Path) -> None:
+    """`dpor-bot partners add ... --principal` (repeatable): validated first, stored, listed, audited."""
+    run = lambda *args: dpor_bot(*args, url=None, cwd=tmp_path)  # noqa: E731 - the default SQLite file
+    line = refused(
+        run("partners", "add", NEW, "--name", "Contoso MSP", "--principal", CONTOSO_SP, "--principal", "sp-1")
+    )
+    assert "`sp-1` is not an object ID" in line and "Object ID" in line
+    assert "no partners" in ok(run("partners", "list"))  # nothing written
+    out = ok(
+        run(
+            "partners",
+            "add",
+            NEW,
+            "--name",
+            "Contoso MSP",
+            "--principal",
+            CONTOSO_SP.upper(),
+            "--principal",
+            CONTOSO_USER,
+        )
+    )
+    assert f"linked principal {CONTOSO_SP}" in out and f"linked principal {CONTOSO_USER}" in out
+    out = ok(run("partners", "add", NEW, "--name", "Contoso MSP", "--principal", CONTOSO_SP))
+    assert f"unchanged: {CONTOSO_SP} already linked" in out
+    assert table_rows(ok(run("partners", "list"))) == [
+        [NEW, "Contoso", "MSP", f"{CONTOSO_SP},{CONTOSO_USER}"]
+    ]
+    exported = ok(run("audit", "export"))
+    assert exported.count("partner.principal_added") == 2
