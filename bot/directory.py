@@ -24,6 +24,7 @@ from bot.errors import (
     UnknownSubscription,
 )
 from bot.providers import NAMES as PROVIDER_NAMES
+from bot.providers import OLD_NAMES
 from bot.text import clean, has_invisible
 from storage import directory as store
 from storage.db import Database
@@ -189,7 +190,7 @@ def validate_subscription(row: SubscriptionRow) -> SubscriptionRow:
 def _provider(name: str | None) -> str | None:
     if name is None:
         return None
-    if name.strip().lower() not in PROVIDER_NAMES:
+    if name.strip().lower() not in (*PROVIDER_NAMES, *OLD_NAMES):  # an old name works (and says so once)
         raise BadInput(f"`{name}` is not a partner provider: expected one of {', '.join(PROVIDER_NAMES)}.")
     return name.strip().lower()
 

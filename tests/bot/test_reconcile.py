@@ -14,6 +14,8 @@ from sqlalchemy import func, select, update
 from bot import audit, reconcile, watches
 from bot.cli import cli
 from bot.errors import SYSTEM_ACTOR
+from bot.providers import NAMES as PROVIDER_NAMES
+from bot.providers import OLD_NAMES
 from handlers.messages import drift_text
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
@@ -282,7 +284,8 @@ def test_subscriptions_add_sets_the_provider(
     code, _, err = run_cli(
         monkeypatch, cli_env, "subscriptions", "add", OTHER, "--name", "Dev", "--provider", "gcp"
     )
-    assert code == 2 and "'gcp' is not one of 'ledger', 'azure', 'webhook'" in err
+    names = ", ".join(repr(name) for name in (*PROVIDER_NAMES, *OLD_NAMES))  # the old name is taken too
+    assert code == 2 and f"'gcp' is not one of {names}" in err
 
     async def provider() -> tuple[str | None, dict]:
         db = Database(database_url)

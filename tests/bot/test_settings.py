@@ -45,7 +45,7 @@ def test_defaults() -> None:
         ("DPOR_REQUEST_TTL", "soon", "a duration such as 72h"),
         ("DPOR_REQUEST_TTL", "0", "a duration above zero"),
         ("DPOR_REQUEST_TTL", "72x", "a duration such as 72h"),
-        ("DPOR_PROVIDER", "gcp", "one of ledger, azure, webhook"),
+        ("DPOR_PROVIDER", "gcp", "one of ledger, azure-rbac, azure-pal (old name: azure), webhook, portal"),
         ("DATABASE_URL", "mysql://x", "sqlite:///path/to/file.db or postgresql://"),
         ("DATABASE_URL", "nonsense", "sqlite:///path/to/file.db or postgresql://"),
         ("DATABASE_URL", "postgresql:///db", "a postgresql:// URL with a host"),
