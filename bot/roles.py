@@ -48,7 +48,7 @@ def not_linked(user_id: str) -> NotLinked:
     return NotLinked(
         "dpor-bot takes roles from Azure RBAC, and your Slack account is not linked to an Azure "
         "identity yet. "
-        f"Ask the operator to run `dpor-bot people link {user_id} <your object ID or UPN>`, then try again."
+        f"Ask the operator to run `dpor-bot people link {user_id} YOUR_OBJECT_ID_OR_UPN`, then try again."
     )
 
 
