@@ -354,8 +354,9 @@ async def expire_due(
 
 
 async def remind_due(db: Database, remind_after: timedelta, *, now: datetime | None = None) -> list[int]:
-    """Queue one reminder for each pending request waiting longer than `remind_after` (and each approved one
-    waiting that long for an owner's attestation of the portal step); returns their ids."""
+    """Queue one reminder for each pending request waiting longer than `remind_after` (and, every
+    `remind_after`, for each approved one waiting for an owner's attestation of the portal step); returns
+    their ids."""
     now = now or utcnow()
     async with db.write(chain=False) as session:
         reminded = await requests.mark_reminded(session, now, now - remind_after)

@@ -23,7 +23,8 @@ from bot import attest
 from bot.context import BotContext
 from bot.errors import Refusal
 from bot.logs import bound
-from bot.metrics import ERROR, OK, REFUSED
+from bot.metrics import APPLIED, ERROR, OK, REFUSED
+from bot.metrics import FAILED as FAILED_APPLY
 from bot.text import clean
 from bot.views import CardView
 from handlers import forms
@@ -148,6 +149,7 @@ async def _submitted(
             await _errors(ack, {block: FAILED.format(ref=ref)})
         else:
             ctx.metrics.request(act, OK)
+            ctx.metrics.apply("portal", APPLIED if act == attest.DONE else FAILED_APPLY)
             await ack()
             ctx.wake_worker()
             if forms.metadata(view).get("home") is True:

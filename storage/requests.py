@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -197,8 +197,9 @@ async def mark_reminded(session: AsyncSession, now: datetime, waiting_since: dat
 async def mark_attestation_reminded(
     session: AsyncSession, now: datetime, waiting_since: datetime
 ) -> list[int]:
-    """Mark approved requests waiting since before `waiting_since` for an owner to attest the Azure portal
-    change (the portal provider), and not reminded since; returns their ids (once each, as above)."""
+    """Mark approved requests waiting for an owner to attest the Azure portal change (the portal provider)
+    since before `waiting_since`, or last reminded before it: reminded every DPOR_REMIND_AFTER until done.
+    Returns their ids (each once per sweep, as above)."""
     return sorted(
         (
             await session.scalars(
@@ -206,8 +207,10 @@ async def mark_attestation_reminded(
                 .where(
                     ChangeRequest.status == RequestStatus.APPLYING,
                     ChangeRequest.result["awaiting"].as_string() == "attestation",
-                    ChangeRequest.reminded_at.is_(None),
-                    ChangeRequest.updated_at <= waiting_since,
+                    or_(
+                        and_(ChangeRequest.reminded_at.is_(None), ChangeRequest.updated_at <= waiting_since),
+                        ChangeRequest.reminded_at <= waiting_since,
+                    ),
                     ChangeRequest.card_channel.is_not(None),
                 )
                 .values(reminded_at=now)
