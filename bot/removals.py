@@ -18,6 +18,7 @@ from bot.errors import Conflict, OpenRequestExists, Refusal, UnknownSubscription
 from storage import directory as store
 from storage import requests
 from storage.db import Database
+from storage.principals import delete_principals
 
 
 class UnknownPartner(Refusal):
@@ -103,9 +104,8 @@ async def remove_partner(db: Database, pid: str, *, actor: str) -> str:
                 request_id=naming[0].id,
             )
         name = partner.name
+        linked = await delete_principals(session, pid)  # its PAL principals (azure-rbac) go with it
         await store.delete_partner(session, pid)
-        await audit.append(
-            session,
-            audit.Entry(actor=actor, action="partner.removed", data={"partner_id": pid, "name": name}),
-        )
+        data = {"partner_id": pid, "name": name, **({"principals": linked} if linked else {})}
+        await audit.append(session, audit.Entry(actor=actor, action="partner.removed", data=data))
     return name

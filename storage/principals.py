@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import ManagedAssignment, PartnerPrincipal
@@ -69,3 +69,11 @@ async def mark_removed(session: AsyncSession, assignment_ids: Iterable[str], at:
         await session.execute(
             update(ManagedAssignment).where(ManagedAssignment.assignment_id.in_(ids)).values(removed_at=at)
         )
+
+
+async def delete_principals(session: AsyncSession, partner_id: str) -> list[str]:
+    """Unlink every principal of the partner (it leaves the directory); returns their object IDs."""
+    gone = await principals_of(session, partner_id)
+    if gone:
+        await session.execute(delete(PartnerPrincipal).where(PartnerPrincipal.partner_id == partner_id))
+    return gone

@@ -266,3 +266,12 @@ def test_cli_partners_add_principal(tmp_path: Path) -> None:
     ]
     exported = ok(run("audit", "export"))
     assert exported.count("partner.principal_added") == 2
+
+
+async def test_removing_a_partner_unlinks_its_principals(world: World) -> None:
+    from bot.removals import remove_partner
+
+    assert await remove_partner(world.db, OLD, actor="ops") == "Fabrikam Consulting"
+    assert OLD not in await principals.all_principals(world.db)
+    [event] = await world.events("partner.removed")
+    assert event.data["principals"] == [FABRIKAM_SP]
