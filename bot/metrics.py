@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from bot.providers import NAMES
+from bot.providers import NAMES, OLD_NAMES
 from storage import outbox
 from storage.db import Database
 from storage.models import utcnow
@@ -98,7 +98,7 @@ class Metrics:
         PlatformCollector(registry=registry)
         for outcome in (REFUSED, ERROR, UNAUTHENTICATED):
             self.requests.labels(UNKNOWN, outcome)
-        for provider in NAMES:
+        for provider in (*NAMES, *OLD_NAMES):  # an old name keeps its series (dashboards)
             for outcome in (APPLIED, FAILED, RETRIED):
                 self.applies.labels(provider, outcome)
             self.drift.labels(provider)
