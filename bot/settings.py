@@ -37,6 +37,7 @@ _DURATIONS = ("request_ttl", "provider_timeout", "outbox_poll_interval", "outbox
 _OPTIONAL_DURATIONS = ("remind_after", "reconcile_every")  # these also take off (or 0, or nothing)
 _OFF = ("", "0", "off")
 AUDIT_KEY_MIN = 32
+ROLE_WAIT_MAX = 2.5  # DPOR_AZURE_ROLE_WAIT: Azure is waited for at most this long inside Slack's 3 s
 AUDIT_KEY_HELP = f"at least {AUDIT_KEY_MIN} characters, such as the 64 hex digits of `openssl rand -hex 32`"
 
 
@@ -263,8 +264,12 @@ class Settings(BaseSettings):
 
     @field_validator("azure_role_cache", "azure_role_wait", mode="before")
     @classmethod
-    def _role_duration(cls, value: object) -> object:
-        return parse_duration(value) if isinstance(value, str | int | float) else value
+    def _role_duration(cls, value: object, info: ValidationInfo) -> object:
+        value = parse_duration(value) if isinstance(value, str | int | float) else value
+        wait = info.field_name == "azure_role_wait"
+        if wait and isinstance(value, timedelta) and value.total_seconds() > ROLE_WAIT_MAX:
+            raise ValueError(f"expected at most {ROLE_WAIT_MAX}s (Slack waits 3 s for an answer), such as 2s")
+        return value
 
     @field_validator("approval_channel", "audit_channel", mode="before")
     @classmethod

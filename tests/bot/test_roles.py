@@ -186,3 +186,6 @@ def test_settings_name_a_bad_role_and_the_local_default(sqlite_url: str) -> None
     with pytest.raises(ConfigError) as bad:
         load_settings(DATABASE_URL=sqlite_url, DPOR_ROLE_SOURCE="ldap")
     assert "DPOR_ROLE_SOURCE: expected local or azure" in str(bad.value)
+    with pytest.raises(ConfigError) as bad:
+        load_settings(DATABASE_URL=sqlite_url, DPOR_AZURE_ROLE_WAIT="5s")
+    assert "DPOR_AZURE_ROLE_WAIT: expected at most 2.5s" in str(bad.value)
