@@ -156,8 +156,8 @@ async def lookup_upn(
         raise BadInput(f"there is no user {name} in the directory (Microsoft Graph: 404). Check the UPN.")
     if response.status_code in (401, 403):
         raise BadInput(
-            "Microsoft Graph refused to read users: the bot's identity needs the User.ReadBasic.All "
-            f"application permission to look up a UPN. {instead}"
+            "Microsoft Graph refused to read users: the bot's identity needs the User.Read.All "
+            f"application permission (Microsoft Graph) to look up a UPN. {instead}"
         )
     if response.status_code != 200:
         raise BadInput(f"Microsoft Graph answered {response.status_code}. {instead}")

@@ -196,7 +196,7 @@ def test_a_upn_is_looked_up_in_microsoft_graph(monkeypatch: pytest.MonkeyPatch, 
                     }
                 },
             ),
-            "needs the User.ReadBasic.All application permission",
+            "needs the User.Read.All application permission",
         ),
     ],
 )
