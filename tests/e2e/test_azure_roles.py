@@ -232,3 +232,14 @@ async def test_home_lists_the_azure_roles(sqlite_url: str, user: str) -> None:
         assert home is not None
         shown = str(home)
         assert "Production EU" in shown and f"#{rid}" in shown
+
+
+async def test_the_form_offers_the_subscriptions_azure_lets_them_request(sqlite_url: str) -> None:
+    """DEV_OWNER owns dev in the bot's own table, but Azure makes them Contributor of prod only."""
+    async with azure_harness(sqlite_url, azure()) as h:
+        for user, offered in ((DEV_OWNER, [PROD]), (BYSTANDER, [])):
+            status, _ = await h.shortcut("dpor_set", user)
+            assert status == 200
+            status, answer = await h.suggest(user, "subscription", "")
+            assert status == 200
+            assert [option["value"] for option in answer["options"]] == offered
