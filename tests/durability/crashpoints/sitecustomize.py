@@ -37,8 +37,8 @@ def _install() -> None:
 
     start, finish = apply.start_apply, apply.finish_apply
 
-    async def start_apply(db, request_id):
-        req = await start(db, request_id)
+    async def start_apply(db, request_id, awaiting=None):
+        req = await start(db, request_id, awaiting)
         if req is not None:
             _crash("apply.started")
         return req
