@@ -134,7 +134,7 @@ async def _submitted(
                 ctx.db,
                 ctx.policy,
                 request_id=request,
-                team_id=_team(body) or None,
+                team_id=_team(body),  # checked against the request strictly, as a click is
                 user_id=user_id,
                 **({"note": text} if act == attest.DONE else {"reason": text}),
             )
