@@ -163,6 +163,10 @@ async def test_could_not_fails_it_and_retry_shows_the_steps_again(harness: Harne
     assert failed.actor == OWNER and failed.data["reason"] == "The portal says the subscription is not EA"
     card = await h.card(rid)
     assert buttons(card.blocks) == [("dpor_retry", "1")] and "not EA" in json.dumps(card.blocks)
+    # A Done form left open on the old card is refused once the request failed, and says what to do.
+    await h.click("dpor_portal_done", rid, OWNER2)
+    _, answer = await h.submit(OWNER2, note("done after all"))
+    assert "already failed" in answer["errors"]["note"] and "Retry" in answer["errors"]["note"]
 
     assert (await h.click("dpor_retry", rid, OWNER2))[0] == 200
     await h.settle()

@@ -187,3 +187,26 @@ def test_subscriptions_add_takes_the_old_name_and_stores_the_new(
                 await db.dispose()
 
         assert asyncio.run(column()) == stored
+
+
+def test_the_reconcile_command_lists_an_attested_subscription(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def attested() -> str:
+        async for world in make_world(sqlite_url, DPOR_PROVIDER="portal"):
+            rid = await world.approved()
+            await world.drive(world.worker())
+            note = "Saved in the portal"
+            await attest.done(world.db, world.policy, request_id=rid, team_id=TEAM, user_id=OWNER, note=note)
+            (done,) = await world.events("apply.succeeded")
+            return done.at.isoformat(timespec="seconds")
+        raise AssertionError("no world")
+
+    at = asyncio.run(attested())
+    for name, value in {"DATABASE_URL": sqlite_url, "DPOR_PROVIDER": "portal"}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(cli, ["reconcile"])
+    assert result.exit_code == 0, result.output  # attested is neither drift nor an error
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith(SUB)]
+    assert "portal" in row and "attested" in row and f"attested by {OWNER} at {at}" in row
+    assert "drift" not in result.stdout.split("subscriptions checked")[0].lower()
