@@ -273,8 +273,11 @@ def event_text(view: CardView, event: str, facts: dict | None = None) -> str:
     thread; `facts` are the step's own (who, approval k of N, the error), where it has them."""
     req, sub, facts = view.request, view.subscription, facts or {}
     new = f"{escape(view.new_name)} ({req.partner_id})" if view.new_name else req.partner_id
+    decider = user(facts.get("by") or req.decided_by)
+    if event == "approved" and len(view.approvals) > 1:  # every approver, not only the last
+        decider = _people([who for who, _ in view.approvals])
     sentence = EVENT_SENTENCES.get(event, event).format(
-        decider=user(facts.get("by") or req.decided_by),
+        decider=decider,
         new=new,
         error=escape(facts.get("error") or req.error or "unknown error"),
         count=int(facts.get("count") or len(view.approvers)),
@@ -283,6 +286,12 @@ def event_text(view: CardView, event: str, facts: dict | None = None) -> str:
     )
     note = reason_line(req.decision_note) if event == "rejected" else ""
     return f"Request #{req.id} to set the DPOR of *{escape(sub.name)}* to {new} {sentence}{note}"
+
+
+def _people(user_ids: list[str]) -> str:
+    """`<@A>`, `<@A> and <@B>`, `<@A>, <@B> and <@C>`."""
+    named = [user(u) for u in dict.fromkeys(user_ids)]
+    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
 
 
 def reason_line(note: str | None) -> str:

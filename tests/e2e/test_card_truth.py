@@ -58,6 +58,10 @@ async def test_two_approvals_then_applied(harness_any_db: Harness) -> None:
     assert "Current partner" not in final and "Expires" not in final
     assert final.count(" UTC") == final.count(" UTC>")  # no time outside a date token
 
+    # The requester's DM names both approvers too, not only the last.
+    told = [m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN))]
+    assert any(f"was approved by <@{OWNER}> and <@{OWNER2}>;" in text for text in told), told
+
     replies = steps(h, card.ts)
     assert len(replies) == 3, replies
     assert f"has approval 1 of 2, from <@{OWNER}>." in replies[0]
