@@ -30,6 +30,10 @@ TABLE = [
     ("retry", NONE, False),
     ("retry", ADMIN, False),
     ("retry", OWNER, True),
+    # Saying a portal change was done (or could not be): an owner, as for a retry.
+    ("attest", NONE, False),
+    ("attest", ADMIN, False),
+    ("attest", OWNER, True),
     ("cancel", NONE, False),
     ("cancel", ADMIN, False),
     ("cancel", OWNER, True),
