@@ -154,6 +154,15 @@ def applies_to(scope: str, subscription_id: str) -> bool:
     )
 
 
+def sdk_options(timeout: float, transport: AsyncHttpTransport | None) -> dict[str, Any]:
+    """The Azure SDK clients' and credentials' options: bounded, and no retries of azure-core's own
+    (they belong to the outbox: durable, bounded, Retry-After honoured); `transport` is the tests' hook."""
+    options: dict[str, Any] = {"retry_total": 0, "connection_timeout": timeout, "read_timeout": timeout}
+    if transport is not None:
+        options["transport"] = transport
+    return options
+
+
 class Arm:
     """Role assignments on subscriptions, signed in as the bot's own identity (DefaultAzureCredential)."""
 
@@ -172,15 +181,7 @@ class Arm:
         self._owned: AsyncTokenCredential | None = None
 
     def _options(self) -> dict[str, Any]:
-        # Retries belong to the outbox (durable, bounded, Retry-After honoured), not to azure-core.
-        options: dict[str, Any] = {
-            "retry_total": 0,
-            "connection_timeout": self.timeout,
-            "read_timeout": self.timeout,
-        }
-        if self.transport is not None:
-            options["transport"] = self.transport
-        return options
+        return sdk_options(self.timeout, self.transport)
 
     def credential(self) -> AsyncTokenCredential:
         if self._credential is not None:

@@ -30,7 +30,7 @@ from azure.mgmt.managementpartner.aio import ACEProvisioningManagementPartnerAPI
 from azure.mgmt.managementpartner.models import PartnerResponse
 
 from bot.providers import PartnerState, ProviderError, name_check, retry_after
-from bot.providers.arm import cloud_from
+from bot.providers.arm import cloud_from, sdk_options
 from bot.settings import AzureIdentity, Settings
 from storage.db import Database
 
@@ -102,15 +102,7 @@ class AzureProvider:
         return PartnerState(linked.partner_id, linked.partner_name, _identity(linked, identity))
 
     def _options(self) -> dict[str, Any]:
-        # Retries belong to the outbox (durable, bounded, Retry-After honoured), not to azure-core.
-        options: dict[str, Any] = {
-            "retry_total": 0,
-            "connection_timeout": self.timeout,
-            "read_timeout": self.timeout,
-        }
-        if self.transport is not None:
-            options["transport"] = self.transport
-        return options
+        return sdk_options(self.timeout, self.transport)
 
     def _credential(self, identity: AzureIdentity | None) -> AsyncTokenCredential:
         options = {**self._options(), "authority": self.cloud.authority_host}
