@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.logs import bound
 from bot.outbox import Recorder, Undeliverable
+from storage import notify
 from storage import outbox as table
 from storage.db import Database
 from storage.models import OutboxMessage, utcnow
@@ -110,7 +111,9 @@ class OutboxWorker:
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(), name="dpor-outbox-lease")
         try:
-            await self._claim_loop()
+            # On PostgreSQL a commit in any process that wrote rows wakes this worker (LISTEN dpor_outbox).
+            async with notify.listen(self.db, self.wake):
+                await self._claim_loop()
             if self._inflight:
                 await asyncio.wait(list(self._inflight.values()))
         finally:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from storage.models import ChangeRequest, OutboxMessage, utcnow
+from storage.notify import notify_outbox
 
 PENDING, DONE, DEAD = "pending", "done", "dead"
 # Kinds of rows whose Slack channel is the request's card channel rather than a `channel` in the payload.
@@ -19,9 +20,11 @@ CARD_CHANNEL_KINDS = ("card", "remind")
 
 
 async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows of `{"kind", "key", "payload"}`, in one INSERT."""
+    """Rows of `{"kind", "key", "payload"}`, in one INSERT; on PostgreSQL every process's worker is woken
+    when the transaction commits (NOTIFY dpor_outbox)."""
     if rows:
         await session.execute(insert(OutboxMessage), list(rows))
+        await notify_outbox(session)
 
 
 def _mine(ids: Sequence[int], owner: str):
@@ -156,12 +159,14 @@ async def statuses_of(session: AsyncSession, ids: Sequence[int] | None) -> dict[
 
 
 async def revive(session: AsyncSession, ids: Sequence[int]) -> None:
-    """Dead rows get a fresh set of attempts, due now."""
+    """Dead rows get a fresh set of attempts, due now (a running worker is woken on PostgreSQL)."""
     await session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id.in_(list(ids)), OutboxMessage.status == DEAD)
         .values(status=PENDING, attempts=0, available_at=utcnow(), claimed_by=None, claimed_until=None)
     )
+    if ids:
+        await notify_outbox(session)
 
 
 @dataclass(frozen=True)

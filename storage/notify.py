@@ -1,0 +1,94 @@
+"""PostgreSQL LISTEN/NOTIFY on `dpor_outbox`: a commit that wrote outbox rows wakes every process's worker.
+
+`notify_outbox` runs inside the transaction that writes the rows, so PostgreSQL delivers the notification
+only when (and if) it commits. `listen(db, callback)` holds one connection of its own that LISTENs and
+calls `callback` on each notification; when the connection drops it reconnects with backoff and calls
+`callback` once more (notifications sent while it was away are lost, the rows are not). On SQLite both do
+nothing: one process writes, and it wakes its own worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.db import Database
+
+CHANNEL = "dpor_outbox"
+CONNECT_TIMEOUT = 10.0
+BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
+
+log = logging.getLogger("dpor.notify")
+
+
+def _is_postgresql(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def notify_outbox(session: AsyncSession) -> None:
+    """Tell every listening process, at this transaction's commit, that outbox rows are due."""
+    if _is_postgresql(session):
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+
+
+def _dsn(db: Database) -> str:
+    """The database's URL as asyncpg reads it (SQLAlchemy's driver name dropped)."""
+    return db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def listen(db: Database, callback: Callable[[], None]) -> AsyncIterator[None]:
+    """While the block runs, call `callback` on each `dpor_outbox` notification (PostgreSQL only)."""
+    if db.is_sqlite:
+        yield
+        return
+    task = asyncio.create_task(_listen_forever(_dsn(db), callback), name="dpor-outbox-listen")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _listen_forever(dsn: str, callback: Callable[[], None]) -> None:
+    delay = BACKOFF_FIRST
+    while True:
+        try:
+            await _listen_once(dsn, callback)
+            delay = BACKOFF_FIRST  # it was connected: start the backoff over
+            log.warning("the connection listening for new outbox rows closed; reconnecting in %.1fs", delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "cannot listen for new outbox rows (%s); the worker polls meanwhile, trying again in %.1fs",
+                type(exc).__name__,
+                delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(BACKOFF_CAP, delay * 2)
+
+
+async def _listen_once(dsn: str, callback: Callable[[], None]) -> None:
+    """LISTEN on one connection until it closes."""
+    import asyncpg
+
+    conn: Any = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+    try:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(CHANNEL, lambda *_args: callback())
+        callback()  # rows committed while this process was not listening
+        await lost.wait()
+    finally:
+        if not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2.0)
