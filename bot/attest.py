@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import apply, audit, checkpoints, lifecycle, policy
+from bot import apply, checkpoints, clicks, lifecycle, policy
 from bot.errors import AlreadyDecided, BadInput, Refusal
 from bot.policy import Policy
 from bot.providers.portal import ATTESTATION
@@ -72,16 +72,9 @@ async def _finish(
             refusal = exc
         else:
             refusal = None
-        if refusal is not None:
-            await audit.append(
-                session,
-                audit.Entry(
-                    actor=user_id,
-                    action="approval.denied",
-                    request_id=req.id if req else None,
-                    subscription_id=req.subscription_id if req else None,
-                    data={"act": act, "reason": refusal.code, "message": refusal.message},
-                ),
+        if refusal is not None:  # answered inline in the form: no channel to answer in
+            await clicks.deny(
+                session, act, refusal, user_id=user_id, req=req, channel_id=None, raw=request_id
             )
     if refusal is not None:
         raise refusal

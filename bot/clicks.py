@@ -235,7 +235,7 @@ async def click(
         raise
     except Refusal as exc:  # the clicker is not linked to an Azure identity: a denial like any other
         async with db.write() as session:
-            await _deny(session, act, exc, user_id=user_id, req=None, channel_id=channel_id, raw=request_id)
+            await deny(session, act, exc, user_id=user_id, req=None, channel_id=channel_id, raw=request_id)
         raise
     async with db.write() as session:
         req: ChangeRequest | None = None
@@ -249,7 +249,7 @@ async def click(
                 return await _act(session, facts, decide(facts, pol), pol, reason)
         except Refusal as exc:
             refusal = exc
-        await _deny(session, act, refusal, user_id=user_id, req=req, channel_id=channel_id, raw=request_id)
+        await deny(session, act, refusal, user_id=user_id, req=req, channel_id=channel_id, raw=request_id)
     raise refusal
 
 
@@ -261,7 +261,7 @@ async def _tell(db: Database, channel_id: str | None, user_id: str, message: str
             await rows.flush(session)
 
 
-async def _deny(
+async def deny(
     session: AsyncSession,
     act: str,
     refusal: Refusal,
@@ -271,6 +271,8 @@ async def _deny(
     channel_id: str | None,
     raw: object,
 ) -> None:
+    """Record a refused act on a request (`approval.denied`), and answer the person privately in the channel
+    they acted in, if any."""
     data: dict[str, object] = {"act": act, "reason": refusal.code, "message": refusal.message}
     if req is None:
         data["value"] = str(raw)[:100]
