@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import text
 
 from bot import directory
 from tests.durability.conftest import Stack
 from tests.harness import ADMIN, APPROVALS, NEW_PARTNER, NOTIFY, PROD
+from tests.processes import cli
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 OWNERS = tuple(f"U0OWNER{i:02d}" for i in range(20))
+NEWCOMER = "U0NEWCOMER"
 SLACK_WRITES = ("chat.postMessage", "chat.update", "chat.postEphemeral")
 
 
@@ -93,3 +96,52 @@ async def test_expiry_and_reminder_happen_once_across_two_processes(stack: Stack
     dms = stack.texts(stack.slack.dm_channel(ADMIN))
     assert len(dms) == 1 and "expired without a decision" in dms[0], dms
     assert deliveries(stack) == await rows_delivered(stack)
+
+
+async def test_a_row_committed_by_another_process_is_delivered_at_once(stack: Stack) -> None:
+    """The CLI commits a role change whose notice goes to DPOR_NOTIFY_CHANNELS; `serve` polls only every
+    60 s, yet posts the notice within a second: the commit's NOTIFY woke its worker."""
+    slow = {"DPOR_OUTBOX_POLL_INTERVAL": "60", "DPOR_SWEEP_INTERVAL": "60"}
+    bot = await stack.start(**slow)
+    await asyncio.sleep(1.0)  # its first claim and the listener's first wake are behind it: it waits now
+    code, _, err = await cli(
+        stack.env, stack.cwd, "roles", "grant", NEWCOMER, "owner", "--subscription", "prod"
+    )
+    assert code == 0, err
+    loop = asyncio.get_running_loop()
+    committed = loop.time()
+
+    async def announced() -> bool:
+        return any(NEWCOMER in text for text in stack.texts(NOTIFY))
+
+    await stack.until("the role change announced", announced, within=1.0)
+    assert loop.time() - committed < 1.0
+    await stack.settled(within=1.0)
+    assert "Traceback" not in bot.log()
+
+
+async def test_a_worker_whose_listening_connection_is_cut_listens_again(stack: Stack) -> None:
+    """PostgreSQL ends the connection `serve` listens on; it reconnects, and the next commit wakes it."""
+    slow = {"DPOR_OUTBOX_POLL_INTERVAL": "60", "DPOR_SWEEP_INTERVAL": "60"}
+    bot = await stack.start(**slow)
+    await asyncio.sleep(1.0)
+    async with stack.db.write(chain=False) as session:
+        cut = await session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+        )
+        assert cut.scalars().all() == [True]
+    await bot.logged("reconnecting", within=5.0)
+    await asyncio.sleep(2.0)  # reconnected (0.5 s), and its wake on reconnecting is behind it
+    code, _, err = await cli(
+        stack.env, stack.cwd, "roles", "grant", NEWCOMER, "owner", "--subscription", "prod"
+    )
+    assert code == 0, err
+
+    async def announced() -> bool:
+        return any(NEWCOMER in text for text in stack.texts(NOTIFY))
+
+    await stack.until("the role change announced", announced, within=1.5)
+    assert "Traceback" not in bot.log()
