@@ -3,11 +3,14 @@
     python -m bench.run [--database-url postgresql://postgres@127.0.0.1:5432/test] [--scale] [--json out.json]
 
 Starts the Slack stand-in, the anchor (bench/anchor.py: a Bolt AsyncApp whose /dpor listener only
-acks) and `dpor-bot serve`, then runs each workload with wrk (16 connections, 2 threads) and prints
-requests/s, p50/p99 ack latency, errors and the ratio to the anchor. With --scale it also measures
+acks), Bolt's floor (the same anchor with process_before_response=True, as dpor-bot runs) and
+`dpor-bot serve`, then runs each workload with wrk (16 connections, 2 threads) and prints requests/s,
+p50/p99 ack latency, errors and the ratios to the anchor and to the floor. Before the load it measures,
+one request at a time, `set` -> card posted and Approve -> card Applied (bench/latency.py), and the
+resident memory of `dpor-bot serve` idle, after the load and at its peak. With --scale it also measures
 `show` and `set` against a database holding 1,000,000 audit events, 100,000 subscriptions and
 100,000 requests, and prints the ratio to the small database. A PostgreSQL URL names a server: the
-benchmark creates a database of its own there and drops it afterwards.
+benchmark creates a database of its own there and drops it afterwards. The output is Markdown.
 """
 
 from __future__ import annotations
@@ -17,142 +20,40 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-
-from bench import seed
-from bot.settings import normalise_database_url
-from sandbox.signing import block_actions_body, sign, slash_command_body
+from bench import latency, seed
+from bench import report as report_module
+from bench.load import (
+    CONNECTIONS,
+    HERE,
+    SECRET,
+    THREADS,
+    TOKEN,
+    Result,
+    database,
+    free_port,
+    process,
+    write_requests,
+    wrk,
+)
+from sandbox.signing import block_actions_body, slash_command_body
 from sandbox.standin import SlackStandin
 
-HERE = Path(__file__).parent
-SECRET = "bench-signing-secret"
-TOKEN = "xoxb-bench"
 TEAM = seed.TEAM
-CONNECTIONS, THREADS = 16, 2
 
 
 @dataclass
-class Result:
-    target: str
-    workload: str
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    requests: int
-    errors: int
-    ratio_to_anchor: float | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_requests(path: Path, bodies: Iterable[str]) -> int:
-    """Sign every body now (Slack refuses signatures older than five minutes) and write one per line.
-
-    Each body gets a field of its own, so no two requests share a signature: the bot accepts a signature
-    once (its replay defence) and would refuse a request the file repeats.
-    """
-    count = 0
-    with path.open("w") as out:
-        for body in bodies:
-            body = f"{body}&bench_request={count}"
-            headers = sign(SECRET, body)
-            out.write(f"{headers['X-Slack-Request-Timestamp']}\t{headers['X-Slack-Signature']}\t{body}\n")
-            count += 1
-    return count
-
-
-async def wrk(
-    port: int, requests_file: Path, marker: str, seconds: int, target: str, workload: str
-) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        "wrk",
-        f"-t{THREADS}",
-        f"-c{CONNECTIONS}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(HERE / "signed.lua"),
-        f"http://127.0.0.1:{port}",
-        "--",
-        str(requests_file),
-        marker,
-        str(THREADS),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    text = out.decode()
-    match = re.search(r"DPOR_BENCH (.*)", text)
-    if proc.returncode != 0 or match is None:
-        raise RuntimeError(f"wrk failed: {text}\n{err.decode()}")
-    fields = dict(pair.split("=") for pair in match.group(1).split())
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    requests = int(fields["requests"])
-    errors = int(fields["failures"])
-    if socket_errors:
-        errors += sum(int(x) for x in socket_errors.groups())
-    if non_2xx and not int(fields["failures"]):
-        errors += int(non_2xx.group(1))
-    return Result(
-        target=target,
-        workload=workload,
-        requests_per_s=round(requests / (int(fields["duration_us"]) / 1e6), 1),
-        p50_ms=round(int(fields["p50_us"]) / 1000, 2),
-        p99_ms=round(int(fields["p99_us"]) / 1000, 2),
-        max_ms=round(int(fields["max_us"]) / 1000, 2),
-        requests=requests,
-        errors=errors,
-    )
-
-
-async def wait_healthy(port: int, proc: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if proc.returncode is not None:
-                raise RuntimeError(f"process on port {port} exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"nothing healthy on port {port}")
-
-
-@contextlib.asynccontextmanager
-async def process(args: list[str], port: int, env: dict[str, str], log: Path) -> AsyncIterator[None]:
-    with log.open("w") as out:
-        proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            await wait_healthy(port, proc)
-            yield
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+class BotRun:
+    results: list[Result]
+    light: list[latency.Latency]
+    memory: latency.Memory
 
 
 # Enough distinct `show` requests that wrk never sends one twice in a run (each is accepted once).
@@ -164,23 +65,56 @@ def show_bodies(refs: list[str], user: str, count: int = SHOW_REQUESTS) -> Itera
         yield slash_command_body(f"show {refs[i % len(refs)]}", user_id=user, team_id=TEAM)
 
 
-async def measure_bot(
-    slack: SlackStandin, database_url: str, work: Path, seconds: int, label: str, *, clicks: bool = True
-) -> list[Result]:
-    port = free_port()
-    env = {
+def bot_env(slack: SlackStandin, database_url: str) -> dict[str, str]:
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DPOR_"))},
+        "PYTHONPATH": str(HERE.parent),  # this checkout's code, as tests/processes.py does
         "SLACK_BOT_TOKEN": TOKEN,
         "SLACK_SIGNING_SECRET": SECRET,
         "SLACK_API_URL": slack.base_url,
         "DATABASE_URL": database_url,
         "DPOR_AUDIT_KEY": seed.AUDIT_KEY,
-        "DPOR_APPROVAL_CHANNEL": "C0APPROVALS",
+        "DPOR_PROVIDER": "ledger",
+        "DPOR_APPROVAL_CHANNEL": latency.APPROVALS,
         "DPOR_NOTIFY_CHANNELS": "C0NOTIFY",
     }
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    slack: SlackStandin, database_url: str, log: Path
+) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+    """`dpor-bot serve` on a free port against the stand-in: yields (port, process) once healthy."""
+    port = free_port()
     dpor_bot = str(Path(sys.executable).with_name("dpor-bot"))
+    async with process(
+        [dpor_bot, "serve", "--port", str(port)], port, bot_env(slack, database_url), log
+    ) as proc:
+        yield port, proc
+
+
+IDLE_S = 1.0  # after /healthz answers, before idle memory is read
+
+
+async def measure_bot(
+    slack: SlackStandin,
+    database_url: str,
+    work: Path,
+    seconds: int,
+    label: str,
+    *,
+    clicks: bool = True,
+    light: int = 0,
+) -> BotRun:
     results = []
-    async with process([dpor_bot, "serve", "--port", str(port)], port, env, work / f"{label}.log"):
+    light_results: list[latency.Latency] = []
+    async with serve(slack, database_url, work / f"{label}.log") as (port, proc):
+        await asyncio.sleep(IDLE_S)
+        memory = latency.Memory(idle_mb=latency.rss_mb(proc.pid))
+        if light:
+            subs = await seed.open_subscriptions(database_url, limit=light)
+            light_results = await latency.light_load(slack, port, SECRET, subs, light)
+
         subs = await seed.open_subscriptions(database_url, limit=20_000)
         file = work / "show.txt"
         write_requests(file, show_bodies(subs[:1000], seed.BYSTANDER))
@@ -207,17 +141,21 @@ async def measure_bot(
                         str(rid),
                         user_id=seed.OWNER,
                         team_id=TEAM,
-                        channel_id="C0APPROVALS",
+                        channel_id=latency.APPROVALS,
                         message_ts="1.000001",
                     )
                     for rid in pending
                 ),
             )
-            results.append(await wrk(port, file, "", max(2, seconds // 2), label, "approve"))
-    return results
+            results.append(await wrk(port, file, "", max(2, seconds // 2), label, "Approve"))
+        memory.after_load_mb = latency.rss_mb(proc.pid)
+        memory.peak_mb = latency.peak_mb(proc.pid)
+    return BotRun(results, light_results, memory)
 
 
-async def measure_anchor(slack: SlackStandin, work: Path, seconds: int, *, before_response: bool) -> Result:
+async def measure_anchor(
+    slack: SlackStandin, work: Path, seconds: int, *, before_response: bool
+) -> tuple[Result, latency.Memory]:
     port = free_port()
     args = [
         sys.executable,
@@ -232,84 +170,78 @@ async def measure_anchor(slack: SlackStandin, work: Path, seconds: int, *, befor
         "--api-url",
         slack.base_url,
     ]
-    label = "anchor (process_before_response)" if before_response else "anchor"
+    label = FLOOR if before_response else ANCHOR
     if before_response:
         args.append("--process-before-response")
-    async with process(args, port, dict(os.environ), work / "anchor.log"):
+    async with process(args, port, dict(os.environ), work / "anchor.log") as proc:
+        await asyncio.sleep(IDLE_S)
+        memory = latency.Memory(idle_mb=latency.rss_mb(proc.pid))
         file = work / "anchor.txt"
         write_requests(file, show_bodies([seed.PROD_ALIAS] * 1000, seed.BYSTANDER))
-        return await wrk(port, file, "", seconds, label, "show")
+        result = await wrk(port, file, "", seconds, label, "show")
+        memory.after_load_mb = latency.rss_mb(proc.pid)
+        memory.peak_mb = latency.peak_mb(proc.pid)
+        return result, memory
 
 
-@contextlib.asynccontextmanager
-async def database(url: str | None, work: Path, name: str) -> AsyncIterator[str]:
-    """A fresh, migrated database: an SQLite file in `work`, or a new database on the PostgreSQL server."""
-    if not url:
-        yield normalise_database_url(f"sqlite:///{work / f'{name}.db'}")
-        return
-    import asyncpg
-
-    parts = urlsplit(url)
-    admin = urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
-    db_name = f"dpor_bench_{name}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{db_name}"')
-    await conn.close()
-    try:
-        yield normalise_database_url(urlunsplit((parts.scheme, parts.netloc, f"/{db_name}", "", "")))
-    finally:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        await conn.close()
-
-
-def table(results: list[Result]) -> str:
-    head = (
-        f"{'target':<34} {'workload':<9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'x anchor':>9}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        ratio = f"{r.ratio_to_anchor:.2f}" if r.ratio_to_anchor is not None else "-"
-        lines.append(
-            f"{r.target:<34} {r.workload:<9} {r.requests_per_s:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-            f"{r.errors:>7} {ratio:>9}"
-        )
-    return "\n".join(lines)
+ANCHOR = "anchor (Bolt, acks only)"
+FLOOR = "Bolt's floor (process_before_response)"
 
 
 async def run(args: argparse.Namespace) -> dict:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     engine = "postgresql" if args.database_url else "sqlite"
+    bot_label = f"dpor-bot ({engine})"
     with tempfile.TemporaryDirectory(prefix="dpor-bench-") as tmp:
         work = Path(tmp)
         async with SlackStandin(bot_token=TOKEN) as slack:
-            anchor = await measure_anchor(slack, work, args.seconds, before_response=False)
-            results = [anchor]
-            if args.with_fast_anchor:
-                results.append(await measure_anchor(slack, work, args.seconds, before_response=True))
+            anchor, anchor_memory = await measure_anchor(slack, work, args.seconds, before_response=False)
+            floor, floor_memory = await measure_anchor(slack, work, args.seconds, before_response=True)
+            floor.ratio_to_anchor = round(floor.requests_per_s / anchor.requests_per_s, 2)
             async with database(args.database_url, work, "small") as url:
                 await seed.small(url, subscriptions=args.subscriptions)
-                small = await measure_bot(slack, url, work, args.seconds, f"dpor-bot ({engine})")
-            results.extend(small)
-            for r in results[1:]:
+                small = await measure_bot(slack, url, work, args.seconds, bot_label, light=args.light)
+            for r in small.results:
                 r.ratio_to_anchor = round(r.requests_per_s / anchor.requests_per_s, 2)
-            report: dict = {"engine": engine, "results": [asdict(r) for r in results]}
-            print(table(results), flush=True)
+                r.ratio_to_floor = round(r.requests_per_s / floor.requests_per_s, 2)
+            results = [anchor, floor, *small.results]
+            memories = [
+                (ANCHOR, anchor_memory),
+                (FLOOR, floor_memory),
+                (f"`dpor-bot serve` ({engine})", small.memory),
+            ]
+            report: dict = {
+                "engine": engine,
+                "seconds": args.seconds,
+                "connections": CONNECTIONS,
+                "threads": THREADS,
+                "subscriptions": args.subscriptions,
+                "results": [asdict(r) for r in results],
+                "light_load": [asdict(r) for r in small.light],
+                "memory": {name: asdict(m) for name, m in memories},
+            }
+            print(f"### {engine}: wrk, {CONNECTIONS} connections, {THREADS} threads\n", flush=True)
+            print(report_module.throughput(results) + "\n", flush=True)
+            if small.light:
+                print(report_module.latencies(bot_label, small.light) + "\n", flush=True)
+            print(report_module.memory(memories) + "\n", flush=True)
 
             if args.scale:
                 async with database(args.database_url, work, "large") as url:
                     started = time.monotonic()
                     await seed.large(url)
-                    print(f"seeded the large database in {time.monotonic() - started:.0f} s", flush=True)
+                    print(f"seeded the large database in {time.monotonic() - started:.0f} s\n", flush=True)
                     large = await measure_bot(
                         slack, url, work, args.seconds, f"dpor-bot ({engine}, large)", clicks=False
                     )
                     lists = await seed.list_sizes(url)
+                for r in large.results:
+                    r.ratio_to_anchor = round(r.requests_per_s / anchor.requests_per_s, 2)
+                    r.ratio_to_floor = round(r.requests_per_s / floor.requests_per_s, 2)
                 scale = []
-                for r in large:
-                    base = next(s for s in small if s.workload == r.workload)
+                for r in large.results:
+                    base = next(s for s in small.results if s.workload == r.workload)
                     scale.append(
                         {
                             "workload": r.workload,
@@ -318,17 +250,19 @@ async def run(args: argparse.Namespace) -> dict:
                             "throughput_ratio": round(base.requests_per_s / r.requests_per_s, 2),
                         }
                     )
-                report["large"] = [asdict(r) for r in large]
+                report["large"] = [asdict(r) for r in large.results]
+                report["large_memory"] = asdict(large.memory)
                 report["scale"] = scale
                 report["lists"] = lists
-                print(table(large))
+                print(report_module.throughput(large.results) + "\n")
+                print(report_module.scale(scale) + "\n")
                 for row in scale:
                     print(
                         f"scale {row['workload']}: p50 x{row['p50_ratio']}, p99 x{row['p99_ratio']}, "
                         f"throughput x{row['throughput_ratio']} (large / small; target <= 1.5)"
                     )
-                for name, info in lists.items():
-                    print(f"{name}: {info}")
+                print("\n" + report_module.memory([(f"`dpor-bot serve` ({engine}, large)", large.memory)]))
+                print("\n" + report_module.lists(lists))
     return report
 
 
@@ -341,18 +275,22 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of the show runs (set/approve: half)")
     parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument(
+        "--light",
+        type=int,
+        default=50,
+        help="requests of each light-load measurement, one at a time (0: skip them)",
+    )
     parser.add_argument("--scale", action="store_true", help="also measure against a large database")
     parser.add_argument(
-        "--with-fast-anchor",
-        action="store_true",
-        help="also measure the anchor with process_before_response=True",
-    )
+        "--with-fast-anchor", action="store_true", help=argparse.SUPPRESS
+    )  # Bolt's floor is always measured now; the flag stays accepted for old command lines
     parser.add_argument("--json", help="write the results to this file too")
     args = parser.parse_args()
     report = asyncio.run(run(args))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

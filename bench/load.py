@@ -1,0 +1,160 @@
+"""The load side of the benchmark: wrk runs of pre-signed Slack requests, processes, databases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from bot.settings import normalise_database_url
+from sandbox.signing import sign
+
+HERE = Path(__file__).parent
+SECRET = "bench-signing-secret"
+TOKEN = "xoxb-bench"
+CONNECTIONS, THREADS = 16, 2
+
+
+@dataclass
+class Result:
+    target: str
+    workload: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    errors: int
+    ratio_to_anchor: float | None = None
+    ratio_to_floor: float | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_requests(path: Path, bodies: Iterable[str]) -> int:
+    """Sign every body now (Slack refuses signatures older than five minutes) and write one per line.
+
+    Each body gets a field of its own, so no two requests share a signature: the bot accepts a signature
+    once (its replay defence) and would refuse a request the file repeats.
+    """
+    count = 0
+    with path.open("w") as out:
+        for body in bodies:
+            body = f"{body}&bench_request={count}"
+            headers = sign(SECRET, body)
+            out.write(f"{headers['X-Slack-Request-Timestamp']}\t{headers['X-Slack-Signature']}\t{body}\n")
+            count += 1
+    return count
+
+
+async def wrk(
+    port: int, requests_file: Path, marker: str, seconds: int, target: str, workload: str
+) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        "wrk",
+        f"-t{THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "signed.lua"),
+        f"http://127.0.0.1:{port}",
+        "--",
+        str(requests_file),
+        marker,
+        str(THREADS),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    text = out.decode()
+    match = re.search(r"DPOR_BENCH (.*)", text)
+    if proc.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed: {text}\n{err.decode()}")
+    fields = dict(pair.split("=") for pair in match.group(1).split())
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    requests = int(fields["requests"])
+    errors = int(fields["failures"])
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    if non_2xx and not int(fields["failures"]):
+        errors += int(non_2xx.group(1))
+    return Result(
+        target=target,
+        workload=workload,
+        requests_per_s=round(requests / (int(fields["duration_us"]) / 1e6), 1),
+        p50_ms=round(int(fields["p50_us"]) / 1000, 2),
+        p99_ms=round(int(fields["p99_us"]) / 1000, 2),
+        max_ms=round(int(fields["max_us"]) / 1000, 2),
+        requests=requests,
+        errors=errors,
+    )
+
+
+async def wait_healthy(port: int, proc: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            if proc.returncode is not None:
+                raise RuntimeError(f"process on port {port} exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing healthy on port {port}")
+
+
+@contextlib.asynccontextmanager
+async def process(
+    args: list[str], port: int, env: dict[str, str], log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    with log.open("w") as out:
+        proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await wait_healthy(port, proc)
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def database(url: str | None, work: Path, name: str) -> AsyncIterator[str]:
+    """A fresh, migrated database: an SQLite file in `work`, or a new database on the PostgreSQL server."""
+    if not url:
+        yield normalise_database_url(f"sqlite:///{work / f'{name}.db'}")
+        return
+    import asyncpg
+
+    parts = urlsplit(url)
+    admin = urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
+    db_name = f"dpor_bench_{name}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{db_name}"')
+    await conn.close()
+    try:
+        yield normalise_database_url(urlunsplit((parts.scheme, parts.netloc, f"/{db_name}", "", "")))
+    finally:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        await conn.close()
