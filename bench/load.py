@@ -10,7 +10,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +37,8 @@ class Result:
     errors: int
     ratio_to_anchor: float | None = None
     ratio_to_floor: float | None = None
+    # what the errors were: socket errors by kind, and the first failed answer of each wrk thread
+    error_detail: list[str] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -62,8 +64,16 @@ def write_requests(path: Path, bodies: Iterable[str]) -> int:
 
 
 async def wrk(
-    port: int, requests_file: Path, marker: str, seconds: int, target: str, workload: str
+    port: int,
+    requests_file: Path,
+    marker: str,
+    seconds: int,
+    target: str,
+    workload: str,
+    *,
+    once: bool = False,
 ) -> Result:
+    """wrk for `seconds` with the signed requests of the file; `once`: stop when each was sent once."""
     proc = await asyncio.create_subprocess_exec(
         "wrk",
         f"-t{THREADS}",
@@ -78,6 +88,7 @@ async def wrk(
         str(requests_file),
         marker,
         str(THREADS),
+        "once" if once else "cycle",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -91,8 +102,10 @@ async def wrk(
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     requests = int(fields["requests"])
     errors = int(fields["failures"])
+    detail = re.findall(r"DPOR_BENCH_FAILURE (.*)", text)
     if socket_errors:
         errors += sum(int(x) for x in socket_errors.groups())
+        detail.insert(0, socket_errors.group(0))
     if non_2xx and not int(fields["failures"]):
         errors += int(non_2xx.group(1))
     return Result(
@@ -104,6 +117,7 @@ async def wrk(
         max_ms=round(int(fields["max_us"]) / 1000, 2),
         requests=requests,
         errors=errors,
+        error_detail=detail,
     )
 
 

@@ -111,14 +111,16 @@ async def measure_bot(
     async with serve(slack, database_url, work / f"{label}.log") as (port, proc):
         await asyncio.sleep(IDLE_S)
         memory = latency.Memory(idle_mb=latency.rss_mb(proc.pid))
+        used: set[str] = set()
         if light:
             subs = await seed.open_subscriptions(database_url, limit=light)
             light_results = await latency.light_load(slack, port, SECRET, subs, light)
+            used.update(subs)  # their partner is NEW_PARTNER now: `set` to it again is refused
 
-        subs = await seed.open_subscriptions(database_url, limit=20_000)
+        subs = [s for s in await seed.open_subscriptions(database_url, limit=20_000) if s not in used]
         file = work / "show.txt"
         write_requests(file, show_bodies(subs[:1000], seed.BYSTANDER))
-        results.append(await wrk(port, file, "Partner of record", seconds, label, "show"))
+        results.append(await wrk(port, file, "Partner of record", seconds, label, "show", once=True))
 
         file = work / "set.txt"
         write_requests(
@@ -128,10 +130,10 @@ async def measure_bot(
                 for sub in subs
             ),
         )
-        results.append(await wrk(port, file, "Request #", max(2, seconds // 2), label, "set"))
+        results.append(await wrk(port, file, "Request #", max(2, seconds // 2), label, "set", once=True))
 
-        if clicks:
-            pending = await seed.pending_request_ids(database_url)
+        pending = await seed.pending_request_ids(database_url) if clicks else []
+        if pending:
             file = work / "approve.txt"
             write_requests(
                 file,
@@ -147,7 +149,7 @@ async def measure_bot(
                     for rid in pending
                 ),
             )
-            results.append(await wrk(port, file, "", max(2, seconds // 2), label, "Approve"))
+            results.append(await wrk(port, file, "", max(2, seconds // 2), label, "Approve", once=True))
         memory.after_load_mb = latency.rss_mb(proc.pid)
         memory.peak_mb = latency.peak_mb(proc.pid)
     return BotRun(results, light_results, memory)
@@ -188,13 +190,21 @@ ANCHOR = "anchor (Bolt, acks only)"
 FLOOR = "Bolt's floor (process_before_response)"
 
 
+def explain_errors(results: list[Result]) -> None:
+    """On stderr (the tables stay clean): what the errors of each run were."""
+    for r in results:
+        for line in r.error_detail:
+            print(f"errors of {r.target} {r.workload}: {line}", file=sys.stderr, flush=True)
+
+
 async def run(args: argparse.Namespace) -> dict:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     engine = "postgresql" if args.database_url else "sqlite"
     bot_label = f"dpor-bot ({engine})"
     with tempfile.TemporaryDirectory(prefix="dpor-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         async with SlackStandin(bot_token=TOKEN) as slack:
             anchor, anchor_memory = await measure_anchor(slack, work, args.seconds, before_response=False)
             floor, floor_memory = await measure_anchor(slack, work, args.seconds, before_response=True)
@@ -223,6 +233,7 @@ async def run(args: argparse.Namespace) -> dict:
             }
             print(f"### {engine}: wrk, {CONNECTIONS} connections, {THREADS} threads\n", flush=True)
             print(report_module.throughput(results) + "\n", flush=True)
+            explain_errors(results)
             if small.light:
                 print(report_module.latencies(bot_label, small.light) + "\n", flush=True)
             print(report_module.memory(memories) + "\n", flush=True)
@@ -255,6 +266,7 @@ async def run(args: argparse.Namespace) -> dict:
                 report["scale"] = scale
                 report["lists"] = lists
                 print(report_module.throughput(large.results) + "\n")
+                explain_errors(large.results)
                 print(report_module.scale(scale) + "\n")
                 for row in scale:
                     print(
@@ -286,6 +298,9 @@ def main() -> None:
         "--with-fast-anchor", action="store_true", help=argparse.SUPPRESS
     )  # Bolt's floor is always measured now; the flag stays accepted for old command lines
     parser.add_argument("--json", help="write the results to this file too")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep the processes' logs and wrk's request files in DIR"
+    )
     args = parser.parse_args()
     report = asyncio.run(run(args))
     if args.json:
