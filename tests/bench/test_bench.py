@@ -1,0 +1,48 @@
+"""The benchmark's light-load and memory measurements work against a real `dpor-bot serve` on SQLite.
+
+A few requests only (the full benchmark is `python -m bench.run`): the numbers are positive and ordered.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench import latency, report, run, seed
+from bot.settings import normalise_database_url
+from sandbox.standin import SlackStandin
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert latency.percentile(values, 50) == 3.0
+    assert latency.percentile(values, 99) == 5.0
+    assert latency.percentile([7.0], 99) == 7.0
+
+
+async def test_light_load_and_memory_of_serve(tmp_path: Path) -> None:
+    started = time.monotonic()
+    url = normalise_database_url(f"sqlite:///{tmp_path / 'bench.db'}")
+    await seed.small(url, subscriptions=5)
+    async with (
+        SlackStandin(bot_token=run.TOKEN) as slack,
+        run.serve(slack, url, tmp_path / "serve.log") as (port, proc),
+    ):
+        idle = latency.rss_mb(proc.pid)
+        subs = await seed.open_subscriptions(url, limit=3)
+        measured = await latency.light_load(slack, port, run.SECRET, subs, 3)
+        after = latency.rss_mb(proc.pid)
+        peak = latency.peak_mb(proc.pid)
+
+    posted, applied = measured
+    assert posted.measurement.startswith("`set`") and applied.measurement.startswith("Approve")
+    for m in measured:
+        assert m.samples == 3 and m.errors == 0, m
+        assert 0 < m.p50_ms <= m.p99_ms <= m.max_ms, m
+    # each is a real round trip through the bot, not an artefact of the clocks
+    assert applied.p50_ms < 10_000 and posted.p50_ms < 10_000
+    assert 20 < idle <= peak and 20 < after <= peak, (idle, after, peak)
+
+    table = report.latencies("dpor-bot (sqlite)", measured)
+    assert table.splitlines()[0].startswith("| target |") and "card posted" in table
+    assert time.monotonic() - started < 30
