@@ -171,8 +171,8 @@ def test_partners_add_and_list(database_url: str, tmp_path: Path) -> None:
     ok(run("partners", "add", "123456", "--name", "Fabrikam"))
 
     out = ok(run("partners", "list"))
-    assert out.splitlines()[0].split() == ["PARTNER_ID", "NAME"]
-    assert table_rows(out) == [["123456", "Fabrikam"], ["4977985", "Contoso", "Ltd"]]
+    assert out.splitlines()[0].split() == ["PARTNER_ID", "NAME", "PRINCIPALS"]
+    assert table_rows(out) == [["123456", "Fabrikam", "-"], ["4977985", "Contoso", "Ltd", "-"]]
 
     assert "is not a partner ID" in refused(run("partners", "add", "12345", "--name", "Too short"))
     rows = query(database_url, select(Partner.partner_id, Partner.name).order_by(Partner.partner_id))
