@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.azure_ids import role_guids
 from bot.directory import resolve_scope
 from bot.errors import Refusal
 from bot.roles import AZURE, LOCAL_ROLES, RoleSource, RolesUnavailable, not_linked
@@ -34,37 +34,8 @@ from storage.queries import all_subscriptions
 
 log = logging.getLogger("dpor.roles")
 
-# Azure's built-in roles the settings may name (the role definition's GUID is the same in every tenant).
-BUILTIN_ROLES = {
-    "owner": "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
-    "contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",
-    "user access administrator": "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
-    "role based access control administrator": "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
-    "reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
-}
-GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # At most this many ARM reads at once (holders() of many linked people on a cold cache).
 CONCURRENCY = 8
-
-
-def role_guids(names: Iterable[str]) -> frozenset[str]:
-    """Role names (built-ins, any case) or role definition GUIDs as GUIDs; ValueError names a bad one."""
-    guids = set()
-    for name in names:
-        key = " ".join(name.split()).lower()
-        if not key:
-            continue
-        if GUID.fullmatch(key):
-            guids.add(key)
-        elif key in BUILTIN_ROLES:
-            guids.add(BUILTIN_ROLES[key])
-        else:
-            known = ", ".join(n.title() for n in BUILTIN_ROLES)
-            raise ValueError(
-                f"expected built-in role names ({known}) or role definition GUIDs, comma-separated; "
-                f"{name.strip()!r} is neither"
-            )
-    return frozenset(guids)
 
 
 def build_arm(settings: Settings) -> Any:

@@ -254,7 +254,7 @@ class Settings(BaseSettings):
     @classmethod
     def _azure_roles(cls, value: object) -> object:
         if isinstance(value, str):
-            from bot.azure_roles import role_guids  # imports nothing of the azure extra
+            from bot.azure_ids import role_guids  # imports nothing of the azure extra
 
             value = [name.strip() for name in value.split(",") if name.strip()]
             if not value:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -38,6 +37,7 @@ from azure.identity.aio import DefaultAzureCredential
 from azure.mgmt.authorization.v2022_04_01.aio import AuthorizationManagementClient
 from azure.mgmt.authorization.v2022_04_01.models import RoleAssignment, RoleAssignmentCreateParameters
 
+from bot.azure_ids import guid, role_name
 from bot.providers import ProviderError, retry_after
 from bot.settings import ConfigError, Settings
 
@@ -84,37 +84,6 @@ def cloud_from(settings: Settings) -> Cloud:
     if arm_url is not None and authority is not None:
         return _cloud("custom", arm_url.rstrip("/"), authority.rstrip("/"))
     return CLOUDS[settings.azure_cloud]
-
-
-# Azure's built-in roles, by the GUID of their role definition (the same in every tenant and cloud).
-BUILTIN_ROLES = {
-    "Owner": "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
-    "Contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",
-    "User Access Administrator": "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
-    "Reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
-}
-ROLE_NAMES = {guid: name for name, guid in BUILTIN_ROLES.items()}
-_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def guid(text: str) -> str | None:
-    """`text` as a lower-case GUID (folded with NFKC, braces dropped), or None when it is not one."""
-    folded = unicodedata.normalize("NFKC", text).strip().strip("{}").lower()
-    return folded if _GUID.fullmatch(folded) else None
-
-
-def role_guid(name_or_guid: str) -> str | None:
-    """A built-in role's GUID by its name (any case), or the GUID given; None when it is neither."""
-    folded = " ".join(unicodedata.normalize("NFKC", name_or_guid).split()).lower()
-    for name, value in BUILTIN_ROLES.items():
-        if folded in (name.lower(), name.lower().replace(" ", "")):
-            return value
-    return guid(name_or_guid)
-
-
-def role_name(role_definition_guid: str) -> str:
-    """The built-in role's name, else the GUID (a custom role)."""
-    return ROLE_NAMES.get(role_definition_guid.lower(), role_definition_guid.lower())
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import logging
 from typing import Any
 
 from bot import principals
+from bot.azure_ids import BUILTIN_ROLES, role_guid, role_name
 from bot.providers import PartnerState, ProviderError
-from bot.providers.arm import BUILTIN_ROLES, Arm, Assignment, role_guid, role_name, subscription_scope
+from bot.providers.arm import Arm, Assignment, subscription_scope
 from bot.settings import ConfigError, Settings
 from storage.db import Database
 

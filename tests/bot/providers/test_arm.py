@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
+from bot.azure_ids import BUILTIN_ROLES, guid, role_guid
 from bot.providers import ProviderError
-from bot.providers.arm import BUILTIN_ROLES, Arm, cloud_from, guid, role_guid
+from bot.providers.arm import Arm, cloud_from
 from bot.settings import ConfigError, Settings, load_settings
 from tests.bot.providers import arm_replay
 from tests.bot.providers.arm_replay import (
