@@ -4,9 +4,10 @@ click; a refusal comes back inline on its field (`response_action: errors`) and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
@@ -158,7 +159,8 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                 return
             await ack()
             ctx.wake_worker()
-            await _tell(client, user_id, _channel(view), request_opened(req))
+            # After the answer: Slack closes the form without waiting for the private answer's calls.
+            _after_ack(_tell(client, user_id, _channel(view), request_opened(req)))
 
     @app.action(REJECT)
     async def reject_clicked(ack: AsyncAck, body: Body, client: AsyncWebClient) -> None:
@@ -209,6 +211,16 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                 if forms.metadata(view).get("home") is True:  # the Home it came from shows the new state
                     await publish_home(ctx, client, user_id, team_id=_team(body) or None)
             ctx.wake_worker()  # a request found past its time was expired, and its card must say so
+
+
+_AFTER_ACK: set[asyncio.Task[None]] = set()  # held until done, so none is collected half-way
+
+
+def _after_ack(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` once the listener has returned: over HTTP, Bolt answers Slack only then."""
+    task = asyncio.get_running_loop().create_task(work)
+    _AFTER_ACK.add(task)
+    task.add_done_callback(_AFTER_ACK.discard)
 
 
 async def _quietly(what: str, found: Awaitable[list[Any]]) -> list[Any]:

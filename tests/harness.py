@@ -7,7 +7,7 @@ fixtures that start it (`harness`, `harness_any_db`, `bot_env`) are in tests/con
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +154,16 @@ class Harness:
                 return
             await asyncio.sleep(0.02)
         raise AssertionError(f"{waiting} outbox rows still undelivered after {within}s")
+
+
+async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until `check()` holds (what the bot does after its answer to Slack), or fail."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"still not so after {within}s")
+        await asyncio.sleep(0.02)
 
 
 async def seed(db: Database, extra_owners: tuple[str, ...] = ()) -> None:

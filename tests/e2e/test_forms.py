@@ -24,6 +24,7 @@ from tests.harness import (
     OWNER2,
     PROD,
     Harness,
+    eventually,
 )
 
 FIELDS = ["subscription", "partner", "reason"]
@@ -209,9 +210,13 @@ async def test_from_the_shortcut_to_an_applied_change(harness_any_db: Harness) -
     card = await h.card(1)
     assert "&lt;!channel&gt;" in json.dumps(card.blocks) and "<!channel>" not in json.dumps(card.blocks)
     await h.settle()
-    # No channel came with the shortcut: the private answer is a DM, in the typed command's words.
-    told = [m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN))]
-    assert any(t.startswith(":inbox_tray: Request #1 is open: set partner `4977985`") for t in told), told
+    # No channel came with the shortcut: the private answer is a DM, in the typed command's words, sent
+    # once the form has closed.
+    def told() -> list[str]:
+        return [m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN))]
+
+    opened = ":inbox_tray: Request #1 is open: set partner `4977985`"
+    await eventually(lambda: any(t.startswith(opened) for t in told()))
     assert (await h.click("dpor_approve", 1, OWNER))[0] == 200
     await h.settle()
     assert (await h.request(1)).status == "applied"
@@ -224,6 +229,7 @@ async def test_the_form_from_the_command_answers_as_the_command_does(harness: Ha
     await h.command("set", ADMIN)
     assert (await h.submit(ADMIN, values(reason="from the form")))[1] in (None, "", {})
     await h.settle()
+    await eventually(lambda: any(e.channel == APPROVALS for e in h.slack.ephemerals(ADMIN)))
     (answer,) = [e for e in h.slack.ephemerals(ADMIN) if e.channel == APPROVALS]
     # The same sentence as the typed command's answer, for this request.
     assert answer.text.split(" it expires")[0] == typed["text"].replace("#1", "#2").split(" it expires")[0]
