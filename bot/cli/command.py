@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import getpass
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TextIO, TypeVar
 
 import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -173,3 +174,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
 
 def when(at: datetime | None) -> str | None:
     return None if at is None else f"{at:%Y-%m-%dT%H:%MZ}"
+
+
+def read_csv(path: str, rows: Callable[[TextIO, str], list[T]]) -> list[T]:
+    """A CSV file the operator names, read whole by `rows`: an unreadable or undecodable file is one line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return rows(handle, path)
+    except OSError as exc:
+        raise Failed(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise Failed(f"{path} is not a UTF-8 CSV file: {exc}") from None

@@ -9,7 +9,7 @@ from typing import TextIO
 import click
 
 from bot import people
-from bot.cli.command import Failed, actor, reported, run, settings, slack_user_id, table, when
+from bot.cli.command import Failed, actor, read_csv, reported, run, settings, slack_user_id, table, when
 
 CSV_COLUMNS = ("slack_user_id", "object_id", "upn")
 HINT = "an object ID (a GUID, such as 0b1f6e6a-2c1d-4f57-9a7e-1f8c2d3e4a5b) nor a UPN (name@contoso.com)"
@@ -50,13 +50,7 @@ def people_link(user: str, identity: str) -> None:
 
 def read_people_csv(path: str) -> list[people.Link]:
     """Every row checked before anything is written; any bad row refuses the whole file, naming its line."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return _rows(handle, path)
-    except OSError as exc:
-        raise Failed(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise Failed(f"{path} is not a UTF-8 CSV file: {exc}") from None
+    return read_csv(path, _rows)
 
 
 def _rows(handle: TextIO, path: str) -> list[people.Link]:

@@ -7,7 +7,7 @@ from typing import TextIO
 
 import click
 
-from bot.cli.command import Failed, actor, in_the_cli, run, settings, slack_user_id, table, when
+from bot.cli.command import Failed, actor, in_the_cli, read_csv, run, settings, slack_user_id, table, when
 from bot.directory import (
     KEEP,
     ROLES,
@@ -65,13 +65,7 @@ def subscriptions_add(subscription_id: str, name: str, alias: str | None, provid
 
 def read_subscriptions_csv(path: str) -> list[SubscriptionRow]:
     """Read and validate every row; any bad row refuses the whole file, naming its line."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return _subscription_rows(handle, path)
-    except OSError as exc:
-        raise Failed(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise Failed(f"{path} is not a UTF-8 CSV file: {exc}") from None
+    return read_csv(path, _subscription_rows)
 
 
 def _subscription_rows(handle: TextIO, path: str) -> list[SubscriptionRow]:
