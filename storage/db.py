@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_
+
+from storage import sqlite
+from storage.groups import GroupCommit
 
 # Every transaction that appends to the audit chain holds this PostgreSQL advisory lock, so
 # chain appends (and the state checks before them) are serialised across processes.
@@ -17,27 +24,54 @@ CHAIN_LOCK_KEY = 0x44504F52  # "DPOR"
 _AUDIT_KEY = "dpor_audit_key"
 
 
+# How long a write waits for another process's write lock (the CLI, another tool) before it fails.
+WRITE_LOCK_WAIT = 30.0
+# SQLite's own busy handler blocks the thread it runs on, here the event loop: keep it short. A read
+# under WAL waits only in rare cases (recovery after a crash); writers wait in `_begin_immediate`.
+BUSY_TIMEOUT_MS = 200
+
+
+def _begin_immediate(conn: Any) -> None:
+    """BEGIN IMMEDIATE without SQLite's busy handler: while another process holds the write lock, sleep
+    on the event loop (other requests go on) and try again, for up to WRITE_LOCK_WAIT seconds."""
+    deadline = time.monotonic() + WRITE_LOCK_WAIT
+    delay = 0.001
+    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
+                    raise
+            await_(asyncio.sleep(delay))
+            delay = min(delay * 2, 0.05)
+    finally:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event own BEGIN, so writes can take the lock up front.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on the disk before the caller (and Slack) hears it succeeded; under WAL,
-        # NORMAL could lose the last commits to a power cut. It costs an fsync per commit (~0.4 ms here).
+        # NORMAL could lose the last commits to a power cut. It costs an fsync per commit (~0.3 ms here),
+        # shared by the transactions of a group (storage.groups).
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Writes take the write lock up front. Reads run in autocommit: each statement sees the
-        # newest commit, and a read costs no BEGIN/ROLLBACK round trips through aiosqlite's thread
-        # (each about half a millisecond here).
+        # newest commit and costs no BEGIN/ROLLBACK.
         if conn.get_execution_options().get("dpor_write", False):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
 
 
 class Database:
@@ -60,15 +94,23 @@ class Database:
             kwargs.update(pool_reset_on_return=None)
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        self.engine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            # The standard driver in the event loop's thread (storage.sqlite), not aiosqlite's thread.
+            engine_url: Any = make_url(url).set(drivername=sqlite.DRIVER)
+        else:
+            engine_url = url
+        self.engine = create_async_engine(engine_url, **kwargs)
         self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writer = async_sessionmaker(
             self.engine.execution_options(dpor_write=True), expire_on_commit=False
         )
-        # SQLite has one writer at a time; queueing in-process is cheaper than its busy loop.
-        self._write_lock: asyncio.Lock | None = None
+        self.groups: GroupCommit | None = None
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+            self.groups = GroupCommit(self.engine.execution_options(dpor_write=True), self._carry_key)
+
+    def _carry_key(self, session: AsyncSession) -> None:
+        session.info[_AUDIT_KEY] = self.audit_key
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -79,18 +121,17 @@ class Database:
     async def write(self, *, chain: bool = True) -> AsyncIterator[AsyncSession]:
         """A transaction that commits on success and rolls back on any exception.
 
-        `chain=True` serialises it with every other audited write (needed before appending to
-        the audit chain); outbox bookkeeping passes `chain=False`.
+        On SQLite it runs in a group of the transactions that arrive together (storage.groups): one
+        COMMIT for all, and `write()` returns once that COMMIT is on the disk. On PostgreSQL,
+        `chain=True` serialises it with every other audited write (needed before appending to the
+        audit chain); outbox bookkeeping passes `chain=False`.
         """
-        if self.is_sqlite:
-            if self._write_lock is None:
-                self._write_lock = asyncio.Lock()
-            async with self._write_lock, self._writer() as session, session.begin():
-                session.info[_AUDIT_KEY] = self.audit_key
+        if self.groups is not None:
+            async with self.groups.transaction() as session:
                 yield session
         else:
             async with self._writer() as session, session.begin():
-                session.info[_AUDIT_KEY] = self.audit_key
+                self._carry_key(session)
                 if chain:
                     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
                 yield session
