@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_
 
-from storage import sqlite
+from storage import readmodel, sqlite
 from storage.groups import GroupCommit
 
 # Every transaction that appends to the audit chain holds this PostgreSQL advisory lock, so
@@ -104,6 +104,8 @@ class Database:
         self._writer = async_sessionmaker(
             self.engine.execution_options(dpor_write=True), expire_on_commit=False
         )
+        # Partners, roles and watches in memory, checked against the version row on each use.
+        self.model = readmodel.ReadModel()
         self.groups: GroupCommit | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -111,10 +113,12 @@ class Database:
 
     def _carry_key(self, session: AsyncSession) -> None:
         session.info[_AUDIT_KEY] = self.audit_key
+        readmodel.attach(session, self.model)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._reader() as session:
+            readmodel.attach(session, self.model)
             yield session
 
     @asynccontextmanager

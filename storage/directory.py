@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import readmodel
 from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, RoleAssignment, Subscription
 
 # Bound parameters per IN list: well under SQLite's and asyncpg's limits.
@@ -110,6 +111,9 @@ async def partner_names(session: AsyncSession, ids: Iterable[str | None]) -> dic
     wanted = {i for i in ids if i}
     if not wanted:
         return {}
+    snap = await readmodel.of(session)
+    if snap is not None:
+        return {pid: snap.partners[pid] for pid in wanted if pid in snap.partners}
     rows = await session.execute(
         select(Partner.partner_id, Partner.name).where(Partner.partner_id.in_(wanted))
     )
@@ -121,6 +125,9 @@ async def partner_names(session: AsyncSession, ids: Iterable[str | None]) -> dic
 
 async def roles_for(session: AsyncSession, user_id: str, subscription_id: str) -> set[str]:
     """The roles a user holds on one subscription now (on it, or on every subscription)."""
+    snap = await readmodel.of(session)
+    if snap is not None:
+        return snap.roles_for(user_id, subscription_id)
     rows = await session.scalars(
         select(RoleAssignment.role).where(
             RoleAssignment.user_id == user_id,
@@ -132,6 +139,9 @@ async def roles_for(session: AsyncSession, user_id: str, subscription_id: str) -
 
 async def holders(session: AsyncSession, role: str, subscription_id: str) -> list[str]:
     """Who holds `role` on one subscription now (on it, or on every subscription), in user-id order."""
+    snap = await readmodel.of(session)
+    if snap is not None:
+        return snap.holders(role, subscription_id)
     rows = await session.scalars(
         select(RoleAssignment.user_id)
         .where(RoleAssignment.role == role, RoleAssignment.scope.in_((subscription_id, ALL_SUBSCRIPTIONS)))
@@ -242,6 +252,9 @@ async def watch_channels(session: AsyncSession) -> list[str]:
 
 async def watching_channels(session: AsyncSession, subscription_id: str) -> list[str]:
     """The channels told about a subscription's changes, each once, in the order they subscribed."""
+    snap = await readmodel.of(session)
+    if snap is not None:
+        return snap.watching(subscription_id)
     rows = await session.scalars(
         select(ChannelWatch.channel_id)
         .where(ChannelWatch.scope.in_((subscription_id, ALL_SUBSCRIPTIONS)))

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -256,6 +257,16 @@ class ChannelWatch(Base):
     scope: Mapped[str] = mapped_column(String(36))
     created_by: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReadModelVersion(Base):
+    """One row: a counter that triggers bump on every change to what processes keep in memory
+    (subscriptions' identity, partners, roles, watches; migration 0006, bot.readmodel)."""
+
+    __tablename__ = "read_model_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class SeenRequest(Base):
