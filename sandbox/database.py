@@ -29,6 +29,8 @@ VARIABLE = "DPOR_SANDBOX_DATABASE_URL"
 OWN_ACTORS = (ACTOR, SYSTEM_ACTOR, *(p.id for p in PEOPLE))
 _AUDIT = table("audit_events", column("seq"), column("actor"))
 _SUBSCRIPTIONS = table("subscriptions", column("id"))
+# Tables that hold rows as soon as the schema exists: the migrations write them.
+SCHEMA_ROWS = ("alembic_version", "read_model_version")
 
 
 async def foreign_data(url: str) -> str | None:
@@ -51,7 +53,7 @@ def _foreign(conn: Connection) -> str | None:
     filled = [
         name
         for name in sorted(inspect(conn).get_table_names())
-        if name != "alembic_version"
+        if name not in SCHEMA_ROWS
         and conn.execute(select(literal_column("1")).select_from(table(name)).limit(1)).first()
     ]
     if not filled:

@@ -22,7 +22,7 @@ MAX_GROUP = 64
 
 
 class _Group:
-    __slots__ = ("conn", "size", "committed")
+    __slots__ = ("committed", "conn", "size")
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -61,7 +61,9 @@ class GroupCommit:
                     await conn.close()
                     raise
                 group = self._group = _Group(conn)
-            session = AsyncSession(bind=group.conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+            session = AsyncSession(
+                bind=group.conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+            )
             self._prepare(session)
         except BaseException:
             self._gate.release()
