@@ -85,7 +85,8 @@ class World:
         return outbox_worker(ctx, self.providers, self.client, max_attempts=max_attempts, poll_interval=0.01)
 
     async def drive(self, worker: OutboxWorker, within: float = 10.0) -> None:
-        """Run the worker until every row due now is delivered (rows waiting for their backoff wait)."""
+        """Run the worker until every row due now is delivered and none is in a delivery (rows waiting for
+        their backoff wait)."""
         worker.start()
         try:
             loop = asyncio.get_running_loop()
@@ -95,7 +96,11 @@ class World:
                     due = await session.scalar(
                         select(func.count())
                         .select_from(OutboxMessage)
-                        .where(OutboxMessage.status == "pending", OutboxMessage.available_at <= utcnow())
+                        .where(
+                            OutboxMessage.status == "pending",
+                            # due, or in a delivery now (a claimed row is not done until settled)
+                            (OutboxMessage.available_at <= utcnow()) | (OutboxMessage.claimed_by.is_not(None)),
+                        )
                     )
                 if not due:
                     return
