@@ -98,6 +98,10 @@ class GroupCommit:
             try:
                 await group.conn.commit()
             except Exception as exc:
+                # SQLite leaves the transaction open after a failed COMMIT (a deferred constraint, a
+                # full disk) while SQLAlchemy considers it over: drop the connection (closing it rolls
+                # the transaction back) rather than hand it back to the pool.
+                await group.conn.invalidate()
                 # Every member that returned from its body learns it here; a group of failed ones has
                 # nothing to lose.
                 if group.size:

@@ -1,0 +1,135 @@
+"""Group commit on SQLite (storage/groups.py): transactions that arrive together share one COMMIT, a
+failing one rolls back alone, a failed COMMIT fails every member, and waiting for another process's
+write lock does not stop the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+from sqlalchemy import select, text
+
+from storage import directory
+from storage.db import Database
+from storage.models import Partner
+
+
+async def names(db: Database) -> set[str]:
+    async with db.read() as session:
+        return set((await session.scalars(select(Partner.partner_id))).all())
+
+
+async def add(db: Database, pid: str, *, fail: bool = False) -> None:
+    async with db.write() as session:
+        await directory.insert_partner(session, pid, f"Partner {pid}")
+        await asyncio.sleep(0)  # a real request's body gives the loop back now and then
+        if fail:
+            raise ValueError(f"{pid} refused")
+
+
+async def test_transactions_that_arrive_together_share_a_commit(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    try:
+        assert db.groups is not None
+        commits = db.groups.commits
+        await asyncio.gather(*(add(db, f"{i:07d}") for i in range(40)))
+        assert await names(db) == {f"{i:07d}" for i in range(40)}
+        assert db.groups.commits - commits < 40 / 4  # forty transactions, a handful of fsyncs
+    finally:
+        await db.dispose()
+
+
+async def test_a_failing_transaction_rolls_back_alone(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    try:
+        results = await asyncio.gather(
+            *(add(db, f"{i:07d}", fail=i % 3 == 0) for i in range(12)), return_exceptions=True
+        )
+        failed = {str(r) for r in results if isinstance(r, Exception)}
+        assert failed == {f"{i:07d} refused" for i in range(0, 12, 3)}
+        assert await names(db) == {f"{i:07d}" for i in range(12) if i % 3}
+    finally:
+        await db.dispose()
+
+
+async def test_a_failed_commit_fails_every_member_and_writes_nothing(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    try:
+        async with db.engine.begin() as conn:  # a foreign key SQLite checks only at COMMIT
+            await conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+            await conn.execute(
+                text(
+                    "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER "
+                    "REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+
+        async def orphan() -> None:
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO child (parent_id) VALUES (42)"))
+
+        results = await asyncio.gather(
+            add(db, "1111111"), orphan(), add(db, "2222222"), return_exceptions=True
+        )
+        assert all(isinstance(r, Exception) and "FOREIGN KEY" in str(r) for r in results), results
+        assert await names(db) == set()
+        await add(db, "3333333")  # the next group starts clean
+        assert await names(db) == {"3333333"}
+    finally:
+        await db.dispose()
+
+
+async def test_waiting_for_another_processs_write_lock_leaves_the_loop_free(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    path = sqlite_url.split("///", 1)[1]
+    held, release = threading.Event(), threading.Event()
+
+    def other_process() -> None:  # e.g. the CLI in the middle of a write
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO partners (partner_id, name, created_at) VALUES ('9999999', 'CLI', '2026-12-01')")
+        held.set()
+        release.wait(10)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 10)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        write = asyncio.create_task(add(db, "1234567"))
+        await asyncio.sleep(0.5)
+        assert not write.done()  # still waiting for the lock...
+        assert ticks >= 20  # ...while the loop kept running
+        started = time.monotonic()
+        release.set()
+        await asyncio.wait_for(write, 5)
+        assert time.monotonic() - started < 1
+        tick_task.cancel()
+        assert await names(db) == {"1234567", "9999999"}
+    finally:
+        release.set()
+        thread.join()
+        await db.dispose()
+
+
+async def test_a_read_does_not_see_a_group_before_its_commit(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    try:
+        async with db.write() as session:
+            await directory.insert_partner(session, "7777777", "Uncommitted")
+            assert await names(db) == set()  # another connection: only committed data
+        assert await names(db) == {"7777777"}
+    finally:
+        await db.dispose()
