@@ -89,7 +89,9 @@ async def test_waiting_for_another_processs_write_lock_leaves_the_loop_free(sqli
     def other_process() -> None:  # e.g. the CLI in the middle of a write
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO partners (partner_id, name, created_at) VALUES ('9999999', 'CLI', '2026-12-01')")
+        conn.execute(
+            "INSERT INTO partners (partner_id, name, created_at) VALUES ('9999999', 'CLI', '2026-12-01')"
+        )
         held.set()
         release.wait(10)
         conn.execute("COMMIT")

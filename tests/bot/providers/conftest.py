@@ -99,7 +99,8 @@ class World:
                         .where(
                             OutboxMessage.status == "pending",
                             # due, or in a delivery now (a claimed row is not done until settled)
-                            (OutboxMessage.available_at <= utcnow()) | (OutboxMessage.claimed_by.is_not(None)),
+                            (OutboxMessage.available_at <= utcnow())
+                            | (OutboxMessage.claimed_by.is_not(None)),
                         )
                     )
                 if not due:
