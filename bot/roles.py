@@ -113,12 +113,19 @@ LOCAL_ROLES = LocalRoles()
 
 
 async def current_owner_approvals(
-    session: AsyncSession, source: RoleSource, request_id: int, subscription_id: str
+    session: AsyncSession,
+    source: RoleSource,
+    request_id: int,
+    subscription_id: str,
+    approved: Sequence[str] | None = None,
 ) -> list[str]:
-    """Who approved the request, in order, among the people who are owners of the subscription now."""
+    """Who approved the request, in order, among the people who are owners of the subscription now.
+    `approved`: the approvers in order, when the caller has read them already."""
+    if approved is None:
+        approved = [who for who, _ in await request_table.approvals(session, request_id)]
     if isinstance(source, LocalRoles):
-        return await request_table.current_owner_approvals(session, request_id, subscription_id)
-    approved = [who for who, _ in await request_table.approvals(session, request_id)]
+        owners = set(await source.holders(session, "owner", subscription_id))
+        return [user for user in approved if user in owners]
     return [user for user in approved if "owner" in await source.roles(session, user, subscription_id)]
 
 

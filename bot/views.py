@@ -64,7 +64,9 @@ async def card(db: Database, request_id: int, required: int, pol: Policy | None 
         names = await directory.partner_names(session, [req.previous_partner_id, req.partner_id])
         approvals = await requests.approvals(session, req.id)
         try:
-            approvers = await current_owner_approvals(session, pol.roles, req.id, sub.id)
+            approvers = await current_owner_approvals(
+                session, pol.roles, req.id, sub.id, [who for who, _ in approvals]
+            )
             eligible = await eligible_approvers(session, pol, sub.id, req.requester_id)
         except RolesUnavailable:  # Azure slow: the card shows the approvals recorded, not who is missing
             approvers, eligible = [who for who, _ in approvals], []

@@ -20,6 +20,8 @@ PRUNE_EVERY = 60.0  # seconds, per process
 BATCH = 500
 
 _seen = SeenRequest.__table__
+_INSERT_SQLITE = sqlite_insert(_seen).on_conflict_do_nothing().returning(_seen.c.digest)
+_INSERT_PG = pg_insert(_seen).on_conflict_do_nothing().returning(_seen.c.digest)
 _pruned_at = float("-inf")
 
 
@@ -60,11 +62,10 @@ async def _insert_new(db: Database, rows: list[tuple[str, datetime, object]]) ->
     """Insert the digests in one transaction; returns those that were not there yet. Now and then the same
     transaction forgets the digests no window can accept any more."""
     global _pruned_at
-    insert = sqlite_insert if db.is_sqlite else pg_insert
     values = [{"digest": digest, "signed_at": signed_at} for digest, signed_at, _ in rows]
-    statement = insert(_seen).values(values).on_conflict_do_nothing().returning(_seen.c.digest)
     async with db.write(chain=False) as session:
-        new = set((await session.execute(statement)).scalars())
+        # One statement compiled once per engine, its rows sent as a batch ("insertmanyvalues").
+        new = set((await session.execute(_INSERT_SQLITE if db.is_sqlite else _INSERT_PG, values)).scalars())
         if time.monotonic() - _pruned_at >= PRUNE_EVERY:
             _pruned_at = time.monotonic()
             await session.execute(delete(_seen).where(_seen.c.signed_at < utcnow() - KEEP))

@@ -5,16 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
-    ALL_SUBSCRIPTIONS,
     OPEN_STATUSES,
     Approval,
     ChangeRequest,
     RequestStatus,
-    RoleAssignment,
     Subscription,
     utcnow,
 )
@@ -81,31 +79,6 @@ async def decision_of(session: AsyncSession, request_id: int, user_id: str) -> s
 async def add_decision(session: AsyncSession, request_id: int, user_id: str, decision: str) -> None:
     session.add(Approval(request_id=request_id, approver_id=user_id, decision=decision))
     await session.flush()
-
-
-def _by_current_owner(subscription_id: str):
-    return exists().where(
-        RoleAssignment.user_id == Approval.approver_id,
-        RoleAssignment.role == "owner",
-        RoleAssignment.scope.in_((subscription_id, ALL_SUBSCRIPTIONS)),
-    )
-
-
-async def current_owner_approvals(session: AsyncSession, request_id: int, subscription_id: str) -> list[str]:
-    """Who approved, in order, among the people who are owners of the subscription now."""
-    return list(
-        (
-            await session.scalars(
-                select(Approval.approver_id)
-                .where(
-                    Approval.request_id == request_id,
-                    Approval.decision == "approve",
-                    _by_current_owner(subscription_id),
-                )
-                .order_by(Approval.id)
-            )
-        ).all()
-    )
 
 
 async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, datetime]]:
