@@ -27,6 +27,14 @@ async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
         await notify_outbox(session)
 
 
+# A row waits while an earlier row of its key is pending. Built once: an alias costs more to build than
+# the query takes to run.
+_EARLIER = aliased(OutboxMessage)
+_BLOCKED = exists().where(
+    _EARLIER.key == OutboxMessage.key, _EARLIER.id < OutboxMessage.id, _EARLIER.status == PENDING
+)
+
+
 def _mine(ids: Sequence[int], owner: str):
     """The rows among `ids` that `owner` still holds: the clause every lease write is conditional on."""
     return and_(OutboxMessage.id.in_(ids), OutboxMessage.claimed_by == owner, OutboxMessage.status == PENDING)
@@ -42,17 +50,13 @@ async def claim(
     serialises claims).
     """
     now = utcnow()
-    earlier = aliased(OutboxMessage)
-    blocked = exists().where(
-        earlier.key == OutboxMessage.key, earlier.id < OutboxMessage.id, earlier.status == PENDING
-    )
     query = (
         select(OutboxMessage)
         .where(
             OutboxMessage.status == PENDING,
             OutboxMessage.available_at <= now,
             or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
-            ~blocked,
+            ~_BLOCKED,
         )
         .order_by(OutboxMessage.id)
         .limit(limit)
