@@ -72,12 +72,13 @@ async def wrk(
     workload: str,
     *,
     once: bool = False,
+    connections: int = CONNECTIONS,
 ) -> Result:
     """wrk for `seconds` with the signed requests of the file; `once`: stop when each was sent once."""
     proc = await asyncio.create_subprocess_exec(
         "wrk",
         f"-t{THREADS}",
-        f"-c{CONNECTIONS}",
+        f"-c{connections}",
         f"-d{seconds}s",
         "--timeout",
         "10s",

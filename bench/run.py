@@ -9,7 +9,9 @@ p50/p99 ack latency, errors and the ratios to the anchor and to the floor. Befor
 one request at a time, `set` -> card posted and Approve -> card Applied (bench/latency.py), and the
 resident memory of `dpor-bot serve` idle, after the load and at its peak. With --scale it also measures
 `show` and `set` against a database holding 1,000,000 audit events, 100,000 subscriptions and
-100,000 requests, and prints the ratio to the small database. A PostgreSQL URL names a server: the
+100,000 requests, and prints the ratio to the small database. On PostgreSQL it also runs `set` and
+Approve against two `dpor-bot serve` processes sharing one database (bench/pair.py) and prints their
+combined requests/s and the ratio to one process. A PostgreSQL URL names a server: the
 benchmark creates a database of its own there and drops it afterwards. The output is Markdown.
 """
 
@@ -28,7 +30,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import latency, seed
+from bench import latency, pair, seed
 from bench import report as report_module
 from bench.load import (
     CONNECTIONS,
@@ -237,6 +239,28 @@ async def run(args: argparse.Namespace) -> dict:
             if small.light:
                 print(report_module.latencies(bot_label, small.light) + "\n", flush=True)
             print(report_module.memory(memories) + "\n", flush=True)
+
+            if engine == "postgresql":
+                async with database(args.database_url, work, "pair") as url:
+                    await seed.small(url, subscriptions=args.subscriptions)
+                    two = await pair.measure(slack, url, work, args.seconds, f"{bot_label}, two processes")
+                scaling = []
+                for r in two:
+                    one = next(s for s in small.results if s.workload == r.workload)
+                    r.ratio_to_anchor = round(r.requests_per_s / anchor.requests_per_s, 2)
+                    r.ratio_to_floor = round(r.requests_per_s / floor.requests_per_s, 2)
+                    ratio = round(r.requests_per_s / one.requests_per_s, 2)
+                    scaling.append({"workload": r.workload, "ratio_to_one_process": ratio})
+                report["two_processes"] = [asdict(r) for r in two]
+                report["two_processes_scaling"] = scaling
+                print(report_module.throughput(two) + "\n", flush=True)
+                explain_errors(two)
+                for row in scaling:
+                    print(
+                        f"two processes, {row['workload']}: x{row['ratio_to_one_process']} of one process's "
+                        "requests/s (target >= 1)\n",
+                        flush=True,
+                    )
 
             if args.scale:
                 async with database(args.database_url, work, "large") as url:

@@ -1,0 +1,96 @@
+"""Two `dpor-bot serve` processes on one PostgreSQL database: does the second add throughput or take it?
+
+Each process gets half of wrk's connections and its own half of the subscriptions (`set`) or of the
+pending requests (Approve), at the same time; their requests per second add up. The ratio to one
+process (16 connections) is what scaling out buys on this machine; the issue's target is >= 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from bench import latency, seed
+from bench.load import CONNECTIONS, Result, write_requests, wrk
+from sandbox.signing import block_actions_body, slash_command_body
+from sandbox.standin import SlackStandin
+
+HALF = CONNECTIONS // 2
+
+
+def _combined(target: str, workload: str, halves: list[Result]) -> Result:
+    return Result(
+        target=target,
+        workload=workload,
+        requests_per_s=round(sum(r.requests_per_s for r in halves), 1),
+        p50_ms=max(r.p50_ms for r in halves),
+        p99_ms=max(r.p99_ms for r in halves),
+        max_ms=max(r.max_ms for r in halves),
+        requests=sum(r.requests for r in halves),
+        errors=sum(r.errors for r in halves),
+        error_detail=[line for r in halves for line in r.error_detail],
+    )
+
+
+async def measure(
+    slack: SlackStandin, database_url: str, work: Path, seconds: int, label: str
+) -> list[Result]:
+    """`set` then Approve, each process loaded by its own wrk at once; one combined Result per workload."""
+    from bench.run import serve  # the same `serve` as the one-process run
+
+    async with contextlib.AsyncExitStack() as stack:
+        ports = [
+            (await stack.enter_async_context(serve(slack, database_url, work / f"{label}-{n}.log")))[0]
+            for n in (1, 2)
+        ]
+        subs = await seed.open_subscriptions(database_url, limit=20_000)
+        set_files = []
+        for n, part in enumerate((subs[0::2], subs[1::2])):
+            file = work / f"pair-set-{n}.txt"
+            write_requests(
+                file,
+                (
+                    slash_command_body(
+                        f"set {sub} {seed.NEW_PARTNER} bench", user_id=seed.ADMIN, team_id=seed.TEAM
+                    )
+                    for sub in part
+                ),
+            )
+            set_files.append(file)
+        length = max(2, seconds // 2)
+        halves = await asyncio.gather(
+            *(
+                wrk(port, file, "Request #", length, label, "set", once=True, connections=HALF)
+                for port, file in zip(ports, set_files, strict=True)
+            )
+        )
+        results = [_combined(label, "set", list(halves))]
+
+        pending = await seed.pending_request_ids(database_url)
+        approve_files = []
+        for n, part in enumerate((pending[0::2], pending[1::2])):
+            file = work / f"pair-approve-{n}.txt"
+            write_requests(
+                file,
+                (
+                    block_actions_body(
+                        "dpor_approve",
+                        str(rid),
+                        user_id=seed.OWNER,
+                        team_id=seed.TEAM,
+                        channel_id=latency.APPROVALS,
+                        message_ts="1.000001",
+                    )
+                    for rid in part
+                ),
+            )
+            approve_files.append(file)
+        halves = await asyncio.gather(
+            *(
+                wrk(port, file, "", length, label, "Approve", once=True, connections=HALF)
+                for port, file in zip(ports, approve_files, strict=True)
+            )
+        )
+        results.append(_combined(label, "Approve", list(halves)))
+    return results
