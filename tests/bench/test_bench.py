@@ -46,3 +46,14 @@ async def test_light_load_and_memory_of_serve(tmp_path: Path) -> None:
     table = report.latencies("dpor-bot (sqlite)", measured)
     assert table.splitlines()[0].startswith("| target |") and "card posted" in table
     assert time.monotonic() - started < 30
+
+
+def test_two_processes_add_their_rates_and_keep_the_worse_latencies() -> None:
+    from bench.load import Result
+    from bench.pair import _combined
+
+    one = Result("a", "set", 40.0, 100.0, 300.0, 400.0, 160, 0)
+    two = Result("b", "set", 25.5, 150.0, 250.0, 500.0, 102, 1, error_detail=["timeout 1"])
+    both = _combined("two", "set", [one, two])
+    assert (both.requests_per_s, both.p50_ms, both.p99_ms, both.max_ms) == (65.5, 150.0, 300.0, 500.0)
+    assert (both.requests, both.errors, both.error_detail) == (262, 1, ["timeout 1"])
