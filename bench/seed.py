@@ -73,7 +73,7 @@ async def pending_request_ids(url: str) -> list[int]:
 
 async def _bulk(db: Database, model: type, rows: list[dict], chunk: int = 5000) -> None:
     for start in range(0, len(rows), chunk):
-        async with db.write(chain=False) as session:
+        async with db.write(serial=False) as session:
             await session.execute(insert(model), rows[start : start + chunk])
 
 

@@ -47,8 +47,8 @@ async def start_apply(
     `awaiting` (a provider a person finishes, such as portal's `{"awaiting": "attestation", ...}`): kept as
     the request's result and in `apply.started`; the card shows the steps, and the reminder clock restarts.
     """
-    async with db.write() as session:
-        req = await requests.get(session, request_id)
+    async with db.write(serial=False) as session:
+        req = await requests.get(session, request_id, lock=True)
         if req is None or req.status not in (RequestStatus.APPROVED, RequestStatus.APPLYING):
             return None
         attempts = req.apply_attempts + 1
@@ -95,8 +95,8 @@ async def start_apply(
 async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: ApplyOutcome) -> ChangeRequest:
     """applying -> applied (the record follows; the chain's head is checkpointed) or failed (Retry possible
     for DPOR_REQUEST_TTL)."""
-    async with db.write() as session:
-        req = await requests.get(session, request_id)
+    async with db.write(serial=False) as session:
+        req = await requests.get(session, request_id, lock=True)
         if req is None:
             raise UnknownRequest(f"There is no request #{request_id}.")
         point = await finish(session, pol, req, outcome)

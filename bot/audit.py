@@ -91,6 +91,17 @@ async def append(session: AsyncSession, entry: Entry) -> None:
     await append_many(session, [entry])
 
 
+async def seal(session: AsyncSession, key: bytes | None = None) -> int:
+    """Chain the events waiting for the sealer (PostgreSQL) in this transaction, under the chain lock;
+    `key`: the chain's key when the session does not carry it (re-keying)."""
+    if not chain.is_postgresql(session):
+        return 0  # SQLite chains events as they are appended
+    key = key or audit_key_of(session)
+    if key is None:
+        raise ConfigError(NO_KEY)
+    return await chain.seal(session, key)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A head of the chain as published outside the database: event `seq` had hash `hash` at time `at`."""
@@ -161,6 +172,7 @@ async def verify(
     key = key if key is not None else db.audit_key
     if key is None:
         raise ConfigError(f"`audit verify` needs the audit key: {NO_KEY.split(': ', 1)[1]}")
+    await db.seal()  # PostgreSQL: what was committed and is still waiting for the sealer is chained first
     keys: dict[str | None, bytes | None] = {key_id(key): key}
     published = sorted(checkpoints, key=lambda c: c.seq)
     prev, expected_seq, count, at, last = GENESIS, 1, 0, 0, 0

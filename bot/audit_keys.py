@@ -211,7 +211,7 @@ async def rekey(db: Database, key: AuditKey, channel: str | None) -> int:
             data={"events": count, "key_id": kid, "unkeyed_head": old_prev},
         )
         await chain.append(session, [entry], key.secret)
-        point = await checkpoints.take(session, channel, checkpoints.REKEY)
+        point = await checkpoints.take(session, channel, checkpoints.REKEY, key.secret)
     log.warning("re-keyed the audit log: %d events verified and keyed with key id %s", count, kid)
     checkpoints.published(point)
     return count

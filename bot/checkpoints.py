@@ -19,6 +19,7 @@ from typing import TextIO
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import audit
 from bot.audit import Checkpoint
 from bot.errors import BadInput
 from bot.outbox import Outbox
@@ -35,9 +36,12 @@ APPLY, DAILY, REKEY, CLI = "apply", "daily", "rekey", "cli"  # what took a check
 _WRITTEN = re.compile(r"\bseq=(\d+)\s+hash=([0-9a-f]{64})\s+at=([0-9T:.+\-Z]+)")
 
 
-async def take(session: AsyncSession, channel: str | None, reason: str) -> Checkpoint | None:
+async def take(
+    session: AsyncSession, channel: str | None, reason: str, key: bytes | None = None
+) -> Checkpoint | None:
     """Record the chain's head now and queue its message for `channel`, in the caller's transaction;
     None when the log is empty. Hand the result to `published` once the transaction has committed."""
+    await audit.seal(session, key)  # PostgreSQL: events still waiting for the sealer are chained first
     head = await chain.tip(session)
     if head is None:
         return None

@@ -237,7 +237,7 @@ async def click(
         async with db.write() as session:
             await deny(session, act, exc, user_id=user_id, req=None, channel_id=channel_id, raw=request_id)
         raise
-    async with db.write() as session:
+    async with db.write(serial=False) as session:  # the request's row is locked by lifecycle.load
         req: ChangeRequest | None = None
         try:
             req = await lifecycle.load(session, request_id, team_id)

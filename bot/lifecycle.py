@@ -122,9 +122,13 @@ def request_number(raw: int | str) -> int:
     return number
 
 
-async def load(session: AsyncSession, request_id: int | str, team_id: str | None) -> ChangeRequest:
+async def load(
+    session: AsyncSession, request_id: int | str, team_id: str | None, *, lock: bool = True
+) -> ChangeRequest:
+    """The request by number, checked against the workspace; `lock`: its row locked until the transaction
+    ends, so two clicks on one request decide one after the other (PostgreSQL, several processes)."""
     rid = request_number(request_id)
-    req = await requests.get(session, rid)
+    req = await requests.get(session, rid, lock=lock)
     if req is None:
         raise UnknownRequest(f"There is no request #{rid}. `/dpor pending` lists the open ones.")
     if team_id is not None and req.team_id != team_id:
@@ -166,7 +170,8 @@ async def create_request(
     # Azure as the role source: the requester's roles and the owners' (too few approvers?) fetched first.
     await pol.roles.prepare(user_id, [subscription], everyone=True)
     try:
-        async with db.write() as session:
+        # Not serial: a second open request for the subscription is refused by its unique index.
+        async with db.write(serial=False) as session:
             sub = await resolve_subscription(session, subscription)
             await policy.check(
                 session,
@@ -358,7 +363,7 @@ async def remind_due(db: Database, remind_after: timedelta, *, now: datetime | N
     `remind_after`, for each approved one waiting for an owner's attestation of the portal step); returns
     their ids."""
     now = now or utcnow()
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         reminded = await requests.mark_reminded(session, now, now - remind_after)
         # Approved changes still waiting for an owner to attest the Azure portal step (the portal provider).
         reminded += await requests.mark_attestation_reminded(session, now, now - remind_after)

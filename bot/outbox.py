@@ -148,7 +148,7 @@ async def requeue(db: Database, ids: Sequence[int] | None = None) -> list[int]:
 
     Refuses, writing nothing, when an id names no row or a row that is not dead.
     """
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         found = await table.statuses_of(session, ids)
         for row_id in ids or ():
             if row_id not in found:

@@ -104,7 +104,7 @@ async def record(
     removed: Sequence[str],
 ) -> None:
     """Record the assignments made (assignment ID, principal, role definition ID) and those removed."""
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await sql.record_managed(
             session,
             [

@@ -151,7 +151,7 @@ class OutboxWorker:
                     await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
 
     async def _claim(self, limit: int) -> list[OutboxMessage]:
-        async with self.db.write(chain=False) as session:
+        async with self.db.write(serial=False) as session:
             rows = await table.claim(session, self.name, self.lease, limit, skip_locked=not self.db.is_sqlite)
         for row in rows:
             if row.claimed_until is not None:
@@ -173,7 +173,7 @@ class OutboxWorker:
             if not ids:
                 continue
             try:
-                async with self.db.write(chain=False) as session:
+                async with self.db.write(serial=False) as session:
                     await table.renew(session, ids, self.name, self.lease)
             except Exception:
                 log.warning("could not renew the lease of outbox rows %s", ids, exc_info=True)
@@ -225,7 +225,7 @@ class OutboxWorker:
         await asyncio.shield(task)
 
     async def _settle(self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any) -> None:
-        async with self.db.write(chain=False) as session:
+        async with self.db.write(serial=False) as session:
             if record is not None:
                 await record(session)
             settled = await table.settle(session, row.id, self.name, status, **values)
@@ -293,7 +293,7 @@ class OutboxWorker:
             return
         try:
             # Bounded: with the database gone, shutdown must not wait for it; the leases lapse anyway.
-            async with asyncio.timeout(2.0), self.db.write(chain=False) as session:
+            async with asyncio.timeout(2.0), self.db.write(serial=False) as session:
                 await table.release(session, ids, self.name)
             log.info("released outbox rows %s: another process (or the next start) delivers them", ids)
         except Exception:

@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import AuditEvent, utcnow
+from storage.models import AuditEvent, AuditPending, utcnow
 
 GENESIS = "0" * 64
+# The PostgreSQL advisory lock the chain's tip is read and extended under: held by the sealer (and by a
+# transaction that seals its own events, e.g. to checkpoint them), never by a request's transaction.
+CHAIN_LOCK_KEY = 0x44504F52  # "DPOR"
+# Where a session notes that it wrote events for the sealer (storage.db seals them after its commit).
+UNSEALED = "dpor_unsealed"
 
 
 @dataclass(frozen=True)
@@ -118,27 +123,57 @@ async def first(session: AsyncSession) -> Link | None:
     return await _end(session, newest=False)
 
 
+def is_postgresql(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) -> int:
-    """Chain events after the tip, keyed with `key`. Call inside `Database.write()`, which serialises
-    chain appends."""
+    """Add events to the chain, keyed with `key`. On SQLite (one writer at a time) they are chained after
+    the tip at once. On PostgreSQL they go to audit_pending, with no lock, and are chained by `seal`: the
+    Database seals them right after this transaction commits (storage.db), and whoever seals next would."""
+    events = list(events)
+    if not events:
+        return 0
+    at = utcnow()
+    if is_postgresql(session):
+        await session.execute(
+            insert(AuditPending),
+            [
+                {
+                    "at": at,
+                    "actor": e.actor,
+                    "action": e.action,
+                    "request_id": e.request_id,
+                    "subscription_id": e.subscription_id,
+                    "data": e.data or {},
+                }
+                for e in events
+            ],
+        )
+        session.info[UNSEALED] = True
+        return len(events)
+    rows = [(at, e.actor, e.action, e.request_id, e.subscription_id, e.data or {}) for e in events]
+    await _chain(session, rows, key)
+    return len(events)
+
+
+async def _chain(session: AsyncSession, events: Sequence[tuple[Any, ...]], key: bytes) -> None:
+    """Chain (at, actor, action, request_id, subscription_id, data) events after the tip, in order."""
     head = await tip(session)
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     kid = key_id(key)
     rows = []
-    at = utcnow()
-    for event in events:
+    for at, actor, action, request_id, subscription_id, data in events:
         seq += 1
-        data = event.data or {}
-        body = canonical(seq, at, event.actor, event.action, event.request_id, event.subscription_id, data)
-        digest = chain_hash(prev, body, key)
+        digest = chain_hash(prev, canonical(seq, at, actor, action, request_id, subscription_id, data), key)
         rows.append(
             {
                 "seq": seq,
                 "at": at,
-                "actor": event.actor,
-                "action": event.action,
-                "request_id": event.request_id,
-                "subscription_id": event.subscription_id,
+                "actor": actor,
+                "action": action,
+                "request_id": request_id,
+                "subscription_id": subscription_id,
                 "data": data,
                 "prev_hash": prev,
                 "hash": digest,
@@ -146,9 +181,32 @@ async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) 
             }
         )
         prev = digest
-    if rows:
-        await session.execute(insert(AuditEvent), rows)
-    return len(rows)
+    await session.execute(insert(AuditEvent), rows)
+
+
+SEAL_BATCH = 5000
+
+
+async def seal(session: AsyncSession, key: bytes) -> int:
+    """PostgreSQL: chain the pending events this session sees (committed ones, and its own) after the tip,
+    in the order they were written, under the chain lock until the caller commits; returns how many.
+    Nothing to do on SQLite, where `append` chains at once."""
+    if not is_postgresql(session):
+        return 0
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+    pending = AuditPending.__table__
+    sealed = 0
+    while True:
+        rows = (
+            await session.execute(select(pending).order_by(pending.c.id).limit(SEAL_BATCH))
+        ).all()
+        if not rows:
+            return sealed
+        events = [(r.at, r.actor, r.action, r.request_id, r.subscription_id, r.data or {}) for r in rows]
+        await _chain(session, events, key)
+        await session.execute(delete(pending).where(pending.c.id.in_([r.id for r in rows])))
+        sealed += len(rows)
+        session.info.pop(UNSEALED, None)
 
 
 async def events_after(session: AsyncSession, seq: int, limit: int) -> list[AuditEvent]:

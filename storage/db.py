@@ -14,12 +14,16 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_
 
+from storage import audit as chain
 from storage import readmodel, sqlite
 from storage.groups import GroupCommit
 
-# Every transaction that appends to the audit chain holds this PostgreSQL advisory lock, so
-# chain appends (and the state checks before them) are serialised across processes.
-CHAIN_LOCK_KEY = 0x44504F52  # "DPOR"
+# A serial write (the default) holds this PostgreSQL advisory lock: the rare writes whose checks read
+# across rows (roles and the last-owner guard, the directory, checkpoints, re-keying) run one at a time
+# across processes. A request's own transactions (`serial=False`: set, the clicks, apply) do not take
+# it: they lock their request's row and rely on the one-open-request index. Neither holds the chain's
+# lock (storage.audit.CHAIN_LOCK_KEY): events are chained by the sealer after the commit.
+SERIAL_LOCK_KEY = 0x44504F53  # "DPOS"
 # Where a write session carries the audit chain's key (`Database.audit_key`) for `audit_key_of`.
 _AUDIT_KEY = "dpor_audit_key"
 
@@ -107,6 +111,8 @@ class Database:
         # Partners, roles and watches in memory, checked against the version row on each use.
         self.model = readmodel.ReadModel()
         self.groups: GroupCommit | None = None
+        self._seal_lock: asyncio.Lock | None = None
+        self._seal_wanted = self._seal_done = 0
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             self.groups = GroupCommit(self.engine.execution_options(dpor_write=True), self._carry_key)
@@ -122,23 +128,45 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def write(self, *, chain: bool = True) -> AsyncIterator[AsyncSession]:
+    async def write(self, *, serial: bool = True) -> AsyncIterator[AsyncSession]:
         """A transaction that commits on success and rolls back on any exception.
 
         On SQLite it runs in a group of the transactions that arrive together (storage.groups): one
-        COMMIT for all, and `write()` returns once that COMMIT is on the disk. On PostgreSQL,
-        `chain=True` serialises it with every other audited write (needed before appending to the
-        audit chain); outbox bookkeeping passes `chain=False`.
+        COMMIT for all, and `write()` returns once that COMMIT is on the disk. On PostgreSQL, `serial`
+        (the default) runs it one at a time with the other serial writes of every process (see
+        SERIAL_LOCK_KEY); the audit events it wrote are chained by the sealer before `write()` returns.
         """
         if self.groups is not None:
             async with self.groups.transaction() as session:
                 yield session
-        else:
-            async with self._writer() as session, session.begin():
+            return
+        async with self._writer() as session:
+            async with session.begin():
                 self._carry_key(session)
-                if chain:
-                    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+                if serial:
+                    lock = text("SELECT pg_advisory_xact_lock(:key)")
+                    await session.execute(lock, {"key": SERIAL_LOCK_KEY})
                 yield session
+            unsealed = session.info.get(chain.UNSEALED, False)
+        if unsealed:
+            await self.seal()
+
+    async def seal(self) -> None:
+        """PostgreSQL: chain every event committed so far (storage.audit.seal). Callers that arrive while a
+        seal runs share the next one, so a burst of requests costs a few seals, not one each."""
+        if self.is_sqlite or self.audit_key is None:
+            return
+        if self._seal_lock is None:
+            self._seal_lock = asyncio.Lock()
+        self._seal_wanted += 1
+        ticket = self._seal_wanted
+        async with self._seal_lock:
+            if self._seal_done >= ticket:
+                return  # a seal that began after this caller's commit covered it
+            upto = self._seal_wanted
+            async with self._writer() as session, session.begin():
+                await chain.seal(session, self.audit_key)
+            self._seal_done = upto
 
     async def ping(self) -> bool:
         try:

@@ -210,6 +210,24 @@ class AuditEvent(Base):
     key_id: Mapped[str | None] = mapped_column(String(16))
 
 
+class AuditPending(Base):
+    """On PostgreSQL, an audit event committed but not chained yet: write transactions insert here, in
+    parallel, and the sealer (storage.audit.seal) chains these in order into audit_events, under the chain
+    lock, moments later. SQLite chains in the write transaction itself (it has one writer at a time)."""
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[int | None] = mapped_column(Integer)
+    subscription_id: Mapped[str | None] = mapped_column(String(36))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class AuditCheckpoint(Base):
     """A head of the audit chain (position and hash) as it was published outside the database."""
 

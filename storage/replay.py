@@ -63,7 +63,7 @@ async def _insert_new(db: Database, rows: list[tuple[str, datetime, object]]) ->
     transaction forgets the digests no window can accept any more."""
     global _pruned_at
     values = [{"digest": digest, "signed_at": signed_at} for digest, signed_at, _ in rows]
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         # One statement compiled once per engine, its rows sent as a batch ("insertmanyvalues").
         new = set((await session.execute(_INSERT_SQLITE if db.is_sqlite else _INSERT_PG, values)).scalars())
         if time.monotonic() - _pruned_at >= PRUNE_EVERY:

@@ -18,8 +18,10 @@ from storage.models import (
 )
 
 
-async def get(session: AsyncSession, request_id: int) -> ChangeRequest | None:
-    return await session.get(ChangeRequest, request_id)
+async def get(session: AsyncSession, request_id: int, *, lock: bool = False) -> ChangeRequest | None:
+    """A request by number; `lock`: its row locked until the transaction ends (PostgreSQL's FOR UPDATE,
+    what a request's own transaction decides under; SQLite's writer already runs alone)."""
+    return await session.get(ChangeRequest, request_id, with_for_update=lock or None)
 
 
 async def reload(session: AsyncSession, req: ChangeRequest) -> None:

@@ -130,7 +130,7 @@ def change(url: str, *statements_or_rows: Any) -> None:
     async def go() -> None:
         db = Database(url)
         try:
-            async with db.write(chain=False) as session:
+            async with db.write(serial=False) as session:
                 for item in statements_or_rows:
                     if isinstance(item, ChangeRequest):
                         session.add(item)

@@ -38,7 +38,7 @@ async def rewrite(db: Database, seq: int, actor: str, key: bytes | None, key_id:
     (`key`: HMAC under that key; None: the plain SHA-256), each event marked with `key_id`."""
     events = await stored(db)
     prev = events[seq - 2].hash if seq > 1 else audit.GENESIS
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         for event in events[seq - 1 :]:
             if event.seq == seq:
                 event.actor = actor
@@ -83,5 +83,5 @@ async def unkeyed_chain(db: Database, count: int = 5) -> None:
         rows.append({"seq": seq, "at": at, "actor": "cli:ops", "action": "partner.added", "data": data})
         rows[-1].update(request_id=None, subscription_id=None, prev_hash=prev, hash=digest)
         prev = digest
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(insert(OLD_EVENTS), rows)

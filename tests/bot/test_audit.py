@@ -46,7 +46,7 @@ async def chain(db: Database) -> None:
 
 
 async def tamper(db: Database, *statements: str) -> None:
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         for statement in statements:
             await session.execute(text(statement))
 
@@ -118,7 +118,7 @@ async def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(db: Database)
     body = audit.canonical(
         third.seq, third.at, third.actor, third.action, third.request_id, third.subscription_id, forged
     )
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(
             text("UPDATE audit_events SET data = :data, hash = :hash WHERE seq = 3"),
             {"data": json.dumps(forged), "hash": audit.chain_hash(third.prev_hash, body, db.audit_key)},

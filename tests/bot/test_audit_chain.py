@@ -130,7 +130,7 @@ async def test_a_truncated_history_contradicts_the_checkpoint_past_its_end(db: D
     async with db.write() as session:
         await audit.append_many(session, [Entry(actor="U1", action="partner.added")] * 2)
     head = await take(db)  # seq 8
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(delete(AuditEvent).where(AuditEvent.seq > 5))
     assert (await audit.verify(db)).ok  # a shorter chain is still a chain
     result = await audit.verify(db, checkpoints=[head, middle])
@@ -225,7 +225,7 @@ async def test_rekey_verifies_first_then_keys_every_event(db: Database) -> None:
 
 async def test_a_chain_that_does_not_verify_is_not_rekeyed(db: Database) -> None:
     await unkeyed_chain(db)
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(actor="U0EVIL"))
     before = [(e.hash, e.key_id) for e in await stored(db)]
     with pytest.raises(Refusal, match=r"does not verify at event 3: .*edited.*not re-keyed"):

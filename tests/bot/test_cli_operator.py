@@ -233,7 +233,7 @@ async def test_doctor_names_an_edited_audit_event_and_a_provider_it_cannot_build
     keyed: Database, database_url: str, slack: SlackStandin, tmp_path: Path
 ) -> None:
     await seed(keyed)
-    async with keyed.write(chain=False) as session:
+    async with keyed.write(serial=False) as session:
         await session.execute(update(AuditEvent).where(AuditEvent.seq == 2).values(actor="cli:someone-else"))
     env = slack_env(database_url, slack, DPOR_PROVIDER="webhook")
     code, out, _ = await dpor_bot(env, tmp_path, "doctor")

@@ -151,7 +151,7 @@ INSERT_REQUEST = text(
 
 
 async def insert_request(db: Database, status: str) -> None:
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(INSERT_REQUEST, {"sub": SUB, "status": status})
 
 
@@ -178,10 +178,10 @@ async def test_the_database_refuses_a_second_decision_by_one_approver(db: Databa
         "INSERT INTO approvals (request_id, approver_id, decision, at)"
         " VALUES (:rid, 'UOWNER1', :decision, CURRENT_TIMESTAMP)"
     )
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(insert, {"rid": rid, "decision": "approve"})
     with pytest.raises(IntegrityError, match=r"(?i)unique"):
-        async with db.write(chain=False) as session:
+        async with db.write(serial=False) as session:
             await session.execute(insert, {"rid": rid, "decision": "reject"})
     assert await count_where(db, Approval) == 1
     assert (await load(db, rid)).status == "pending"

@@ -340,7 +340,7 @@ async def test_a_scope_is_resolved_in_one_place(db: Database) -> None:
 async def test_a_scope_word_never_names_one_subscription(db: Database) -> None:
     """A subscription aliased `*` before aliases were checked: `*` still means every subscription."""
     await two_subscriptions(db)
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(update(Subscription).where(Subscription.id == A).values(alias="*"))
     async with db.read() as session:
         for word in ("*", "all"):

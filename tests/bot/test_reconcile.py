@@ -45,7 +45,7 @@ WATCHERS = "C0WATCHERS"
 
 async def record(db: Database, subscription_id: str, partner_id: str | None) -> None:
     """The partner of record, as an earlier apply left it."""
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(
             update(Subscription).where(Subscription.id == subscription_id).values(partner_id=partner_id)
         )
@@ -309,7 +309,7 @@ def test_subscriptions_add_sets_the_provider(
 async def test_applying_requests_block_nothing_else(sqlite_world: World) -> None:
     # A failed request is not open: reconcile reads the target again.
     azure(sqlite_world, Replay(ok(OLD, "Fabrikam Consulting")))
-    async with sqlite_world.db.write(chain=False) as session:
+    async with sqlite_world.db.write(serial=False) as session:
         session.add(
             ChangeRequest(
                 team_id=TEAM,

@@ -54,7 +54,7 @@ async def seed(db: Database, *, owners: tuple[str, ...] = OWNERS) -> None:
 
 
 async def set_partner(db: Database, subscription_id: str, partner_id: str | None) -> None:
-    async with db.write(chain=False) as session:
+    async with db.write(serial=False) as session:
         await session.execute(
             update(Subscription).where(Subscription.id == subscription_id).values(partner_id=partner_id)
         )

@@ -23,7 +23,7 @@ async def test_sqlite_commits_are_durable(database_url: str) -> None:
             pytest.skip("a PostgreSQL commit is durable by default (synchronous_commit=on)")
         async with db.read() as session:
             assert (await session.execute(text("PRAGMA synchronous"))).scalar() == 2  # FULL
-        async with db.write(chain=False) as session:
+        async with db.write(serial=False) as session:
             assert (await session.execute(text("PRAGMA synchronous"))).scalar() == 2
             assert (await session.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
     finally:
@@ -66,22 +66,22 @@ async def test_a_commit_with_outbox_rows_wakes_listeners_and_a_rollback_does_not
     try:
         async with notify.listen(listener, wakes):
             if listener.is_sqlite:
-                async with writer.write(chain=False) as session:
+                async with writer.write(serial=False) as session:
                     await table.insert_rows(session, [ROW])
                 assert not await wakes.next(0.3)  # SQLite: one process, it wakes its own worker
                 return
             assert await wakes.next()  # once on connecting: rows may have come while nobody listened
             with pytest.raises(RuntimeError):
-                async with writer.write(chain=False) as session:
+                async with writer.write(serial=False) as session:
                     await table.insert_rows(session, [ROW])
                     raise RuntimeError("rolled back")
             assert not await wakes.next(0.5)
-            async with writer.write(chain=False) as session:
+            async with writer.write(serial=False) as session:
                 await table.insert_rows(session, [ROW])
                 await table.insert_rows(session, [])  # no rows: no notification of its own
                 assert not await wakes.next(0.3)  # not before the commit
             assert await wakes.next(1.0)
-            async with writer.write(chain=False) as session:
+            async with writer.write(serial=False) as session:
                 await table.insert_rows(session, [])
             assert not await wakes.next(0.3)
     finally:
@@ -97,7 +97,7 @@ async def test_a_listener_whose_connection_is_cut_reconnects(database_url: str) 
     try:
         async with notify.listen(listener, wakes):
             assert await wakes.next()
-            async with writer.write(chain=False) as session:
+            async with writer.write(serial=False) as session:
                 cut = await session.execute(
                     text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -106,7 +106,7 @@ async def test_a_listener_whose_connection_is_cut_reconnects(database_url: str) 
                 )
                 assert cut.scalars().all() == [True]
             assert await wakes.next(3.0)  # reconnected, and woke once in case rows came meanwhile
-            async with writer.write(chain=False) as session:
+            async with writer.write(serial=False) as session:
                 await table.insert_rows(session, [ROW])
             assert await wakes.next(1.0)
     finally:

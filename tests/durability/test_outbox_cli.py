@@ -25,7 +25,7 @@ def outbox_rows(database_url: str, rows: list[dict[str, object]] | None = None) 
         db = Database(database_url)
         try:
             if rows:
-                async with db.write(chain=False) as session:
+                async with db.write(serial=False) as session:
                     await session.execute(insert(OutboxMessage), rows)
             async with db.read() as session:
                 query = select(OutboxMessage.id, OutboxMessage.status, OutboxMessage.attempts)

@@ -125,7 +125,7 @@ async def test_a_worker_whose_listening_connection_is_cut_listens_again(stack: S
     slow = {"DPOR_OUTBOX_POLL_INTERVAL": "60", "DPOR_SWEEP_INTERVAL": "60"}
     bot = await stack.start(**slow)
     await asyncio.sleep(1.0)
-    async with stack.db.write(chain=False) as session:
+    async with stack.db.write(serial=False) as session:
         cut = await session.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

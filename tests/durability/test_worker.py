@@ -247,7 +247,7 @@ async def test_a_row_abandoned_by_crashed_processes_goes_dead(harness: Harness) 
     assert bot.worker is not None
     await bot.worker.stop()
     rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
-    async with bot.db.write(chain=False) as session:
+    async with bot.db.write(serial=False) as session:
         await session.execute(update(OutboxMessage).values(attempts=bot.worker.max_attempts))
     worker = outbox_worker(bot.ctx, bot.providers, bot.worker_client, poll_interval=0.05)
     worker.start()

@@ -126,7 +126,7 @@ async def test_checkpoints_exported_prove_the_history_against_a_key_holder(tmp_p
     # ... or truncates it: the checkpoint past the new end is named.
     db = Database(url, audit_key=key)
     try:
-        async with db.write(chain=False) as session:
+        async with db.write(serial=False) as session:
             await session.execute(delete(AuditEvent).where(AuditEvent.seq > 1))
     finally:
         await db.dispose()

@@ -33,7 +33,7 @@ async def test_card_says_what_approving_grants_and_apply_moves_the_assignment(
         await partners_with_principals(harness)
         # Fabrikam is the partner today, credited through an assignment dpor-bot made earlier.
         fabrikam = fake.add(SCOPE, FABRIKAM_SP, CONTRIBUTOR, principal_type="ServicePrincipal")
-        async with harness.bot.db.write(chain=False) as session:
+        async with harness.bot.db.write(serial=False) as session:
             await session.execute(
                 update(Subscription).where(Subscription.id == PROD).values(partner_id=OLD_PARTNER)
             )

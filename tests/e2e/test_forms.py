@@ -176,7 +176,7 @@ async def test_each_problem_comes_back_on_its_field_and_writes_nothing(harness_a
     await refused(h, ADMIN, values(subscription="no-such-sub"), {"subscription": "No subscription"})
     await refused(h, ADMIN, values(partner="12345"), {"partner": "not a partner ID"})
     await refused(h, ADMIN, values(partner="<!channel>"), {"partner": "&lt;!channel&gt; is not a partner ID"})
-    async with h.bot.db.write(chain=False) as session:
+    async with h.bot.db.write(serial=False) as session:
         await session.execute(
             update(Subscription).where(Subscription.id == PROD).values(partner_id=NEW_PARTNER)
         )

@@ -318,7 +318,7 @@ async def test_drift_found_by_reconcile_is_shown_to_its_owners_only(
     replay.otherwise = ok(NEW_PARTNER, "Contoso MSP")  # someone linked another partner outside the bot
     env = {"DPOR_PROVIDER": "azure", "DPOR_AZURE_CREDENTIALS_FILE": identities_file(tmp_path)}
     async for h in start_harness(sqlite_url, **env):
-        async with h.bot.db.write(chain=False) as session:
+        async with h.bot.db.write(serial=False) as session:
             await session.execute(
                 update(Subscription).where(Subscription.id == PROD).values(partner_id=OLD_PARTNER)
             )

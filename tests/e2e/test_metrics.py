@@ -106,7 +106,7 @@ async def test_outbox_gauges_are_read_from_the_database_at_each_scrape(harness_a
         {"key": "buried", "status": "dead", "available_at": now},
     ]
     rows = [{"kind": "dm", "payload": {}, **row} for row in rows]
-    async with harness.bot.db.write(chain=False) as session:
+    async with harness.bot.db.write(serial=False) as session:
         await session.execute(insert(OutboxMessage), rows)
         await session.execute(
             update(OutboxMessage)
@@ -118,7 +118,7 @@ async def test_outbox_gauges_are_read_from_the_database_at_each_scrape(harness_a
     assert value(found, "dpor_outbox_dead") == 1
     assert 120 <= value(found, "dpor_outbox_oldest_due_seconds") < 180
 
-    async with harness.bot.db.write(chain=False) as session:
+    async with harness.bot.db.write(serial=False) as session:
         await session.execute(update(OutboxMessage).values(status="done"))
     found = await samples(harness)
     assert value(found, "dpor_outbox_pending") == 0 and value(found, "dpor_outbox_dead") == 0
@@ -169,7 +169,7 @@ async def test_reconcile_counts_its_runs_and_each_new_drift(
         "DPOR_RECONCILE_EVERY": "0.1",
     }
     async for harness in start_harness(sqlite_url, **env):
-        async with harness.bot.db.write(chain=False) as session:
+        async with harness.bot.db.write(serial=False) as session:
             await session.execute(
                 update(Subscription).values(partner_id=OLD_PARTNER)  # both records now differ from Azure
             )

@@ -140,7 +140,7 @@ async def test_serve_reconciles_periodically_and_announces_drift_once(
         "DPOR_RECONCILE_EVERY": "0.1",
     }
     async for harness in start_harness(sqlite_url, **env):
-        async with harness.bot.db.write(chain=False) as session:
+        async with harness.bot.db.write(serial=False) as session:
             await session.execute(
                 update(Subscription).where(Subscription.id == PROD).values(partner_id=OLD_PARTNER)
             )

@@ -89,7 +89,7 @@ async def test_a_retry_is_refused_once_its_window_has_passed(
     h = harness_any_db
     rid = await failed_once(h, monkeypatch)
     assert (await h.request(rid)).expires_at > utcnow() + timedelta(hours=71)
-    async with h.bot.db.write(chain=False) as session:
+    async with h.bot.db.write(serial=False) as session:
         await session.execute(
             update(ChangeRequest)
             .where(ChangeRequest.id == rid)

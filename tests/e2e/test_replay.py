@@ -140,7 +140,7 @@ async def test_a_delivery_signed_anew_is_not_a_replay(harness: Harness) -> None:
 
 
 async def test_signatures_are_forgotten_once_no_window_accepts_them(harness: Harness, monkeypatch) -> None:
-    async with harness.bot.db.write(chain=False) as session:
+    async with harness.bot.db.write(serial=False) as session:
         session.add(SeenRequest(digest="a" * 64, signed_at=utcnow() - timedelta(minutes=7)))
         session.add(SeenRequest(digest="b" * 64, signed_at=utcnow() - timedelta(minutes=4)))
     monkeypatch.setattr(replay, "_pruned_at", float("-inf"))  # as if the last pruning was long ago

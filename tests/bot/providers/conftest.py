@@ -124,7 +124,7 @@ class World:
 
     async def time_passes(self, request_id: int) -> None:
         """The apply row's backoff (or Retry-After) has elapsed."""
-        async with self.db.write(chain=False) as session:
+        async with self.db.write(serial=False) as session:
             await session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.key == f"apply:{request_id}", OutboxMessage.status == "pending")

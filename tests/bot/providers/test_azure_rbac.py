@@ -112,7 +112,7 @@ async def test_the_whole_request_records_the_assignments(world: World, fake: Fak
 
 
 async def test_a_partner_without_principal_fails_saying_how_to_add_one(world: World, fake: FakeArm) -> None:
-    async with world.db.write(chain=False) as session:
+    async with world.db.write(serial=False) as session:
         for row in await session.scalars(select(PartnerPrincipal).where(PartnerPrincipal.partner_id == NEW)):
             await session.delete(row)
     with pytest.raises(ProviderError) as raised:
@@ -161,7 +161,7 @@ async def test_current_none_one_several_and_reader_is_no_credit(world: World, fa
 
 async def test_reconcile_reports_a_second_partner_as_several(world: World, fake: FakeArm) -> None:
     await rbac(world).apply(SUB, NEW)
-    async with world.db.write(chain=False) as session:  # recorded as an applied request would
+    async with world.db.write(serial=False) as session:  # recorded as an applied request would
         sub = await session.get(Subscription, SUB)
         assert sub is not None
         sub.partner_id = NEW

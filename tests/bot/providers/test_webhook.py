@@ -181,7 +181,7 @@ def test_a_webhook_provider_without_url_or_secret_stops_start_up(
 async def test_previous_partner_is_described(sqlite_url: str) -> None:
     async with Receiver(Reply(200)) as receiver:
         async for world in webhook_world(sqlite_url, receiver.url):
-            async with world.db.write(chain=False) as session:  # an earlier change left OLD
+            async with world.db.write(serial=False) as session:  # an earlier change left OLD
                 await session.execute(
                     update(Subscription).where(Subscription.id == SUB).values(partner_id=OLD)
                 )
