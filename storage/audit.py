@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -136,8 +136,8 @@ async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) 
         return 0
     at = utcnow()
     if is_postgresql(session):
-        await session.execute(
-            insert(AuditPending),
+        written = await session.execute(
+            insert(AuditPending).returning(AuditPending.id),
             [
                 {
                     "at": at,
@@ -150,7 +150,7 @@ async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) 
                 for e in events
             ],
         )
-        session.info[UNSEALED] = True
+        session.info.setdefault(UNSEALED, []).extend(written.scalars())
         return len(events)
     rows = [(at, e.actor, e.action, e.request_id, e.subscription_id, e.data or {}) for e in events]
     await _chain(session, rows, key)
@@ -194,6 +194,25 @@ async def seal(session: AsyncSession, key: bytes) -> int:
     if not is_postgresql(session):
         return 0
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+    return await _seal_locked(session, key)
+
+
+async def try_seal(session: AsyncSession, key: bytes) -> bool:
+    """`seal` if the chain lock is free now; False (nothing done) while another transaction holds it."""
+    taken = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+    if taken:
+        await _seal_locked(session, key)
+    return bool(taken)
+
+
+async def still_pending(session: AsyncSession, ids: Collection[int]) -> bool:
+    """Whether any of these pending events is not chained yet."""
+    pending = AuditPending.__table__
+    found = await session.scalar(select(pending.c.id).where(pending.c.id.in_(list(ids))).limit(1))
+    return found is not None
+
+
+async def _seal_locked(session: AsyncSession, key: bytes) -> int:
     pending = AuditPending.__table__
     sealed = 0
     while True:

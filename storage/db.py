@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -113,6 +113,8 @@ class Database:
         self.groups: GroupCommit | None = None
         self._seal_lock: asyncio.Lock | None = None
         self._seal_wanted = self._seal_done = 0
+        self._seal_ids: set[int] = set()
+        self._seal_everything = False
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             self.groups = GroupCommit(self.engine.execution_options(dpor_write=True), self._carry_key)
@@ -147,25 +149,39 @@ class Database:
                     lock = text("SELECT pg_advisory_xact_lock(:key)")
                     await session.execute(lock, {"key": SERIAL_LOCK_KEY})
                 yield session
-            unsealed = session.info.get(chain.UNSEALED, False)
+            unsealed = session.info.get(chain.UNSEALED)
         if unsealed:
-            await self.seal()
+            await self.seal(unsealed)
 
-    async def seal(self) -> None:
-        """PostgreSQL: chain every event committed so far (storage.audit.seal). Callers that arrive while a
-        seal runs share the next one, so a burst of requests costs a few seals, not one each."""
+    async def seal(self, ids: Iterable[int] = ()) -> None:
+        """PostgreSQL: chain the events committed so far (storage.audit.seal); `ids`: the pending events
+        the caller needs chained (none: everything committed before the call). Callers that arrive while
+        a seal runs share the next one; while another process seals, its seal may chain ours: a caller
+        waits for that rather than queueing behind it for the chain lock."""
         if self.is_sqlite or self.audit_key is None:
             return
         if self._seal_lock is None:
             self._seal_lock = asyncio.Lock()
         self._seal_wanted += 1
         ticket = self._seal_wanted
+        ids = set(ids)
+        everything = not ids
+        self._seal_everything |= everything
+        self._seal_ids |= ids
         async with self._seal_lock:
             if self._seal_done >= ticket:
                 return  # a seal that began after this caller's commit covered it
-            upto = self._seal_wanted
-            async with self._writer() as session, session.begin():
-                await chain.seal(session, self.audit_key)
+            upto, wanted, everything = self._seal_wanted, self._seal_ids, self._seal_everything
+            self._seal_ids, self._seal_everything = set(), False
+            delay = 0.001
+            while True:
+                async with self._writer() as session, session.begin():
+                    if await chain.try_seal(session, self.audit_key):
+                        break
+                    if not everything and not await chain.still_pending(session, wanted):
+                        break  # another process's seal chained them
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
             self._seal_done = upto
 
     async def ping(self) -> bool:
