@@ -18,7 +18,7 @@ from storage.db import Database
 from storage.models import OutboxMessage
 
 # Kinds of rows, and what delivering each does:
-CARD = "card"  # post the request's approval card, or update it in place
+CARD = table.CARD  # post the request's approval card, or update it in place
 DM = "dm"  # tell a person (the requester) what happened to their request
 NOTIFY = "notify"  # a change notification in a channel
 EPHEMERAL = "ephemeral"  # an answer only one person sees (e.g. a refused click)

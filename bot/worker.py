@@ -127,7 +127,7 @@ class OutboxWorker:
         next_sweep = loop.time()
         while not self._stopping:
             self._wake.clear()
-            claimed = 0
+            claimed = free = 0
             try:
                 if self.sweep is not None and loop.time() >= next_sweep:
                     next_sweep = loop.time() + self.sweep_interval
@@ -141,7 +141,10 @@ class OutboxWorker:
                         claimed += 1
             except Exception:
                 log.exception("outbox worker cycle failed; trying again shortly")
-            if not claimed and not self._stopping:
+            # Claim again at once only after a claim that filled every free slot. One that found fewer
+            # rows found them all, and with no slot free there is nothing to do: wait for a wake (a commit
+            # that wrote rows, a delivery that ended and may unblock the next row of its key) or the poll.
+            if not (0 < free <= claimed) and not self._stopping:
                 wait = (
                     self.poll_interval
                     if self.sweep is None

@@ -15,8 +15,9 @@ from storage.models import ChangeRequest, OutboxMessage, utcnow
 from storage.notify import notify_outbox
 
 PENDING, DONE, DEAD = "pending", "done", "dead"
+CARD = "card"  # bot.outbox.CARD: the row that posts or updates a request's approval card
 # Kinds of rows whose Slack channel is the request's card channel rather than a `channel` in the payload.
-CARD_CHANNEL_KINDS = ("card", "remind")
+CARD_CHANNEL_KINDS = (CARD, "remind")
 
 
 async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -27,11 +28,16 @@ async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
         await notify_outbox(session)
 
 
-# A row waits while an earlier row of its key is pending. Built once: an alias costs more to build than
+# A row waits while an earlier row of its key is pending, but a card's update waits only for the card's
+# earlier rows (its post, its earlier updates), not for the steps queued for its thread: the card shows
+# the request's state at once, and the thread follows. Built once: an alias costs more to build than
 # the query takes to run.
 _EARLIER = aliased(OutboxMessage)
 _BLOCKED = exists().where(
-    _EARLIER.key == OutboxMessage.key, _EARLIER.id < OutboxMessage.id, _EARLIER.status == PENDING
+    _EARLIER.key == OutboxMessage.key,
+    _EARLIER.id < OutboxMessage.id,
+    _EARLIER.status == PENDING,
+    or_(OutboxMessage.kind != CARD, _EARLIER.kind == CARD),
 )
 
 
