@@ -250,7 +250,8 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))
-    # Rows sharing a key are delivered one at a time, in id order (a card's post before its update).
+    # Rows sharing a key are delivered one at a time, in id order (a card's post before its update), except
+    # that a card's update waits only for the card's earlier rows, not its thread's steps (storage/outbox.py).
     key: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")

@@ -51,9 +51,9 @@ async def claim(
 ) -> list[OutboxMessage]:
     """Take up to `limit` due rows for `owner` until the lease runs out; each claim counts as an attempt.
 
-    Rows sharing a key go one at a time, in id order (a card's post before its updates). On PostgreSQL
-    rows another process is claiming are skipped, not waited for (SQLite's write lock already
-    serialises claims).
+    Rows sharing a key go one at a time, in id order (a card's post before its updates; its updates pass
+    the steps waiting for its thread: `_BLOCKED`). On PostgreSQL rows another process is claiming are
+    skipped, not waited for (SQLite's write lock already serialises claims).
     """
     now = utcnow()
     query = (
