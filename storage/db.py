@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -37,22 +38,25 @@ BUSY_TIMEOUT_MS = 200
 
 def _begin_immediate(conn: Any) -> None:
     """BEGIN IMMEDIATE without SQLite's busy handler: while another process holds the write lock, sleep
-    on the event loop (other requests go on) and try again, for up to WRITE_LOCK_WAIT seconds."""
+    on the event loop (other requests go on) and try again, for up to WRITE_LOCK_WAIT seconds. The
+    statements go straight to the driver (storage.sqlite): SQLAlchemy's round for each would cost more
+    than a short transaction's own statements."""
+    raw = conn.connection.driver_connection
     deadline = time.monotonic() + WRITE_LOCK_WAIT
     delay = 0.001
-    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    raw.run("PRAGMA busy_timeout=0")
     try:
         while True:
             try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                raw.run("BEGIN IMMEDIATE")
                 return
-            except OperationalError as exc:
-                if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
-                    raise
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
             await_(asyncio.sleep(delay))
             delay = min(delay * 2, 0.05)
     finally:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        raw.run(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -126,7 +130,7 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._reader() as session:
-            readmodel.attach(session, self.model)
+            readmodel.attach(session, self.model, once=True)
             yield session
 
     @asynccontextmanager

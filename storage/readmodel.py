@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, ReadModelVersion, RoleAssignment
 
 _MODEL = "dpor_read_model"  # where a session carries its Database's ReadModel (session.info)
+_ONCE = "dpor_read_model_seen"  # a read session's snapshot, once it has looked (see `attach`)
 _VERSION = select(ReadModelVersion.version).where(ReadModelVersion.id == 1)
 
 
@@ -88,11 +89,22 @@ async def _load(session: AsyncSession, version: int | None) -> Snapshot:
     return snap
 
 
-def attach(session: AsyncSession, model: ReadModel) -> None:
+def attach(session: AsyncSession, model: ReadModel, *, once: bool = False) -> None:
+    """`once`: a read session checks the version at its first use only (a read is one short look; a
+    write checks at each use, since its own changes to roles or watches renew the version)."""
     session.info[_MODEL] = model
+    if once:
+        session.info[_ONCE] = None
 
 
 async def of(session: AsyncSession) -> Snapshot | None:
     """The read model as this session sees it, or None for a session no Database opened (read the tables)."""
     model: ReadModel | None = session.info.get(_MODEL)
-    return None if model is None else await model.snapshot(session)
+    if model is None:
+        return None
+    if _ONCE not in session.info:
+        return await model.snapshot(session)
+    snap = session.info[_ONCE]
+    if snap is None:
+        snap = session.info[_ONCE] = await model.snapshot(session)
+    return snap

@@ -118,6 +118,10 @@ class _Connection:
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> _Cursor:
         return await _Cursor(self._conn.cursor()).execute(sql, parameters)
 
+    def run(self, sql: str) -> None:
+        """A statement with no parameters and no rows (BEGIN, a PRAGMA) straight to the driver."""
+        self._conn.execute(sql)
+
     async def create_function(self, *args: Any, **kw: Any) -> None:
         self._conn.create_function(*args, **kw)
 
