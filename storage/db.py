@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_
 
@@ -40,23 +40,30 @@ def _begin_immediate(conn: Any) -> None:
     """BEGIN IMMEDIATE without SQLite's busy handler: while another process holds the write lock, sleep
     on the event loop (other requests go on) and try again, for up to WRITE_LOCK_WAIT seconds. The
     statements go straight to the driver (storage.sqlite): SQLAlchemy's round for each would cost more
-    than a short transaction's own statements."""
+    than a short transaction's own statements. Errors come out as SQLAlchemy's, as they would through it."""
     raw = conn.connection.driver_connection
+
+    def run(sql: str) -> None:
+        try:
+            raw.run(sql)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
     deadline = time.monotonic() + WRITE_LOCK_WAIT
     delay = 0.001
-    raw.run("PRAGMA busy_timeout=0")
+    run("PRAGMA busy_timeout=0")
     try:
         while True:
             try:
-                raw.run("BEGIN IMMEDIATE")
+                run("BEGIN IMMEDIATE")
                 return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
+                    raise
             await_(asyncio.sleep(delay))
             delay = min(delay * 2, 0.05)
     finally:
-        raw.run(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        run(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -8,10 +8,15 @@ import asyncio
 import sqlite3
 import threading
 import time
+from unittest.mock import patch
 
+import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from storage import db as storage_db
 from storage import directory
+from storage import sqlite as storage_sqlite
 from storage.db import Database
 from storage.models import Partner
 
@@ -133,5 +138,37 @@ async def test_a_read_does_not_see_a_group_before_its_commit(sqlite_url: str) ->
             await directory.insert_partner(session, "7777777", "Uncommitted")
             assert await names(db) == set()  # another connection: only committed data
         assert await names(db) == {"7777777"}
+    finally:
+        await db.dispose()
+
+
+async def test_a_database_error_at_begin_is_sqlalchemys_and_the_write_lock_wait_ends(sqlite_url: str) -> None:
+    """BEGIN IMMEDIATE goes to the driver directly; what fails there still comes out as SQLAlchemy's
+    error (the CLI reports those in one line), and a lock held past the wait ends in OperationalError."""
+    db = Database(sqlite_url)
+    path = sqlite_url.split("///", 1)[1]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")  # another process holds the write lock and keeps it
+    try:
+        with patch.object(storage_db, "WRITE_LOCK_WAIT", 0.2), pytest.raises(OperationalError) as locked:
+            await add(db, "1234567")
+        assert "locked" in str(locked.value.orig)
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+    real_run = storage_sqlite._Connection.run
+
+    def corrupt(self: storage_sqlite._Connection, sql: str) -> None:  # what a damaged file answers
+        if sql == "BEGIN IMMEDIATE":
+            raise sqlite3.DatabaseError("file is not a database")
+        real_run(self, sql)
+
+    try:
+        with patch.object(storage_sqlite._Connection, "run", corrupt), pytest.raises(DBAPIError) as broken:
+            await add(db, "1234568")
+        assert broken.value.statement == "BEGIN IMMEDIATE"
+        assert isinstance(broken.value.orig, sqlite3.DatabaseError)
+        await add(db, "1234569")  # the connection went back usable
+        assert await names(db) == {"1234569"}
     finally:
         await db.dispose()
