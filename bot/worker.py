@@ -128,10 +128,13 @@ class OutboxWorker:
         while not self._stopping:
             self._wake.clear()
             claimed = free = 0
-            try:
-                if self.sweep is not None and loop.time() >= next_sweep:
-                    next_sweep = loop.time() + self.sweep_interval
+            if self.sweep is not None and loop.time() >= next_sweep:
+                next_sweep = loop.time() + self.sweep_interval
+                try:
                     await self.sweep()
+                except Exception:
+                    log.exception("outbox sweep (expiry, reminders) failed; trying again at the next one")
+            try:
                 free = self.concurrency - len(self._inflight)
                 if free > 0:
                     for row in await self._claim(free):

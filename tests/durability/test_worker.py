@@ -331,3 +331,28 @@ async def test_remind_due_skips_decided_and_overdue_requests(db: Database) -> No
 
 async def _told_unposted(h: Harness) -> bool:
     return any("has no approval card" in m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN)))
+
+
+@pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])  # the card's rows only
+async def test_a_failing_sweep_does_not_hold_up_deliveries(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep (expiry, reminders) raises: the rows due are still claimed in the same turn, not at the
+    next poll (a minute away here), and the log says the sweep failed."""
+    h = harness
+    bot = h.bot
+    await bot.worker.stop()
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    worker = outbox_worker(bot.ctx, bot.providers, bot.worker_client, poll_interval=60)
+
+    async def broken_sweep() -> None:
+        raise RuntimeError("sweep broke")
+
+    worker.sweep = broken_sweep
+    with caplog.at_level(logging.ERROR, logger="dpor"):
+        worker.start()
+        try:
+            await until("the card posted", lambda: card_posted(h, rid), within=10)
+        finally:
+            await worker.stop()
+    assert any("outbox sweep" in r.getMessage() for r in caplog.records)
