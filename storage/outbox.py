@@ -97,6 +97,7 @@ async def release(session: AsyncSession, ids: Sequence[int], owner: str) -> None
         .values(claimed_by=None, claimed_until=None, attempts=OutboxMessage.attempts - 1)
         .execution_options(synchronize_session=False)
     )
+    await notify_outbox(session)  # another process delivers them now, not at its next poll
 
 
 async def settle(session: AsyncSession, row_id: int, owner: str, status: str, **values: Any) -> bool:
