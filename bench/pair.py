@@ -13,7 +13,6 @@ from pathlib import Path
 
 from bench import latency, seed
 from bench.load import CONNECTIONS, Result, write_requests, wrk
-from sandbox.signing import block_actions_body, slash_command_body
 from sandbox.standin import SlackStandin
 
 HALF = CONNECTIONS // 2
@@ -48,15 +47,7 @@ async def measure(
         set_files = []
         for n, part in enumerate((subs[0::2], subs[1::2])):
             file = work / f"pair-set-{n}.txt"
-            write_requests(
-                file,
-                (
-                    slash_command_body(
-                        f"set {sub} {seed.NEW_PARTNER} bench", user_id=seed.ADMIN, team_id=seed.TEAM
-                    )
-                    for sub in part
-                ),
-            )
+            write_requests(file, seed.set_bodies(part))
             set_files.append(file)
         length = max(2, seconds // 2)
         halves = await asyncio.gather(
@@ -71,20 +62,7 @@ async def measure(
         approve_files = []
         for n, part in enumerate((pending[0::2], pending[1::2])):
             file = work / f"pair-approve-{n}.txt"
-            write_requests(
-                file,
-                (
-                    block_actions_body(
-                        "dpor_approve",
-                        str(rid),
-                        user_id=seed.OWNER,
-                        team_id=seed.TEAM,
-                        channel_id=latency.APPROVALS,
-                        message_ts="1.000001",
-                    )
-                    for rid in part
-                ),
-            )
+            write_requests(file, seed.approve_bodies(part, latency.APPROVALS))
             approve_files.append(file)
         halves = await asyncio.gather(
             *(

@@ -45,7 +45,7 @@ from bench.load import (
     write_requests,
     wrk,
 )
-from sandbox.signing import block_actions_body, slash_command_body
+from sandbox.signing import slash_command_body
 from sandbox.standin import SlackStandin
 
 TEAM = seed.TEAM
@@ -125,32 +125,13 @@ async def measure_bot(
         results.append(await wrk(port, file, "Partner of record", seconds, label, "show", once=True))
 
         file = work / "set.txt"
-        write_requests(
-            file,
-            (
-                slash_command_body(f"set {sub} {seed.NEW_PARTNER} bench", user_id=seed.ADMIN, team_id=TEAM)
-                for sub in subs
-            ),
-        )
+        write_requests(file, seed.set_bodies(subs))
         results.append(await wrk(port, file, "Request #", max(2, seconds // 2), label, "set", once=True))
 
         pending = await seed.pending_request_ids(database_url) if clicks else []
         if pending:
             file = work / "approve.txt"
-            write_requests(
-                file,
-                (
-                    block_actions_body(
-                        "dpor_approve",
-                        str(rid),
-                        user_id=seed.OWNER,
-                        team_id=TEAM,
-                        channel_id=latency.APPROVALS,
-                        message_ts="1.000001",
-                    )
-                    for rid in pending
-                ),
-            )
+            write_requests(file, seed.approve_bodies(pending, latency.APPROVALS))
             results.append(await wrk(port, file, "", max(2, seconds // 2), label, "Approve", once=True))
         memory.after_load_mb = latency.rss_mb(proc.pid)
         memory.peak_mb = latency.peak_mb(proc.pid)

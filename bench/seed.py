@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 
 from sqlalchemy import insert, select
 
 from bot import audit, directory
 from handlers import replies
+from sandbox.signing import block_actions_body, slash_command_body
 from storage import directory as store
 from storage import queries
 from storage.db import Database
@@ -179,3 +181,17 @@ def _measure(reply: replies.Reply, started: float) -> dict:
         "blocks": len(blocks),
         "longest_section": longest,
     }
+
+
+def set_bodies(subscriptions: Iterable[str]) -> Iterable[str]:
+    """`/dpor set` to NEW_PARTNER on each subscription, by the admin."""
+    for sub in subscriptions:
+        yield slash_command_body(f"set {sub} {NEW_PARTNER} bench", user_id=ADMIN, team_id=TEAM)
+
+
+def approve_bodies(request_ids: Iterable[int], channel: str) -> Iterable[str]:
+    """An owner's Approve click on the card of each request (posted in `channel`)."""
+    for rid in request_ids:
+        yield block_actions_body(
+            "dpor_approve", str(rid), user_id=OWNER, team_id=TEAM, channel_id=channel, message_ts="1.000001"
+        )
