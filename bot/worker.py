@@ -158,7 +158,14 @@ class OutboxWorker:
 
     async def _claim(self, limit: int) -> list[OutboxMessage]:
         async with self.db.write(serial=False) as session:
-            rows = await table.claim(session, self.name, self.lease, limit, skip_locked=not self.db.is_sqlite)
+            rows = await table.claim(
+                session,
+                self.name,
+                self.lease,
+                limit,
+                skip_locked=not self.db.is_sqlite,
+                held=list(self._inflight),  # a row whose lease lapsed in our hands is not taken twice
+            )
         for row in rows:
             if row.claimed_until is not None:
                 log.warning(

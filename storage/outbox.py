@@ -47,13 +47,20 @@ def _mine(ids: Sequence[int], owner: str):
 
 
 async def claim(
-    session: AsyncSession, owner: str, lease: timedelta, limit: int, *, skip_locked: bool
+    session: AsyncSession,
+    owner: str,
+    lease: timedelta,
+    limit: int,
+    *,
+    skip_locked: bool,
+    held: Sequence[int] = (),
 ) -> list[OutboxMessage]:
     """Take up to `limit` due rows for `owner` until the lease runs out; each claim counts as an attempt.
 
     Rows sharing a key go one at a time, in id order (a card's post before its updates; its updates pass
     the steps waiting for its thread: `_BLOCKED`). On PostgreSQL rows another process is claiming are
-    skipped, not waited for (SQLite's write lock already serialises claims).
+    skipped, not waited for (SQLite's write lock already serialises claims). `held`: rows the caller is
+    still delivering, never taken again by it even when their lease lapsed (another process may).
     """
     now = utcnow()
     query = (
@@ -67,6 +74,8 @@ async def claim(
         .order_by(OutboxMessage.id)
         .limit(limit)
     )
+    if held:
+        query = query.where(OutboxMessage.id.not_in(list(held)))
     if skip_locked:
         query = query.with_for_update(skip_locked=True, of=OutboxMessage)
     rows = list((await session.scalars(query)).all())

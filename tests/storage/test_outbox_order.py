@@ -47,3 +47,17 @@ async def test_a_cards_update_does_not_wait_for_its_thread(db: Database) -> None
     assert await claim(db) == []  # the second step waits for the first
     await done(db, "approved")
     assert await claim(db) == [("thread", "applied")]
+
+
+async def test_a_claim_leaves_the_rows_its_caller_still_holds(db: Database) -> None:
+    """A row whose lease lapsed while this process still delivers it: another process may take it, this one
+    does not take it a second time."""
+    async with db.write(serial=False) as session:
+        await table.insert_rows(session, [{"kind": "dm", "key": "dm:U1", "payload": {"n": "dm"}}])
+    async with db.write(serial=False) as session:
+        (row,) = await table.claim(session, "w", timedelta(0), 10, skip_locked=not db.is_sqlite)
+    async with db.write(serial=False) as session:  # its lease is over at once
+        assert await table.claim(session, "w", LEASE, 10, skip_locked=not db.is_sqlite, held=[row.id]) == []
+    async with db.write(serial=False) as session:
+        (again,) = await table.claim(session, "other", LEASE, 10, skip_locked=not db.is_sqlite)
+    assert again.id == row.id
