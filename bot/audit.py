@@ -15,7 +15,7 @@ from bot.settings import ConfigError
 from storage import audit as chain
 from storage.audit import GENESIS, canonical, chain_hash, key_id
 from storage.db import Database, audit_key_of
-from storage.models import AuditEvent
+from storage.models import AuditEvent, is_postgresql
 
 __all__ = [
     "ACTIONS",
@@ -94,7 +94,7 @@ async def append(session: AsyncSession, entry: Entry) -> None:
 async def seal(session: AsyncSession, key: bytes | None = None) -> int:
     """Chain the events waiting for the sealer (PostgreSQL) in this transaction, under the chain lock;
     `key`: the chain's key when the session does not carry it (re-keying)."""
-    if not chain.is_postgresql(session):
+    if not is_postgresql(session):
         return 0  # SQLite chains events as they are appended
     key = key or audit_key_of(session)
     if key is None:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import AuditEvent, AuditPending, utcnow
+from storage.models import AuditEvent, AuditPending, is_postgresql, utcnow
 
 GENESIS = "0" * 64
 # The PostgreSQL advisory lock the chain's tip is read and extended under: held by the sealer (and by a
@@ -121,10 +121,6 @@ async def tip(session: AsyncSession) -> Link | None:
 async def first(session: AsyncSession) -> Link | None:
     """The oldest event: unkeyed when the chain has not been re-keyed yet (they come before keyed ones)."""
     return await _end(session, newest=False)
-
-
-def is_postgresql(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) -> int:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -61,6 +62,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def is_postgresql(session: AsyncSession) -> bool:
+    """Whether this session talks to PostgreSQL (else SQLite)."""
+    return session.get_bind().dialect.name == "postgresql"
 
 
 class Base(DeclarativeBase):

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import Database
+from storage.models import is_postgresql
 
 CHANNEL = "dpor_outbox"
 CONNECT_TIMEOUT = 10.0
@@ -28,13 +29,9 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
 log = logging.getLogger("dpor.notify")
 
 
-def _is_postgresql(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 async def notify_outbox(session: AsyncSession) -> None:
     """Tell every listening process, at this transaction's commit, that outbox rows are due."""
-    if _is_postgresql(session):
+    if is_postgresql(session):
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
