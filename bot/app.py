@@ -73,7 +73,7 @@ class Bot(HttpEdge):
     ) -> None:
         self.settings = settings
         self.socket_mode = socket_mode
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         # DPOR_ROLE_SOURCE: `arm` is the ARM client the Azure role source reads through (tests: a replay).
         roles = role_source(settings, self.db, arm)
         self.policy = dataclasses.replace(Policy.from_settings(settings), roles=roles)

@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage.db import POOL_SIZE
 from storage.urls import (
     AMBIGUOUS_USERINFO,
     DEFAULT_DATABASE_URL,
@@ -174,6 +175,8 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
     slack_api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
     database_url: str = Field(default=DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    # Connections `serve` keeps open (storage.db.POOL_SIZE; up to 10 more in a burst).
+    db_pool_size: int = Field(default=POOL_SIZE, ge=1, le=500, alias="DPOR_DB_POOL_SIZE")
     approval_channel: str | None = Field(default=None, alias="DPOR_APPROVAL_CHANNEL")
     notify_channels: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="DPOR_NOTIFY_CHANNELS"

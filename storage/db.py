@@ -29,6 +29,15 @@ SERIAL_LOCK_KEY = 0x44504F53  # "DPOS"
 _AUDIT_KEY = "dpor_audit_key"
 
 
+# Connections a process keeps open (DPOR_DB_POOL_SIZE), and how many more it may open for a burst.
+# Sessions overlap: a request's session is still checked out while its close yields to the event loop,
+# and the worker delivers DPOR_OUTBOX_CONCURRENCY rows at once. A pool smaller than that overlap opens
+# and closes a connection for almost every session under load (on SQLite its PRAGMAs, on PostgreSQL a
+# new server backend), which cost a third of `show`'s throughput here (README: Performance).
+POOL_SIZE = 30
+POOL_OVERFLOW = 10
+
+
 # How long a write waits for another process's write lock (the CLI, another tool) before it fails.
 WRITE_LOCK_WAIT = 30.0
 # SQLite's own busy handler blocks the thread it runs on, here the event loop: keep it short. A read
@@ -98,17 +107,24 @@ class Database:
 
     audit_key: bytes | None = None
 
-    def __init__(self, url: str, *, echo: bool = False, audit_key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        audit_key: bytes | None = None,
+        pool_size: int = POOL_SIZE,
+    ) -> None:
         self.url = url
         if audit_key is not None:
             self.audit_key = audit_key
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        kwargs: dict[str, Any] = {"echo": echo, "pool_size": pool_size, "max_overflow": POOL_OVERFLOW}
         if self.is_sqlite:
             # Connections go back idle: writes always end in COMMIT or ROLLBACK, reads autocommit.
             kwargs.update(pool_reset_on_return=None)
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            kwargs.update(pool_pre_ping=True)
         if self.is_sqlite:
             # The standard driver in the event loop's thread (storage.sqlite), not aiosqlite's thread.
             engine_url: Any = make_url(url).set(drivername=sqlite.DRIVER)

@@ -1,0 +1,77 @@
+"""The connection pool (storage/db.py): sessions that overlap reuse the connections the pool keeps,
+rather than opening and closing one per session (on SQLite its PRAGMAs, on PostgreSQL a server
+backend), and `serve` keeps DPOR_DB_POOL_SIZE of them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import event, select
+
+import pytest
+from pydantic import ValidationError
+
+from bot.settings import Settings
+from storage.db import POOL_OVERFLOW, Database
+from storage.models import Subscription
+from tests.harness import OWNER, start_harness
+
+
+async def test_overlapping_sessions_reuse_the_pools_connections(database_url: str) -> None:
+    db = Database(database_url, pool_size=24)
+    opened = 0
+
+    def count(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    event.listen(db.engine.sync_engine, "connect", count)
+
+    async def read() -> None:
+        async with db.read() as session:
+            await session.scalars(select(Subscription.id).limit(1))
+            await asyncio.sleep(0)  # held across a turn of the loop, as a request's session is
+
+    try:
+        for _ in range(5):  # five bursts of twenty sessions at once, as a loaded process sees
+            await asyncio.gather(*(read() for _ in range(20)))
+        assert 0 < opened <= 20  # the first burst opened them; the next four reused them
+    finally:
+        await db.dispose()
+
+
+async def test_a_pool_smaller_than_the_overlap_opens_connections_again(database_url: str) -> None:
+    """The behaviour the pool size prevents: with room for 2, each burst of 20 opens the overflow anew."""
+    db = Database(database_url, pool_size=2)
+    opened = 0
+
+    def count(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    event.listen(db.engine.sync_engine, "connect", count)
+
+    async def read() -> None:
+        async with db.read() as session:
+            await session.scalars(select(Subscription.id).limit(1))
+            await asyncio.sleep(0)
+
+    try:
+        for _ in range(5):
+            await asyncio.gather(*(read() for _ in range(20)))
+        assert opened > 2 + POOL_OVERFLOW  # overflow connections were closed and opened again
+    finally:
+        await db.dispose()
+
+
+async def test_serve_keeps_the_configured_number_of_connections(database_url: str) -> None:
+    async for harness in start_harness(database_url, DPOR_DB_POOL_SIZE="7"):
+        assert harness.bot.db.engine.sync_engine.pool.size() == 7
+        status, _ = await harness.command("show prod", OWNER)  # and the bot answers through it
+        assert status == 200
+
+
+def test_a_pool_size_out_of_range_is_refused_with_its_range() -> None:
+    with pytest.raises(ValidationError) as raised:
+        Settings(DPOR_DB_POOL_SIZE="0")
+    assert "DPOR_DB_POOL_SIZE" in str(raised.value) and "greater than or equal to 1" in str(raised.value)
