@@ -115,12 +115,6 @@ class Outbox:
         self.rows = []
 
 
-async def newest_card_row(db: Database, row: OutboxMessage) -> int | None:
-    """The newest card row of the same request waiting now: delivering `row` shows its state too."""
-    async with db.read() as session:
-        return await table.newest_waiting(session, row.key, CARD)
-
-
 def card_delivered(row: OutboxMessage, posted: tuple[str, str] | None, covered: int | None) -> Recorder:
     """Record a card delivery: where Slack posted it (the first time), and the later rows it covered."""
 

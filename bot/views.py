@@ -5,14 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.approvers import eligible_approvers
 from bot.directory import resolve_subscription
 from bot.policy import Policy
 from bot.principals import role_label
 from bot.roles import RolesUnavailable, current_owner_approvals
 from storage import directory, queries, requests
+from storage import outbox as outbox_table
 from storage.db import Database
-from storage.models import ALL_SUBSCRIPTIONS, OPEN_STATUSES, ChangeRequest, RoleAssignment, Subscription
+from storage.models import (
+    ALL_SUBSCRIPTIONS,
+    OPEN_STATUSES,
+    ChangeRequest,
+    OutboxMessage,
+    RoleAssignment,
+    Subscription,
+)
 from storage.queries import Page
 
 __all__ = [
@@ -56,27 +66,41 @@ class Overview:
 async def card(db: Database, request_id: int, required: int, pol: Policy | None = None) -> CardView | None:
     pol = pol or Policy(required_approvals=required)
     async with db.read() as session:
-        req = await requests.get(session, request_id)
-        if req is None:
-            return None
-        sub = await requests.subscription(session, req.subscription_id)
-        assert sub is not None  # a foreign key
-        names = await directory.partner_names(session, [req.previous_partner_id, req.partner_id])
-        approvals = await requests.approvals(session, req.id)
-        try:
-            approvers = await current_owner_approvals(
-                session, pol.roles, req.id, sub.id, [who for who, _ in approvals]
-            )
-            eligible = await eligible_approvers(session, pol, sub.id, req.requester_id)
-        except RolesUnavailable:  # Azure slow: the card shows the approvals recorded, not who is missing
-            approvers, eligible = [who for who, _ in approvals], []
+        return await _card(session, request_id, pol)
+
+
+async def card_delivery(
+    db: Database, row: OutboxMessage, pol: Policy
+) -> tuple[CardView | None, int | None]:
+    """What delivering card row `row` shows, and the newest card row of its request waiting now (the
+    delivery covers it), from one read: that row first, so the view is at least as new as it."""
+    async with db.read() as session:
+        covered = await outbox_table.newest_waiting(session, row.key, row.kind)
+        return await _card(session, row.payload["request_id"], pol), covered
+
+
+async def _card(session: AsyncSession, request_id: int, pol: Policy) -> CardView | None:
+    req = await requests.get(session, request_id)
+    if req is None:
+        return None
+    sub = await requests.subscription(session, req.subscription_id)
+    assert sub is not None  # a foreign key
+    names = await directory.partner_names(session, [req.previous_partner_id, req.partner_id])
+    approvals = await requests.approvals(session, req.id)
+    try:
+        approvers = await current_owner_approvals(
+            session, pol.roles, req.id, sub.id, [who for who, _ in approvals]
+        )
+        eligible = await eligible_approvers(session, pol, sub.id, req.requester_id)
+    except RolesUnavailable:  # Azure slow: the card shows the approvals recorded, not who is missing
+        approvers, eligible = [who for who, _ in approvals], []
     return CardView(
         request=req,
         subscription=sub,
         current_name=names.get(req.previous_partner_id or ""),
         new_name=names.get(req.partner_id),
         approvers=approvers,
-        required=required,
+        required=pol.required_approvals,
         approvals=approvals,
         missing=[owner for owner in eligible if owner not in approvers],
         provider=sub.provider or pol.provider,

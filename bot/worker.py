@@ -20,6 +20,7 @@ import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +34,11 @@ from storage.db import Database
 from storage.models import OutboxMessage, utcnow
 
 log = logging.getLogger("dpor.worker")
+
+# The claim a delivery came from: a number per claim, rising, in this process. Rows claimed together were
+# all committed before their claim, so whatever a deliverer reads after it is at least as new as every one
+# of them: the rows of one claim may share a read (handlers.deliver shares a request's card view).
+CLAIM: ContextVar[int | None] = ContextVar("dpor_outbox_claim", default=None)
 
 Deliver = Callable[[OutboxMessage], Awaitable[Recorder | None]]
 Bury = Callable[[OutboxMessage, str], Awaitable[None]]
@@ -80,6 +86,7 @@ class OutboxWorker:
         # Rows this process holds (claimed, not yet recorded), and outcome writes under way.
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()
+        self._claims = 0
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows)."""
@@ -137,9 +144,11 @@ class OutboxWorker:
             try:
                 free = self.concurrency - len(self._inflight)
                 if free > 0:
-                    for row in await self._claim(free):
+                    rows = await self._claim(free)
+                    self._claims += 1
+                    for row in rows:
                         self._inflight[row.id] = asyncio.create_task(
-                            self._handle(row), name=f"dpor-outbox-{row.id}"
+                            self._handle(row, self._claims), name=f"dpor-outbox-{row.id}"
                         )
                         claimed += 1
             except Exception:
@@ -191,8 +200,9 @@ class OutboxWorker:
             except Exception:
                 log.warning("could not renew the lease of outbox rows %s", ids, exc_info=True)
 
-    async def _handle(self, row: OutboxMessage) -> None:
+    async def _handle(self, row: OutboxMessage, claim: int) -> None:
         cancelled = False
+        CLAIM.set(claim)  # this task's own context: its deliverer sees which claim the row came from
         try:
             with bound(request_id=(row.payload or {}).get("request_id")):  # the log's field, where known
                 await self._deliver_and_record(row)

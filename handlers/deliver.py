@@ -6,6 +6,7 @@ Slack's permanent errors bury the row at once instead of retrying what no retry 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from bot import outbox, views
 from bot.context import BotContext
 from bot.outbox import OutboxMessage, Recorder, Undeliverable
 from bot.views import CardView
+from bot.worker import CLAIM
 from handlers.messages import (
     awaits_portal,
     card_blocks,
@@ -56,6 +58,9 @@ PERMANENT_SLACK_ERRORS = frozenset(
 
 Deliver = Callable[[OutboxMessage], Awaitable[Recorder | None]]
 
+# How many of the newest claims' shared card views a deliverer keeps (`SlackDeliverer._view`).
+SHARED_CLAIMS = 8
+
 
 class SlackDeliverer:
     """Delivers every kind of row that speaks Slack; `deliverers()` is what the worker is handed."""
@@ -67,6 +72,9 @@ class SlackDeliverer:
         self.policy = ctx.policy
         # Channels Slack answered 429 for, and until when this process leaves them alone.
         self._holds: dict[str, datetime] = {}
+        # Card views read for the rows of a claim, by (claim, request): see `_view`.
+        self._views: dict[tuple[int, int], asyncio.Future[CardView | None]] = {}
+        self._newest_claim = 0
 
     def deliverers(self) -> dict[str, Deliver]:
         return {
@@ -82,15 +90,35 @@ class SlackDeliverer:
         }
 
     async def _view(self, row: OutboxMessage) -> CardView:
-        view = await views.card(self.db, row.payload["request_id"], self.required, self.policy)
-        if view is None:
-            raise Undeliverable(f"request {row.payload['request_id']} does not exist", permanent=True)
-        return view
+        """The card's view for a step, DM, notification or reminder about a request: one read per request
+        per claim, shared by the rows claimed together (a read after their claim shows each of them)."""
+        claim, request_id = CLAIM.get(), row.payload["request_id"]
+        if claim is None:  # not from the worker (a test, a tool): a read of its own
+            return _found(row, await views.card(self.db, request_id, self.required, self.policy))
+        shared = self._views.get((claim, request_id))
+        if shared is None:
+            shared = asyncio.ensure_future(views.card(self.db, request_id, self.required, self.policy))
+            self._share(claim, request_id, shared)
+        return _found(row, await asyncio.shield(shared))
+
+    def _share(self, claim: int, request_id: int, view: asyncio.Future[CardView | None]) -> None:
+        self._views[(claim, request_id)] = view
+        if claim > self._newest_claim:  # forget the reads of claims long past (a late row reads anew)
+            self._newest_claim = claim
+            for key in [k for k in self._views if k[0] <= claim - SHARED_CLAIMS]:
+                del self._views[key]
 
     async def card(self, row: OutboxMessage) -> Recorder:
         """Post the card, or update it in place; later card rows already committed are covered by it."""
-        covered = await outbox.newest_card_row(self.db, row)
-        view = await self._view(row)
+        # Not a shared read: the rows it covers must be read first, in the same read as the view. The
+        # view is then shared with the other rows of its claim.
+        found, covered = await views.card_delivery(self.db, row, self.policy)
+        view = _found(row, found)
+        claim = CLAIM.get()
+        if claim is not None and (claim, view.request.id) not in self._views:
+            done: asyncio.Future[CardView | None] = asyncio.get_running_loop().create_future()
+            done.set_result(view)
+            self._share(claim, view.request.id, done)
         req = view.request
         if req.card_channel is None:
             raise Undeliverable(f"request {req.id} has no approval channel", permanent=True)
@@ -230,6 +258,12 @@ class SlackDeliverer:
             raise failure from None
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             raise Undeliverable(f"Slack unreachable: {type(exc).__name__}") from None
+
+
+def _found(row: OutboxMessage, view: CardView | None) -> CardView:
+    if view is None:
+        raise Undeliverable(f"request {row.payload['request_id']} does not exist", permanent=True)
+    return view
 
 
 def slack_failure(exc: SlackApiError, channel: str | None) -> Undeliverable:

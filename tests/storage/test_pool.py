@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import event, select
-
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import event, select
 
 from bot.settings import Settings
 from storage.db import POOL_OVERFLOW, Database

@@ -1,0 +1,91 @@
+"""The outbox's rows claimed together share one read of their request's card view (handlers/deliver.py):
+an event's card, DM and notification are rendered from one read, and a later claim never reuses it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot import outbox, views
+from bot.worker import CLAIM
+from storage.models import OutboxMessage
+from tests.harness import ADMIN, NEW_PARTNER, NOTIFY, OWNER, Harness
+
+VIEW_KINDS = (outbox.CARD, outbox.DM, outbox.NOTIFY, outbox.THREAD, outbox.ASK, outbox.REMIND)
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the card view's reads (the deliverer's two entry points into bot.views)."""
+    reads = {"n": 0}
+    card, card_delivery = views.card, views.card_delivery
+
+    async def counted_card(*args: Any, **kw: Any) -> Any:
+        reads["n"] += 1
+        return await card(*args, **kw)
+
+    async def counted_delivery(*args: Any, **kw: Any) -> Any:
+        reads["n"] += 1
+        return await card_delivery(*args, **kw)
+
+    monkeypatch.setattr(views, "card", counted_card)
+    monkeypatch.setattr(views, "card_delivery", counted_delivery)
+    return reads
+
+
+async def delivered(h: Harness) -> list[OutboxMessage]:
+    async with h.bot.db.read() as session:
+        rows = await session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind.in_(VIEW_KINDS), OutboxMessage.status == "done")
+        )
+        return list(rows.all())
+
+
+async def test_an_events_rows_share_one_read_of_the_card(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness_any_db
+    reads = count_reads(monkeypatch)
+    await h.command(f"set prod {NEW_PARTNER} shared views", ADMIN)
+    await h.card(1)
+    await h.settle()
+    assert (await h.click("dpor_approve", 1, OWNER))[0] == 200
+    for _ in range(3):  # the apply, then the rows it queued, then the steps behind the card
+        await h.settle()
+    assert (await h.request(1)).status == "applied"
+
+    rows = await delivered(h)
+    # Applied: its card, the requester's DM and the watchers' notification were committed together.
+    applied = [r for r in rows if r.payload.get("event") == "applied" or r.kind == outbox.CARD]
+    assert {r.kind for r in applied} >= {outbox.CARD, outbox.DM, outbox.NOTIFY}
+    assert reads["n"] < len(rows), (reads, [(r.id, r.kind) for r in rows])
+    # Each still shows what happened: the DM and the notification tell of the applied change.
+    texts = [m.text for m in h.slack.messages(NOTIFY)]
+    assert any("Contoso MSP" in t for t in texts), texts
+
+
+async def test_a_later_claim_reads_the_card_again(harness_any_db: Harness) -> None:
+    h = harness_any_db
+    await h.command(f"set prod {NEW_PARTNER} later claim", ADMIN)
+    await h.card(1)
+    await h.settle()
+    deliverer = h.bot.worker.deliverers[outbox.DM].__self__  # type: ignore[union-attr]
+    row = OutboxMessage(kind=outbox.DM, key=f"dm:{ADMIN}", payload={"user_id": ADMIN, "request_id": 1})
+
+    async def view_in_claim(claim: int) -> views.CardView:
+        CLAIM.set(claim)  # this task's context, as the worker sets it for each row it claimed
+        return await deliverer._view(row)
+
+    first = await asyncio.create_task(view_in_claim(10_000))
+    assert first.request.status == "pending"
+    assert (await h.click("dpor_approve", 1, OWNER))[0] == 200
+    for _ in range(3):
+        await h.settle()
+    assert (await h.request(1)).status == "applied"
+
+    same_claim = await asyncio.create_task(view_in_claim(10_000))
+    later_claim = await asyncio.create_task(view_in_claim(10_001))
+    assert same_claim is first  # rows of one claim share its read
+    assert later_claim.request.status == "applied"  # a later claim sees what was committed since
