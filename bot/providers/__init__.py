@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from bot.settings import ConfigError, Settings
 from storage.db import Database
+from storage.models import Subscription
 from storage.queries import partner_name, providers_named
 from storage.requests import subscription
 
@@ -83,6 +84,10 @@ class Providers:
     async def for_subscription(self, subscription_id: str) -> PartnerProvider:
         async with self.db.read() as session:
             sub = await subscription(session, subscription_id)
+        return self.of(sub)
+
+    def of(self, sub: Subscription | None) -> PartnerProvider:
+        """The provider of a subscription the caller has read (None: gone, so DPOR_PROVIDER)."""
         name = (sub.provider if sub else None) or self.settings.provider
         try:
             return self.get(name)
