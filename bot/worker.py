@@ -21,6 +21,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -48,6 +49,15 @@ Bury = Callable[[OutboxMessage, str], Awaitable[None]]
 def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
     """Exponential backoff with jitter: attempt 1 waits 1-2 s, attempt 8 between 128 and 256 s."""
     return random.uniform(0.5, 1.0) * min(cap, base**attempt)
+
+
+@dataclass
+class _Outcome:
+    row: OutboxMessage
+    status: str
+    record: Recorder | None
+    values: dict[str, Any]
+    settled: asyncio.Future[bool]  # False: another process took the row over
 
 
 class OutboxWorker:
@@ -87,6 +97,9 @@ class OutboxWorker:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()
         self._claims = 0
+        # Outcomes waiting to be written, and the task writing them (`_settle`).
+        self._outcomes: list[_Outcome] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows)."""
@@ -248,10 +261,14 @@ class OutboxWorker:
         await asyncio.shield(task)
 
     async def _settle(self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any) -> None:
-        async with self.db.write(serial=False) as session:
-            if record is not None:
-                await record(session)
-            settled = await table.settle(session, row.id, self.name, status, **values)
+        """Record a row's outcome (and what its deliverer asks to record with it). Outcomes that end
+        together are written in one transaction, each in a SAVEPOINT of its own: one whose recorder fails
+        rolls back alone, and the caller hears of it as before."""
+        outcome = _Outcome(row, status, record, values, asyncio.get_running_loop().create_future())
+        self._outcomes.append(outcome)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_outcomes(), name="dpor-outbox-outcomes")
+        settled = await asyncio.shield(outcome.settled)
         if not settled:
             log.warning(
                 "outbox row %s (%s) was taken over by another process while this one held it "
@@ -259,6 +276,43 @@ class OutboxWorker:
                 row.id,
                 row.kind,
             )
+
+    async def _write_outcomes(self) -> None:
+        """Write the outcomes waiting, a batch per transaction, until none waits."""
+        batch: list[_Outcome] = []
+        try:
+            await asyncio.sleep(0)  # outcomes ending in this turn of the event loop join the first batch
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    async with self.db.write(serial=False) as session:
+                        results = [await self._write_one(session, outcome) for outcome in batch]
+                except Exception as exc:  # the transaction failed: none of the batch was written
+                    results = [exc] * len(batch)
+                for outcome, result in zip(batch, results, strict=True):
+                    if isinstance(result, Exception):
+                        outcome.settled.set_exception(result)
+                    else:
+                        outcome.settled.set_result(result)
+                batch = []
+        except BaseException as exc:  # cancelled (the loop is closing): nobody waits forever
+            for outcome in [*batch, *self._outcomes]:
+                if not outcome.settled.done():
+                    outcome.settled.set_exception(exc)
+            self._outcomes = []
+            raise
+        finally:
+            self._writer = None
+
+    async def _write_one(self, session: AsyncSession, outcome: _Outcome) -> bool | Exception:
+        try:
+            async with session.begin_nested():
+                if outcome.record is not None:
+                    await outcome.record(session)
+                row, status = outcome.row, outcome.status
+                return await table.settle(session, row.id, self.name, status, **outcome.values)
+        except Exception as exc:
+            return exc
 
     async def _failed(self, row: OutboxMessage, exc: Undeliverable) -> None:
         attempts = row.attempts - 1 if exc.rate_limited else row.attempts

@@ -8,16 +8,21 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import clicks, lifecycle
 from bot import outbox as outbox_rows
 from bot.app import outbox_worker
 from bot.errors import Refusal
+from bot.worker import OutboxWorker
+from storage import directory
+from storage import outbox as outbox_table
 from storage.db import Database
-from storage.models import AuditEvent, ChangeRequest, OutboxMessage, utcnow
+from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Partner, utcnow
 from tests.bot import world as lc
 from tests.harness import ADMIN, APPROVALS, DEV_OWNER, NEW_PARTNER, NOTIFY, OWNER, OWNER2, Harness
 
@@ -356,3 +361,66 @@ async def test_a_failing_sweep_does_not_hold_up_deliveries(
         finally:
             await worker.stop()
     assert any("outbox sweep" in r.getMessage() for r in caplog.records)
+
+
+async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten deliveries end at once: their outcomes (and what each records with it) are written in a few
+    transactions, not ten; the one whose recorder fails rolls back alone, stays claimed (delivered again
+    when its lease lapses) and is logged, while the nine others are done with their records."""
+    async with db.write() as session:
+        rows_ = [{"kind": "notice", "key": f"k{n}", "payload": {"n": n}} for n in range(10)]
+        await outbox_table.insert_rows(session, rows_)
+    release, started = asyncio.Event(), []
+
+    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[None]]:
+        started.append(row.id)
+        await release.wait()  # all ten end in the same turn of the event loop
+        n = row.payload["n"]
+
+        async def record(session: AsyncSession) -> None:
+            await directory.insert_partner(session, f"{n:07d}", f"Partner {n}")
+            if n == 3:
+                raise RuntimeError("recorder broke")
+
+        return record
+
+    writes = 0
+    write = db.write
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return write(*args, **kw)
+
+    db.write = counted  # type: ignore[method-assign]
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60)
+    with caplog.at_level(logging.ERROR, logger="dpor"):
+        worker.start()
+        try:
+            await until("all ten claimed", lambda: _true(len(started) == 10))
+            before = writes
+            release.set()
+            await until("nine done", lambda: _done(db, 9))
+            assert writes - before <= 4, writes - before  # outcomes, plus the claims their ends woke
+        finally:
+            await worker.stop()
+    async with db.read() as session:
+        partners = set((await session.scalars(select(Partner.partner_id))).all())
+        failed = (await session.scalars(select(OutboxMessage).where(OutboxMessage.status == "pending"))).all()
+    assert {f"{n:07d}" for n in range(10) if n != 3} <= partners and "0000003" not in partners
+    assert [r.payload["n"] for r in failed] == [3]
+    assert any("could not be recorded" in r.getMessage() for r in caplog.records)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _done(db: Database, count: int) -> bool:
+    async with db.read() as session:
+        done = await session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "done")
+        )
+    return done == count
