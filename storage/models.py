@@ -252,6 +252,9 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ix_outbox_due", "status", "available_at"),
         Index("ix_outbox_key", "key", "id"),
+        # The rows of a status by key, in order: a claim reads the first waiting row of each key here,
+        # without a sort (storage/outbox.py).
+        Index("ix_outbox_waiting", "status", "key", "id", "kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

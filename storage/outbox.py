@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from storage.models import ChangeRequest, OutboxMessage, utcnow
 from storage.notify import notify_outbox
@@ -30,15 +29,12 @@ async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
 
 # A row waits while an earlier row of its key is pending, but a card's update waits only for the card's
 # earlier rows (its post, its earlier updates), not for the steps queued for its thread: the card shows
-# the request's state at once, and the thread follows. Built once: an alias costs more to build than
-# the query takes to run.
-_EARLIER = aliased(OutboxMessage)
-_BLOCKED = exists().where(
-    _EARLIER.key == OutboxMessage.key,
-    _EARLIER.id < OutboxMessage.id,
-    _EARLIER.status == PENDING,
-    or_(OutboxMessage.kind != CARD, _EARLIER.kind == CARD),
-)
+# the request's state at once, and the thread follows. So the rows a claim may take are the first waiting
+# row of each key and the first waiting card row of each key: read in one pass over the waiting rows in
+# key order (ix_outbox_waiting), not a probe for earlier rows per waiting row. Built once.
+_WAITING = OutboxMessage.status == PENDING
+_FIRST = select(func.min(OutboxMessage.id)).group_by(OutboxMessage.key)
+_FIRST_OF_KEY = union(_FIRST.where(_WAITING), _FIRST.where(_WAITING, OutboxMessage.kind == CARD))
 
 
 def _mine(ids: Sequence[int], owner: str):
@@ -58,7 +54,7 @@ async def claim(
     """Take up to `limit` due rows for `owner` until the lease runs out; each claim counts as an attempt.
 
     Rows sharing a key go one at a time, in id order (a card's post before its updates; its updates pass
-    the steps waiting for its thread: `_BLOCKED`). On PostgreSQL rows another process is claiming are
+    the steps waiting for its thread: `_FIRST_OF_KEY`). On PostgreSQL rows another process is claiming are
     skipped, not waited for (SQLite's write lock already serialises claims). `held`: rows the caller is
     still delivering, never taken again by it even when their lease lapsed (another process may).
     """
@@ -66,10 +62,12 @@ async def claim(
     query = (
         select(OutboxMessage)
         .where(
-            OutboxMessage.status == PENDING,
+            OutboxMessage.id.in_(_FIRST_OF_KEY),
+            # Checked again on each row found (PostgreSQL re-reads a row another process just changed);
+            # `|| ''` keeps SQLite's planner on the ids above rather than on every waiting row again.
+            (OutboxMessage.status + "") == PENDING,
             OutboxMessage.available_at <= now,
             or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
-            ~_BLOCKED,
         )
         .order_by(OutboxMessage.id)
         .limit(limit)
