@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -37,6 +38,9 @@ class Result:
     errors: int
     ratio_to_anchor: float | None = None
     ratio_to_floor: float | None = None
+    # CPU time of the loaded process per request, ms: from the run's start until the process is idle again,
+    # so a bot's deliveries that follow its answers count too (None: not measured)
+    cpu_ms: float | None = None
     # what the errors were: socket errors by kind, and the first failed answer of each wrk thread
     error_detail: list[str] = field(default_factory=list)
 
@@ -63,6 +67,29 @@ def write_requests(path: Path, bodies: Iterable[str]) -> int:
     return count
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (Linux: /proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+QUIET_S, QUIET_SHARE, IDLE_WITHIN_S = 0.5, 0.02, 30.0
+
+
+async def idle_cpu_seconds(pid: int) -> float:
+    """The process's CPU time once it has gone idle (under 2% of a core for half a second), waiting up to
+    30 s: what a run cost includes the work it queued (a bot's deliveries after its answers)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + IDLE_WITHIN_S
+    before = cpu_seconds(pid)
+    while True:
+        await asyncio.sleep(QUIET_S)
+        now = cpu_seconds(pid)
+        if now - before <= QUIET_S * QUIET_SHARE or loop.time() > deadline:
+            return now
+        before = now
+
+
 async def wrk(
     port: int,
     requests_file: Path,
@@ -73,8 +100,11 @@ async def wrk(
     *,
     once: bool = False,
     connections: int = CONNECTIONS,
+    pid: int | None = None,
 ) -> Result:
-    """wrk for `seconds` with the signed requests of the file; `once`: stop when each was sent once."""
+    """wrk for `seconds` with the signed requests of the file; `once`: stop when each was sent once.
+    `pid`: the loaded process, whose CPU time per request is measured (`Result.cpu_ms`)."""
+    started_cpu = cpu_seconds(pid) if pid is not None else None
     proc = await asyncio.create_subprocess_exec(
         "wrk",
         f"-t{THREADS}",
@@ -109,9 +139,13 @@ async def wrk(
         detail.insert(0, socket_errors.group(0))
     if non_2xx and not int(fields["failures"]):
         errors += int(non_2xx.group(1))
+    cpu_ms = None
+    if pid is not None and started_cpu is not None and requests:
+        cpu_ms = round((await idle_cpu_seconds(pid) - started_cpu) * 1000 / requests, 2)
     return Result(
         target=target,
         workload=workload,
+        cpu_ms=cpu_ms,
         requests_per_s=round(requests / (int(fields["duration_us"]) / 1e6), 1),
         p50_ms=round(int(fields["p50_us"]) / 1000, 2),
         p99_ms=round(int(fields["p99_us"]) / 1000, 2),

@@ -19,14 +19,19 @@ HALF = CONNECTIONS // 2
 
 
 def _combined(target: str, workload: str, halves: list[Result]) -> Result:
+    requests = sum(r.requests for r in halves)
+    cpu_ms = None  # both processes' CPU over both processes' requests
+    if requests and all(r.cpu_ms is not None for r in halves):
+        cpu_ms = round(sum((r.cpu_ms or 0.0) * r.requests for r in halves) / requests, 2)
     return Result(
+        cpu_ms=cpu_ms,
         target=target,
         workload=workload,
         requests_per_s=round(sum(r.requests_per_s for r in halves), 1),
         p50_ms=max(r.p50_ms for r in halves),
         p99_ms=max(r.p99_ms for r in halves),
         max_ms=max(r.max_ms for r in halves),
-        requests=sum(r.requests for r in halves),
+        requests=requests,
         errors=sum(r.errors for r in halves),
         error_detail=[line for r in halves for line in r.error_detail],
     )
@@ -39,10 +44,12 @@ async def measure(
     from bench.run import serve  # the same `serve` as the one-process run
 
     async with contextlib.AsyncExitStack() as stack:
-        ports = [
-            (await stack.enter_async_context(serve(slack, database_url, work / f"{label}-{n}.log")))[0]
+        served = [
+            await stack.enter_async_context(serve(slack, database_url, work / f"{label}-{n}.log"))
             for n in (1, 2)
         ]
+        ports = [port for port, _ in served]
+        pids = [proc.pid for _, proc in served]
         subs = await seed.open_subscriptions(database_url, limit=20_000)
         set_files = []
         for n, part in enumerate((subs[0::2], subs[1::2])):
@@ -52,8 +59,8 @@ async def measure(
         length = max(2, seconds // 2)
         halves = await asyncio.gather(
             *(
-                wrk(port, file, "Request #", length, label, "set", once=True, connections=HALF)
-                for port, file in zip(ports, set_files, strict=True)
+                wrk(port, file, "Request #", length, label, "set", once=True, connections=HALF, pid=pid)
+                for port, pid, file in zip(ports, pids, set_files, strict=True)
             )
         )
         results = [_combined(label, "set", list(halves))]
@@ -66,8 +73,8 @@ async def measure(
             approve_files.append(file)
         halves = await asyncio.gather(
             *(
-                wrk(port, file, "", length, label, "Approve", once=True, connections=HALF)
-                for port, file in zip(ports, approve_files, strict=True)
+                wrk(port, file, "", length, label, "Approve", once=True, connections=HALF, pid=pid)
+                for port, pid, file in zip(ports, pids, approve_files, strict=True)
             )
         )
         results.append(_combined(label, "Approve", list(halves)))

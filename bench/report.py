@@ -20,7 +20,7 @@ def _ratio(value: float | None) -> str:
 
 def throughput(results: Sequence[Any]) -> str:
     """The wrk runs: one row per target and workload, with the ratios to the anchor and to Bolt's floor."""
-    head = ["target", "workload", "req/s", "p50 ms", "p99 ms", "errors", "x anchor", "x floor"]
+    head = ["target", "workload", "req/s", "p50 ms", "p99 ms", "errors", "x anchor", "x floor", "CPU ms/req"]
     rows = [
         [
             r.target,
@@ -31,6 +31,7 @@ def throughput(results: Sequence[Any]) -> str:
             r.errors,
             _ratio(r.ratio_to_anchor),
             _ratio(r.ratio_to_floor),
+            f"{r.cpu_ms:.2f}" if r.cpu_ms is not None else "-",
         ]
         for r in results
     ]

@@ -122,17 +122,23 @@ async def measure_bot(
         subs = [s for s in await seed.open_subscriptions(database_url, limit=20_000) if s not in used]
         file = work / "show.txt"
         write_requests(file, show_bodies(subs[:1000], seed.BYSTANDER))
-        results.append(await wrk(port, file, "Partner of record", seconds, label, "show", once=True))
+        results.append(
+            await wrk(port, file, "Partner of record", seconds, label, "show", once=True, pid=proc.pid)
+        )
 
         file = work / "set.txt"
         write_requests(file, seed.set_bodies(subs))
-        results.append(await wrk(port, file, "Request #", max(2, seconds // 2), label, "set", once=True))
+        results.append(
+            await wrk(port, file, "Request #", max(2, seconds // 2), label, "set", once=True, pid=proc.pid)
+        )
 
         pending = await seed.pending_request_ids(database_url) if clicks else []
         if pending:
             file = work / "approve.txt"
             write_requests(file, seed.approve_bodies(pending, latency.APPROVALS))
-            results.append(await wrk(port, file, "", max(2, seconds // 2), label, "Approve", once=True))
+            results.append(
+                await wrk(port, file, "", max(2, seconds // 2), label, "Approve", once=True, pid=proc.pid)
+            )
         memory.after_load_mb = latency.rss_mb(proc.pid)
         memory.peak_mb = latency.peak_mb(proc.pid)
     return BotRun(results, light_results, memory)
@@ -163,7 +169,7 @@ async def measure_anchor(
         memory = latency.Memory(idle_mb=latency.rss_mb(proc.pid))
         file = work / "anchor.txt"
         write_requests(file, show_bodies([seed.PROD_ALIAS] * 1000, seed.BYSTANDER))
-        result = await wrk(port, file, "", seconds, label, "show")
+        result = await wrk(port, file, "", seconds, label, "show", pid=proc.pid)
         memory.after_load_mb = latency.rss_mb(proc.pid)
         memory.peak_mb = latency.peak_mb(proc.pid)
         return result, memory

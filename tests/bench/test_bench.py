@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench import latency, report, run, seed
+from bench import latency, load, report, run, seed
 from bot.settings import normalise_database_url
 from sandbox.standin import SlackStandin
 
@@ -29,8 +29,12 @@ async def test_light_load_and_memory_of_serve(tmp_path: Path) -> None:
         run.serve(slack, url, tmp_path / "serve.log") as (port, proc),
     ):
         idle = latency.rss_mb(proc.pid)
+        cpu_idle = load.cpu_seconds(proc.pid)
         subs = await seed.open_subscriptions(url, limit=3)
         measured = await latency.light_load(slack, port, run.SECRET, subs, 3)
+        # the CPU the six requests and their deliveries cost, read once the process is quiet again
+        cpu_after = await load.idle_cpu_seconds(proc.pid)
+        assert cpu_after > cpu_idle and load.cpu_seconds(proc.pid) - cpu_after < 0.5
         after = latency.rss_mb(proc.pid)
         peak = latency.peak_mb(proc.pid)
 
@@ -52,8 +56,11 @@ def test_two_processes_add_their_rates_and_keep_the_worse_latencies() -> None:
     from bench.load import Result
     from bench.pair import _combined
 
-    one = Result("a", "set", 40.0, 100.0, 300.0, 400.0, 160, 0)
-    two = Result("b", "set", 25.5, 150.0, 250.0, 500.0, 102, 1, error_detail=["timeout 1"])
+    one = Result("a", "set", 40.0, 100.0, 300.0, 400.0, 160, 0, cpu_ms=10.0)
+    two = Result("b", "set", 25.5, 150.0, 250.0, 500.0, 102, 1, error_detail=["timeout 1"], cpu_ms=20.0)
     both = _combined("two", "set", [one, two])
     assert (both.requests_per_s, both.p50_ms, both.p99_ms, both.max_ms) == (65.5, 150.0, 300.0, 500.0)
     assert (both.requests, both.errors, both.error_detail) == (262, 1, ["timeout 1"])
+    assert both.cpu_ms == round((10.0 * 160 + 20.0 * 102) / 262, 2)  # weighted by each one's requests
+    unmeasured = Result("c", "set", 1.0, 1.0, 1.0, 1.0, 10, 0)
+    assert _combined("two", "set", [one, unmeasured]).cpu_ms is None
