@@ -16,51 +16,37 @@ from storage.models import Subscription
 from tests.harness import OWNER, start_harness
 
 
-async def test_overlapping_sessions_reuse_the_pools_connections(database_url: str) -> None:
-    db = Database(database_url, pool_size=24)
+async def connections_opened(db: Database) -> int:
+    """Five bursts of twenty sessions at once, as a loaded process sees: how many connections opened."""
     opened = 0
 
     def count(*_: object) -> None:
         nonlocal opened
         opened += 1
-
-    event.listen(db.engine.sync_engine, "connect", count)
 
     async def read() -> None:
         async with db.read() as session:
             await session.scalars(select(Subscription.id).limit(1))
             await asyncio.sleep(0)  # held across a turn of the loop, as a request's session is
 
+    event.listen(db.engine.sync_engine, "connect", count)
     try:
-        for _ in range(5):  # five bursts of twenty sessions at once, as a loaded process sees
+        for _ in range(5):
             await asyncio.gather(*(read() for _ in range(20)))
-        assert 0 < opened <= 20  # the first burst opened them; the next four reused them
+        return opened
     finally:
         await db.dispose()
+
+
+async def test_overlapping_sessions_reuse_the_pools_connections(database_url: str) -> None:
+    opened = await connections_opened(Database(database_url, pool_size=24))
+    assert 0 < opened <= 20  # the first burst opened them; the next four reused them
 
 
 async def test_a_pool_smaller_than_the_overlap_opens_connections_again(database_url: str) -> None:
     """The behaviour the pool size prevents: with room for 2, each burst of 20 opens the overflow anew."""
-    db = Database(database_url, pool_size=2)
-    opened = 0
-
-    def count(*_: object) -> None:
-        nonlocal opened
-        opened += 1
-
-    event.listen(db.engine.sync_engine, "connect", count)
-
-    async def read() -> None:
-        async with db.read() as session:
-            await session.scalars(select(Subscription.id).limit(1))
-            await asyncio.sleep(0)
-
-    try:
-        for _ in range(5):
-            await asyncio.gather(*(read() for _ in range(20)))
-        assert opened > 2 + POOL_OVERFLOW  # overflow connections were closed and opened again
-    finally:
-        await db.dispose()
+    opened = await connections_opened(Database(database_url, pool_size=2))
+    assert opened > 2 + POOL_OVERFLOW  # overflow connections were closed and opened again
 
 
 async def test_serve_keeps_the_configured_number_of_connections(database_url: str) -> None:
