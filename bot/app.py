@@ -140,7 +140,6 @@ class Bot(HttpEdge):
             poll_interval=self._poll,
             sweep_interval=self._expire,
         )
-        self.ctx.wake_worker = self.worker.wake
         register_listeners(self.app, self.ctx)
         self.worker.start()
         if self.settings.reconcile_every is not None:
@@ -150,7 +149,6 @@ class Bot(HttpEdge):
                     self.providers,
                     self.policy,
                     self.settings.reconcile_every,
-                    after_run=self.worker.wake,
                     metrics=self.metrics,
                 ),
                 name="dpor-reconcile",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.metrics import Metrics
@@ -18,5 +17,3 @@ class BotContext:
     policy: Policy
     # What the listeners count (GET /metrics): the Bot's own registry.
     metrics: Metrics = field(default_factory=Metrics)
-    # Called after a commit that wrote outbox rows, so delivery starts now rather than at the next poll.
-    wake_worker: Callable[[], None] = lambda: None

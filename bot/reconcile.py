@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -175,7 +174,6 @@ async def periodically(
     policy: Policy,
     every: timedelta,
     *,
-    after_run: Callable[[], None] = lambda: None,
     metrics: Metrics | None = None,
 ) -> None:
     """`serve`'s DPOR_RECONCILE_EVERY: reconcile, wait, repeat until cancelled; a failed run is logged."""
@@ -197,4 +195,3 @@ async def periodically(
             sum(f.announced for f in drift),
             sum(f.status == ERROR for f in findings),
         )
-        after_run()

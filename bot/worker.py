@@ -131,7 +131,8 @@ class OutboxWorker:
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(), name="dpor-outbox-lease")
         try:
-            # On PostgreSQL a commit in any process that wrote rows wakes this worker (LISTEN dpor_outbox).
+            # A commit that wrote rows wakes this worker: in this process at once, in any other one on
+            # PostgreSQL (LISTEN dpor_outbox).
             async with notify.listen(self.db, self.wake):
                 await self._claim_loop()
             if self._inflight:

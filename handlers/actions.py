@@ -103,7 +103,6 @@ def _listener(ctx: BotContext, action_id: str):
         await ack()  # over HTTP Bolt answers after the listener anyway; in Socket Mode this is at once
         click = Click.parse(action_id, body)
         outcome = await decide(ctx, click)
-        ctx.wake_worker()
         if click.from_home:
             # The Home shows the new state; a refusal or failure goes on top of it.
             await publish_home(ctx, client, click.user_id, outcome.notice, team_id=click.team_id or None)

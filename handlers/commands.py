@@ -53,7 +53,7 @@ async def _set(ctx: BotContext, cmd: Command, body: Body) -> Reply:
         reason=cmd.rest,
         channel_id=body.get("channel_id"),
     )
-    return Reply(request_opened(req), wrote=True)
+    return Reply(request_opened(req))
 
 
 def _offset(cmd: Command) -> int:
@@ -81,7 +81,7 @@ async def _cancel(ctx: BotContext, cmd: Command, body: Body) -> Reply:
     req = await lifecycle.cancel(
         ctx.db, ctx.policy, request_id=cmd.args[0], team_id=body["team_id"], user_id=body["user_id"]
     )
-    return Reply(f":heavy_multiplication_x: Request #{req.id} is cancelled.", wrote=True)
+    return Reply(f":heavy_multiplication_x: Request #{req.id} is cancelled.")
 
 
 def _scope_words(ref: str) -> str:
@@ -105,7 +105,7 @@ async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
             ctx.db, target, role, scope, actor=body["user_id"], notify=ctx.policy.notify_channels
         )
         verb = "is no longer" if changed else "was not"
-    return Reply(f"<@{target}> {verb} {role} of {where}.", wrote=changed)  # its announcement
+    return Reply(f"<@{target}> {verb} {role} of {where}.")
 
 
 async def _role_list(ctx: BotContext, cmd: Command, body: Body) -> Reply:
@@ -265,5 +265,3 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         else:
             reply = await answer(ctx, body)
         await ack(**reply.to_ack())
-        if reply.wrote:
-            ctx.wake_worker()

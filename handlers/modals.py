@@ -158,7 +158,6 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                 await _errors(ack, errors)
                 return
             await ack()
-            ctx.wake_worker()
             # After the answer: Slack closes the form without waiting for the private answer's calls.
             _after_ack(_tell(client, user_id, _channel(view), request_opened(req)))
 
@@ -210,7 +209,6 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                 await ack()
                 if forms.metadata(view).get("home") is True:  # the Home it came from shows the new state
                     await publish_home(ctx, client, user_id, team_id=_team(body) or None)
-            ctx.wake_worker()  # a request found past its time was expired, and its card must say so
 
 
 _AFTER_ACK: set[asyncio.Task[None]] = set()  # held until done, so none is collected half-way

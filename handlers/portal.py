@@ -151,7 +151,6 @@ async def _submitted(
             ctx.metrics.request(act, OK)
             ctx.metrics.apply("portal", APPLIED if act == attest.DONE else FAILED_APPLY)
             await ack()
-            ctx.wake_worker()
             if forms.metadata(view).get("home") is True:
                 await publish_home(ctx, client, user_id, team_id=_team(body) or None)
 

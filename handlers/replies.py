@@ -24,7 +24,6 @@ PAGE_SIZE = 20
 class Reply:
     text: str
     blocks: list[Block] | None = None
-    wrote: bool = False  # the command wrote outbox rows: the worker should deliver now
 
     def to_ack(self) -> dict:
         ack: dict = {"text": self.text, "response_type": "ephemeral"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,6 +27,9 @@ from storage.groups import GroupCommit
 SERIAL_LOCK_KEY = 0x44504F53  # "DPOS"
 # Where a write session carries the audit chain's key (`Database.audit_key`) for `audit_key_of`.
 _AUDIT_KEY = "dpor_audit_key"
+# Where a write session notes that it wrote outbox rows (storage.notify.notify_outbox): once it has
+# committed, the process's worker is woken (`Database.on_outbox`), whatever code wrote them.
+OUTBOX_WRITTEN = "dpor_outbox_written"
 
 
 # Connections a process keeps open (DPOR_DB_POOL_SIZE), and how many more it may open for a burst.
@@ -142,6 +145,7 @@ class Database:
         self._seal_wanted = self._seal_done = 0
         self._seal_ids: set[int] = set()
         self._seal_everything = False
+        self._outbox_wakers: list[Callable[[], None]] = []
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             self.groups = GroupCommit(self.engine.execution_options(dpor_write=True), self._carry_key)
@@ -168,6 +172,7 @@ class Database:
         if self.groups is not None:
             async with self.groups.transaction() as session:
                 yield session
+            self._committed(session)
             return
         async with self._writer() as session:
             async with session.begin():
@@ -177,8 +182,20 @@ class Database:
                     await session.execute(lock, {"key": SERIAL_LOCK_KEY})
                 yield session
             unsealed = session.info.get(chain.UNSEALED)
+        self._committed(session)
         if unsealed:
             await self.seal(unsealed)
+
+    def on_outbox(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` after every commit in this process that wrote outbox rows (other processes hear
+        of theirs through storage.notify); returns what undoes it."""
+        self._outbox_wakers.append(wake)
+        return lambda: self._outbox_wakers.remove(wake)
+
+    def _committed(self, session: AsyncSession) -> None:
+        if session.info.get(OUTBOX_WRITTEN):
+            for wake in list(self._outbox_wakers):
+                wake()
 
     async def seal(self, ids: Iterable[int] = ()) -> None:
         """PostgreSQL: chain the events committed so far (storage.audit.seal); `ids`: the pending events

@@ -1,10 +1,12 @@
-"""PostgreSQL LISTEN/NOTIFY on `dpor_outbox`: a commit that wrote outbox rows wakes every process's worker.
+"""A commit that wrote outbox rows wakes the workers: this process's at once, every other one's through
+PostgreSQL's LISTEN/NOTIFY on `dpor_outbox`.
 
-`notify_outbox` runs inside the transaction that writes the rows, so PostgreSQL delivers the notification
-only when (and if) it commits. `listen(db, callback)` holds one connection of its own that LISTENs and
-calls `callback` on each notification; when the connection drops it reconnects with backoff and calls
-`callback` once more (notifications sent while it was away are lost, the rows are not). On SQLite both do
-nothing: one process writes, and it wakes its own worker.
+`notify_outbox` runs inside the transaction that writes the rows: it marks the session (the Database
+wakes this process's worker once the session has committed, `Database.on_outbox`) and, on PostgreSQL,
+NOTIFYs, which PostgreSQL delivers only when (and if) the transaction commits. `listen(db, callback)`
+calls `callback` after this process's commits and, on PostgreSQL, holds one connection of its own that
+LISTENs and calls `callback` on each notification; when that connection drops it reconnects with backoff
+and calls `callback` once more (notifications sent while it was away are lost, the rows are not).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.db import Database
+from storage.db import OUTBOX_WRITTEN, Database
 from storage.models import is_postgresql
 
 CHANNEL = "dpor_outbox"
@@ -30,7 +32,9 @@ log = logging.getLogger("dpor.notify")
 
 
 async def notify_outbox(session: AsyncSession) -> None:
-    """Tell every listening process, at this transaction's commit, that outbox rows are due."""
+    """Tell this process's worker and every listening process, at this transaction's commit, that outbox
+    rows are due."""
+    session.info[OUTBOX_WRITTEN] = True
     if is_postgresql(session):
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
@@ -42,17 +46,22 @@ def _dsn(db: Database) -> str:
 
 @asynccontextmanager
 async def listen(db: Database, callback: Callable[[], None]) -> AsyncIterator[None]:
-    """While the block runs, call `callback` on each `dpor_outbox` notification (PostgreSQL only)."""
-    if db.is_sqlite:
-        yield
-        return
-    task = asyncio.create_task(_listen_forever(_dsn(db), callback), name="dpor-outbox-listen")
+    """While the block runs, call `callback` after each commit of this process that wrote outbox rows and,
+    on PostgreSQL, on each `dpor_outbox` notification from any process."""
+    undo = db.on_outbox(callback)
     try:
-        yield
+        if db.is_sqlite:
+            yield
+            return
+        task = asyncio.create_task(_listen_forever(_dsn(db), callback), name="dpor-outbox-listen")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        undo()
 
 
 async def _listen_forever(dsn: str, callback: Callable[[], None]) -> None:

@@ -424,3 +424,38 @@ async def _done(db: Database, count: int) -> bool:
             select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "done")
         )
     return done == count
+
+
+async def test_any_commit_in_the_process_that_writes_rows_wakes_the_worker(db: Database) -> None:
+    """The worker polls once a minute here; a row written by any code of the process (not a listener that
+    remembered to nudge it) is delivered at once after its commit, on SQLite as on PostgreSQL."""
+    delivered = asyncio.Event()
+
+    async def deliver(row: OutboxMessage) -> None:
+        delivered.set()
+
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60)
+    worker.start()
+    try:
+        await asyncio.sleep(0.2)  # the worker has looked once, found nothing, and waits for its poll
+        assert not delivered.is_set()
+        async with db.write(serial=False) as session:
+            await outbox_table.insert_rows(session, [{"kind": "notice", "key": "k", "payload": {}}])
+        await asyncio.wait_for(delivered.wait(), 10)  # not the minute's poll
+    finally:
+        await worker.stop()
+
+
+async def test_a_rolled_back_write_wakes_nobody(db: Database) -> None:
+    woken = []
+    undo = db.on_outbox(lambda: woken.append(1))
+    try:
+        with pytest.raises(RuntimeError):
+            async with db.write(serial=False) as session:
+                await outbox_table.insert_rows(session, [{"kind": "notice", "key": "k", "payload": {}}])
+                raise RuntimeError("refused after writing")
+        async with db.write(serial=False) as session:
+            await outbox_table.insert_rows(session, [{"kind": "notice", "key": "k", "payload": {}}])
+    finally:
+        undo()
+    assert woken == [1]  # the committed write only
