@@ -1,7 +1,8 @@
 """Applying an approved change through its subscription's partner provider, and recording the outcome.
 
 An `apply` outbox row runs `Applier.deliver`: approved -> applying (audited), the provider call, then
-applying -> applied | failed with the card, the requester's DM and the notifications. A provider is
+applying -> applied | failed with the card, the requester's DM and the notifications, written by the
+worker in the transaction that records the row's outcome. A provider is
 idempotent (read, then create or update), so a retry after a crash does no harm.
 """
 
@@ -19,7 +20,7 @@ from bot.errors import SYSTEM_ACTOR, Refusal, UnknownRequest
 from bot.lifecycle import event
 from bot.logs import bound
 from bot.metrics import APPLIED, FAILED, RETRIED, Metrics
-from bot.outbox import Outbox, Undeliverable
+from bot.outbox import AfterCommit, Outbox, Recorder, Undeliverable
 from bot.policy import Policy
 from bot.providers import PartnerProvider, ProviderError, Providers
 from bot.providers.portal import AwaitingAttestation
@@ -96,12 +97,18 @@ async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: Appl
     """applying -> applied (the record follows; the chain's head is checkpointed) or failed (Retry possible
     for DPOR_REQUEST_TTL)."""
     async with db.write(serial=False) as session:
-        req = await requests.get(session, request_id, lock=True)
-        if req is None:
-            raise UnknownRequest(f"There is no request #{request_id}.")
-        point = await finish(session, pol, req, outcome)
+        req, point = await _finish_locked(session, pol, request_id, outcome)
     checkpoints.published(point)
     return req
+
+
+async def _finish_locked(
+    session: AsyncSession, pol: Policy, request_id: int, outcome: ApplyOutcome
+) -> tuple[ChangeRequest, Checkpoint | None]:
+    req = await requests.get(session, request_id, lock=True)
+    if req is None:
+        raise UnknownRequest(f"There is no request #{request_id}.")
+    return req, await finish(session, pol, req, outcome)
 
 
 async def finish(
@@ -150,7 +157,9 @@ async def finish(
 
 
 class Applier:
-    """Delivers `apply` outbox rows: the provider call between start_apply and finish_apply."""
+    """Delivers `apply` outbox rows: start_apply, the provider call, and the outcome (applied or failed)
+    as the row's recorder, so the worker writes it in the transaction that settles the row: one commit,
+    and no window where the request is applied while its row is still claimed."""
 
     def __init__(
         self,
@@ -167,27 +176,27 @@ class Applier:
         self.max_attempts = max_attempts
         self.metrics = metrics or Metrics()
 
-    async def deliver(self, row: OutboxMessage) -> None:
+    async def deliver(self, row: OutboxMessage) -> Recorder | None:
         request_id = row.payload["request_id"]
         async with self.db.read() as session:  # the request and its subscription's provider: one read
             found = await requests.get(session, request_id)
             if found is None:
-                return
+                return None
             provider = self.providers.of(await requests.subscription(session, found.subscription_id))
         # A provider a person finishes (portal) says what the request awaits; it stays applying until then.
         waits = getattr(provider, "awaiting", None)
         req = await start_apply(self.db, request_id, waits() if waits else None)
         if req is None:
-            return
+            return None
         with bound(request_id=request_id, subscription=req.subscription_id):
-            await self._apply(req, provider)
+            return await self._apply(req, provider)
 
-    async def _apply(self, req: ChangeRequest, provider: PartnerProvider) -> None:
+    async def _apply(self, req: ChangeRequest, provider: PartnerProvider) -> Recorder | None:
         try:
             state = await provider.apply(req.subscription_id, req.partner_id)
         except AwaitingAttestation:
             log.info("request %s awaits an owner's attestation (%s provider)", req.id, provider.name)
-            return
+            return None
         except ProviderError as exc:
             if exc.retryable and req.apply_attempts < self.max_attempts:
                 self.metrics.apply(provider.name, RETRIED)
@@ -207,8 +216,22 @@ class Applier:
                 partner_name=state.partner_name,
                 detail={"provider": provider.name, "identity": state.identity, **state.detail},
             )
-        await finish_apply(self.db, self.policy, req.id, outcome)
-        self._finished(req, provider.name, outcome)
+        return self._finisher(req, provider.name, outcome)
+
+    def _finisher(self, req: ChangeRequest, provider: str, outcome: ApplyOutcome) -> Recorder:
+        """finish_apply as the row's recorder: written with the row's outcome; logged once committed."""
+
+        async def record(session: AsyncSession) -> AfterCommit:
+            _, point = await _finish_locked(session, self.policy, req.id, outcome)
+
+            def committed() -> None:
+                checkpoints.published(point)
+                with bound(request_id=req.id, subscription=req.subscription_id):
+                    self._finished(req, provider, outcome)
+
+            return committed
+
+        return record
 
     def _finished(self, req: ChangeRequest, provider: str, outcome: ApplyOutcome) -> None:
         self.metrics.apply(provider, APPLIED if outcome.ok else FAILED)

@@ -30,8 +30,10 @@ ASK = "ask"  # DM an owner who can approve a new request: its summary and a link
 THREAD = "thread"  # one step of a request (approval k of N, applied, failed, ...) in its card's thread
 KINDS = (CARD, DM, NOTIFY, EPHEMERAL, APPLY, NOTICE, REMIND, CHECKPOINT, ASK, THREAD)
 
-Recorder = Callable[[AsyncSession], Awaitable[None]]
-"""What a delivery writes in the transaction that records its outcome (a card's ts, covered rows)."""
+AfterCommit = Callable[[], None]
+Recorder = Callable[[AsyncSession], Awaitable[AfterCommit | None]]
+"""What a delivery writes in the transaction that records its outcome (a card's ts, covered rows, an
+apply's result); it may return what to do once that transaction has committed (log the checkpoint taken)."""
 
 
 class Undeliverable(Exception):

@@ -20,7 +20,7 @@ import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.logs import bound
-from bot.outbox import Recorder, Undeliverable
+from bot.outbox import AfterCommit, Recorder, Undeliverable
 from storage import notify
 from storage import outbox as table
 from storage.db import Database
@@ -58,6 +58,8 @@ class _Outcome:
     record: Recorder | None
     values: dict[str, Any]
     settled: asyncio.Future[bool]  # False: another process took the row over
+    context: Context  # its delivery's (the log's fields): where `after` runs
+    after: AfterCommit | None = None  # what its recorder asks for once the outcome is committed
 
 
 class OutboxWorker:
@@ -268,7 +270,8 @@ class OutboxWorker:
         """Record a row's outcome (and what its deliverer asks to record with it). Outcomes that end
         together are written in one transaction, each in a SAVEPOINT of its own: one whose recorder fails
         rolls back alone, and the caller hears of it as before."""
-        outcome = _Outcome(row, status, record, values, asyncio.get_running_loop().create_future())
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        outcome = _Outcome(row, status, record, values, done, copy_context())
         self._outcomes.append(outcome)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_outcomes(), name="dpor-outbox-outcomes")
@@ -296,8 +299,13 @@ class OutboxWorker:
                 for outcome, result in zip(batch, results, strict=True):
                     if isinstance(result, Exception):
                         outcome.settled.set_exception(result)
-                    else:
-                        outcome.settled.set_result(result)
+                        continue
+                    if outcome.after is not None:
+                        try:
+                            outcome.context.run(outcome.after)
+                        except Exception:
+                            log.exception("outbox row %s: after its outcome was recorded", outcome.row.id)
+                    outcome.settled.set_result(result)
                 batch = []
         except BaseException as exc:  # cancelled (the loop is closing): nobody waits forever
             for outcome in [*batch, *self._outcomes]:
@@ -311,12 +319,13 @@ class OutboxWorker:
     async def _write_one(self, session: AsyncSession, outcome: _Outcome) -> bool | Exception:
         try:
             async with session.begin_nested():
-                if outcome.record is not None:
-                    await outcome.record(session)
+                after = await outcome.record(session) if outcome.record is not None else None
                 row, status = outcome.row, outcome.status
-                return await table.settle(session, row.id, self.name, status, **outcome.values)
+                settled = await table.settle(session, row.id, self.name, status, **outcome.values)
         except Exception as exc:
             return exc
+        outcome.after = after  # run once the whole batch has committed, never for a rolled back one
+        return settled
 
     async def _failed(self, row: OutboxMessage, exc: Undeliverable) -> None:
         attempts = row.attempts - 1 if exc.rate_limited else row.attempts

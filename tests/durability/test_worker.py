@@ -374,15 +374,18 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
         await outbox_table.insert_rows(session, rows_)
     release, started = asyncio.Event(), []
 
-    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[None]]:
+    committed: list[int] = []
+
+    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[Callable[[], None]]]:
         started.append(row.id)
         await release.wait()  # all ten end in the same turn of the event loop
         n = row.payload["n"]
 
-        async def record(session: AsyncSession) -> None:
+        async def record(session: AsyncSession) -> Callable[[], None]:
             await directory.insert_partner(session, f"{n:07d}", f"Partner {n}")
             if n == 3:
                 raise RuntimeError("recorder broke")
+            return lambda: committed.append(n)  # what a recorder asks for once its outcome is committed
 
         return record
 
@@ -412,6 +415,53 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
     assert {f"{n:07d}" for n in range(10) if n != 3} <= partners and "0000003" not in partners
     assert [r.payload["n"] for r in failed] == [3]
     assert any("could not be recorded" in r.getMessage() for r in caplog.records)
+    assert sorted(committed) == [n for n in range(10) if n != 3]  # never for the one rolled back
+
+
+@pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_LEASE": "2", "DPOR_DM_APPROVERS_MAX": "0"}])
+async def test_an_applys_result_is_written_with_its_rows_outcome(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The apply's result (applied, its audit event, the rows it queues, the checkpoint) commits in the
+    transaction that settles the apply row. When that transaction fails, nothing of the result is kept:
+    the request is still applying and no checkpoint is logged; the row is delivered again once its lease
+    lapses, and the change is applied and recorded once."""
+    h = harness_any_db
+    rid = await new_request(h, f"set prod {NEW_PARTNER} atomic", ADMIN)
+    await until("the card posted", lambda: card_posted(h, rid))
+    settle, broken = outbox_table.settle, []
+
+    async def settle_or_break(session: AsyncSession, row_id: int, *args: Any, **kw: Any) -> bool:
+        row = await session.get(OutboxMessage, row_id)
+        if row is not None and row.kind == "apply" and not broken:
+            broken.append(row_id)
+            raise RuntimeError("the outcome's transaction broke")
+        return await settle(session, row_id, *args, **kw)
+
+    monkeypatch.setattr(outbox_table, "settle", settle_or_break)
+
+    async def logged(text: str) -> bool:
+        return any(text in r.getMessage() for r in caplog.records)
+
+    async def events(action: str) -> int:
+        async with h.bot.db.read() as session:
+            query = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == action)
+            return int(await session.scalar(query) or 0)
+
+    with caplog.at_level(logging.INFO, logger="dpor"):
+        assert (await h.click("dpor_approve", rid, OWNER))[0] == 200
+        await until("the outcome refused", lambda: logged("could not be recorded"))
+        assert (await h.request(rid)).status == "applying"
+        assert await events("apply.succeeded") == 0
+        assert not await logged("audit checkpoint")
+        await until("applied once its lease lapsed", lambda: _status(h, rid, "applied"))
+        await until("the checkpoint logged", lambda: logged("audit checkpoint"))
+    assert await events("apply.succeeded") == 1
+    assert [r.status for r in await rows(h) if r.kind == "apply"] == ["done"]
+
+
+async def _status(h: Harness, rid: int, status: str) -> bool:
+    return (await h.request(rid)).status == status
 
 
 async def _true(value: bool) -> bool:

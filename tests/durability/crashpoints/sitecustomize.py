@@ -35,7 +35,7 @@ def _install() -> None:
     def crashing_init(self, db, deliverers, **options):
         init(self, db, {kind: at_edges(kind, d) for kind, d in deliverers.items()}, **options)
 
-    start, finish = apply.start_apply, apply.finish_apply
+    start, finish = apply.start_apply, apply.finish
 
     async def start_apply(db, request_id, awaiting=None):
         req = await start(db, request_id, awaiting)
@@ -43,12 +43,12 @@ def _install() -> None:
             _crash("apply.started")
         return req
 
-    async def finish_apply(db, policy, request_id, outcome):
-        _crash("apply.applied")
-        return await finish(db, policy, request_id, outcome)
+    async def finishing(session, policy, req, outcome, *args, **kw):
+        _crash("apply.applied")  # in the transaction that would record the outcome, before it commits
+        return await finish(session, policy, req, outcome, *args, **kw)
 
     worker.OutboxWorker.__init__ = crashing_init
-    apply.start_apply, apply.finish_apply = start_apply, finish_apply
+    apply.start_apply, apply.finish = start_apply, finishing
 
 
 if POINT:
