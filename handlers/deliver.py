@@ -110,15 +110,22 @@ class SlackDeliverer:
 
     async def card(self, row: OutboxMessage) -> Recorder:
         """Post the card, or update it in place; later card rows already committed are covered by it."""
-        # Not a shared read: the rows it covers must be read first, in the same read as the view. The
-        # view is then shared with the other rows of its claim.
-        found, covered = await views.card_delivery(self.db, row, self.policy)
+        # Its own read: the rows it covers must be read first, in the same read as the view. Unless a row
+        # of its claim began a read of this request first, the others of the claim wait for this one.
+        claim, request_id = CLAIM.get(), row.payload["request_id"]
+        shared: asyncio.Future[CardView | None] | None = None
+        if claim is not None and (claim, request_id) not in self._views:
+            shared = asyncio.get_running_loop().create_future()
+            self._share(claim, request_id, shared)
+        try:
+            found, covered = await views.card_delivery(self.db, row, self.policy)
+        except BaseException as exc:
+            if shared is not None:
+                _forget(shared, exc)
+            raise
+        if shared is not None:
+            shared.set_result(found)
         view = _found(row, found)
-        claim = CLAIM.get()
-        if claim is not None and (claim, view.request.id) not in self._views:
-            done: asyncio.Future[CardView | None] = asyncio.get_running_loop().create_future()
-            done.set_result(view)
-            self._share(claim, view.request.id, done)
         req = view.request
         if req.card_channel is None:
             raise Undeliverable(f"request {req.id} has no approval channel", permanent=True)
@@ -258,6 +265,15 @@ class SlackDeliverer:
             raise failure from None
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             raise Undeliverable(f"Slack unreachable: {type(exc).__name__}") from None
+
+
+def _forget(shared: asyncio.Future[CardView | None], exc: BaseException) -> None:
+    """The card's read failed: the rows waiting for it fail as it did (and are retried, as it is)."""
+    if isinstance(exc, asyncio.CancelledError):
+        shared.cancel()
+        return
+    shared.set_exception(exc)
+    shared.exception()  # retrieved: no "never retrieved" warning when no other row waited
 
 
 def _found(row: OutboxMessage, view: CardView | None) -> CardView:

@@ -89,3 +89,32 @@ async def test_a_later_claim_reads_the_card_again(harness_any_db: Harness) -> No
     later_claim = await asyncio.create_task(view_in_claim(10_001))
     assert same_claim is first  # rows of one claim share its read
     assert later_claim.request.status == "applied"  # a later claim sees what was committed since
+
+
+async def test_a_card_and_the_rows_claimed_with_it_share_the_cards_read(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card's delivery reads its view with the rows it covers; the request's other rows in its claim
+    (here a DM whose task starts right after the card's) wait for that read instead of reading again."""
+    h = harness_any_db
+    await h.command(f"set prod {NEW_PARTNER} one read", ADMIN)
+    await h.card(1)
+    await h.settle()
+    reads = count_reads(monkeypatch)
+    deliverer = h.bot.worker.deliverers[outbox.CARD].__self__  # type: ignore[union-attr]
+    card = OutboxMessage(id=10_000, kind=outbox.CARD, key="card:1", payload={"request_id": 1})
+    dm = OutboxMessage(
+        kind=outbox.DM, key=f"dm:{ADMIN}", payload={"user_id": ADMIN, "request_id": 1, "event": "approved"}
+    )
+    marks = len(h.slack.calls)
+
+    async def in_claim(deliver: Any, row: OutboxMessage) -> Any:
+        CLAIM.set(20_000)  # this task's context, as the worker sets it for each row it claimed
+        return await deliver(row)
+
+    await asyncio.gather(
+        asyncio.create_task(in_claim(deliverer.card, card)), asyncio.create_task(in_claim(deliverer.dm, dm))
+    )
+    assert reads["n"] == 1
+    methods = [c.method for c in h.slack.calls[marks:]]
+    assert "chat.update" in methods and "chat.postMessage" in methods, methods  # both delivered
