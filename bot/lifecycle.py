@@ -95,8 +95,7 @@ async def record(
 
     Zero rows updated means someone decided first: AlreadyDecided says who and what.
     """
-    moved = await requests.move(session, req.id, expected, new, **values)
-    await requests.reload(session, req)
+    moved = await requests.move(session, req, expected, new, **values)
     if not moved:
         raise AlreadyDecided(decided_sentence(req))
     if event is not None:

@@ -103,13 +103,17 @@ class Link:
     key_id: str | None
 
 
+_EVENTS = AuditEvent.__table__.c
+_ENDS = {
+    newest: select(_EVENTS.seq, _EVENTS.hash, _EVENTS.key_id)
+    .order_by(_EVENTS.seq.desc() if newest else _EVENTS.seq)
+    .limit(1)
+    for newest in (True, False)
+}
+
+
 async def _end(session: AsyncSession, newest: bool) -> Link | None:
-    order = AuditEvent.seq.desc() if newest else AuditEvent.seq
-    row = (
-        await session.execute(
-            select(AuditEvent.seq, AuditEvent.hash, AuditEvent.key_id).order_by(order).limit(1)
-        )
-    ).first()
+    row = (await session.execute(_ENDS[newest])).first()
     return Link(row.seq, row.hash, row.key_id) if row else None
 
 

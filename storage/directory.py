@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,8 +19,12 @@ _CHUNK = 1000
 # --- subscriptions ---------------------------------------------------------------------------------
 
 
+# By primary key with a statement built once: `session.get` builds and keys its query at every call.
+_SUBSCRIPTION = select(Subscription).where(Subscription.id == bindparam("id"))
+
+
 async def subscription_by_id(session: AsyncSession, subscription_id: str) -> Subscription | None:
-    return await session.get(Subscription, subscription_id)
+    return (await session.execute(_SUBSCRIPTION, {"id": subscription_id})).scalar_one_or_none()
 
 
 async def subscription_by_alias(session: AsyncSession, alias: str) -> Subscription | None:

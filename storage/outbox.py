@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, union, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import prepared
 from storage.models import ChangeRequest, OutboxMessage, utcnow
 from storage.notify import notify_outbox
 
@@ -32,6 +33,7 @@ async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
 # the request's state at once, and the thread follows. So the rows a claim may take are the first waiting
 # row of each key and the first waiting card row of each key: read in one pass over the waiting rows in
 # key order (ix_outbox_waiting), not a probe for earlier rows per waiting row. Built once.
+_OUTBOX = OutboxMessage.__table__
 _WAITING = OutboxMessage.status == PENDING
 _FIRST = select(func.min(OutboxMessage.id)).group_by(OutboxMessage.key)
 _FIRST_OF_KEY = union(_FIRST.where(_WAITING), _FIRST.where(_WAITING, OutboxMessage.kind == CARD))
@@ -78,13 +80,20 @@ async def claim(
         query = query.with_for_update(skip_locked=True, of=OutboxMessage)
     rows = list((await session.scalars(query)).all())
     if rows:
-        await session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id.in_([r.id for r in rows]))
-            .values(claimed_by=owner, claimed_until=now + lease, attempts=OutboxMessage.attempts + 1)
-            .execution_options(synchronize_session=False)
-        )
+        params = {"ids": [r.id for r in rows], "owner": owner, "until": now + lease}
+        await session.execute(_CLAIM, params)
     return rows
+
+
+_CLAIM = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        claimed_by=bindparam("owner"),
+        claimed_until=bindparam("until", type_=_OUTBOX.c.claimed_until.type),
+        attempts=_OUTBOX.c.attempts + 1,
+    )
+)
 
 
 async def renew(session: AsyncSession, ids: Sequence[int], owner: str, lease: timedelta) -> None:
@@ -109,13 +118,9 @@ async def release(session: AsyncSession, ids: Sequence[int], owner: str) -> None
 
 async def settle(session: AsyncSession, row_id: int, owner: str, status: str, **values: Any) -> bool:
     """Record a row's outcome; False when another process took it over (its lease had lapsed)."""
-    result = await session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == row_id, OutboxMessage.claimed_by == owner)
-        .values(status=status, claimed_by=None, claimed_until=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    where = {"id": row_id, "claimed_by": owner}
+    changed = {"status": status, "claimed_by": None, "claimed_until": None, **values}
+    return await prepared.update_where(session, _OUTBOX, where, changed) == 1
 
 
 async def hold_channel(session: AsyncSession, channel: str, until: datetime) -> None:
@@ -138,11 +143,12 @@ async def hold_channel(session: AsyncSession, channel: str, until: datetime) -> 
 
 async def newest_waiting(session: AsyncSession, key: str, kind: str) -> int | None:
     """The id of the newest waiting row of this key and kind (a card delivery covers up to it)."""
-    return await session.scalar(
-        select(func.max(OutboxMessage.id)).where(
-            OutboxMessage.key == key, OutboxMessage.kind == kind, OutboxMessage.status == PENDING
-        )
-    )
+    return await session.scalar(_NEWEST_WAITING, {"key": key, "kind": kind})
+
+
+_NEWEST_WAITING = select(func.max(_OUTBOX.c.id)).where(
+    _OUTBOX.c.key == bindparam("key"), _OUTBOX.c.kind == bindparam("kind"), _OUTBOX.c.status == PENDING
+)
 
 
 async def cover(session: AsyncSession, key: str, kind: str, after: int, upto: int) -> None:

@@ -25,7 +25,7 @@ from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, ReadModelVe
 
 _MODEL = "dpor_read_model"  # where a session carries its Database's ReadModel (session.info)
 _ONCE = "dpor_read_model_seen"  # a read session's snapshot, once it has looked (see `attach`)
-_VERSION = select(ReadModelVersion.version).where(ReadModelVersion.id == 1)
+_VERSION = select(ReadModelVersion.__table__.c.version).where(ReadModelVersion.__table__.c.id == 1)
 
 
 @dataclass

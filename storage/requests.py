@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, inspect, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
+from storage import directory, prepared
 from storage.models import (
     OPEN_STATUSES,
     Approval,
@@ -17,16 +19,16 @@ from storage.models import (
     utcnow,
 )
 
+# By primary key with statements built once: `session.get` builds and keys its query at every call.
+_REQUEST = select(ChangeRequest).where(ChangeRequest.id == bindparam("id"))
+_REQUEST_LOCKED = _REQUEST.with_for_update()
+
 
 async def get(session: AsyncSession, request_id: int, *, lock: bool = False) -> ChangeRequest | None:
     """A request by number; `lock`: its row locked until the transaction ends (PostgreSQL's FOR UPDATE,
     what a request's own transaction decides under; SQLite's writer already runs alone)."""
-    return await session.get(ChangeRequest, request_id, with_for_update=lock or None)
-
-
-async def reload(session: AsyncSession, req: ChangeRequest) -> None:
-    """Read the request's row again (after a conditional UPDATE, or to see who decided first)."""
-    await session.refresh(req)
+    query = _REQUEST_LOCKED if lock else _REQUEST
+    return (await session.execute(query, {"id": request_id})).scalar_one_or_none()
 
 
 async def open_for(session: AsyncSession, subscription_id: str) -> ChangeRequest | None:
@@ -60,22 +62,44 @@ async def insert(session: AsyncSession, **values: Any) -> ChangeRequest:
     return req
 
 
-async def move(session: AsyncSession, request_id: int, expected: str, new: str, **values: Any) -> bool:
-    """UPDATE ... WHERE id = :id AND status = :expected; False when someone else moved it first."""
-    result = await session.execute(
-        update(ChangeRequest)
-        .where(ChangeRequest.id == request_id, ChangeRequest.status == expected)
-        .values(status=new, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+_REQUESTS = ChangeRequest.__table__
+_COLUMNS = [(prop.key, prop.columns[0]) for prop in inspect(ChangeRequest).column_attrs]
+
+
+async def move(session: AsyncSession, req: ChangeRequest, expected: str, new: str, **values: Any) -> bool:
+    """UPDATE ... WHERE id = :id AND status = :expected, and `req` as its row is now (who decided first,
+    when the UPDATE found it moved already); False when someone else moved it first. One statement where
+    the database returns the row it updated, the UPDATE and a read of the row where it cannot."""
+    where = {"id": req.id, "status": expected}
+    values = {"status": new, "updated_at": utcnow(), **values}
+    if not prepared.can_return(session):
+        moved = await prepared.update_where(session, _REQUESTS, where, values) == 1
+        await session.refresh(req)
+        return moved
+    row = await prepared.update_returning(session, _REQUESTS, where, values)
+    if row is None:
+        await session.refresh(req)
+        return False
+    mapping = row._mapping
+    for key, column in _COLUMNS:
+        set_committed_value(req, key, mapping[column])
+    return True
+
+
+_APPROVALS = Approval.__table__.c
+_DECISION_OF = select(_APPROVALS.decision).where(
+    _APPROVALS.request_id == bindparam("request_id"), _APPROVALS.approver_id == bindparam("user_id")
+)
+_APPROVED_BY = (
+    select(_APPROVALS.approver_id, _APPROVALS.at)
+    .where(_APPROVALS.request_id == bindparam("request_id"), _APPROVALS.decision == "approve")
+    .order_by(_APPROVALS.id)
+)
 
 
 async def decision_of(session: AsyncSession, request_id: int, user_id: str) -> str | None:
     """What this person already decided on the request (approve or reject), if anything."""
-    return await session.scalar(
-        select(Approval.decision).where(Approval.request_id == request_id, Approval.approver_id == user_id)
-    )
+    return await session.scalar(_DECISION_OF, {"request_id": request_id, "user_id": user_id})
 
 
 async def add_decision(session: AsyncSession, request_id: int, user_id: str, decision: str) -> None:
@@ -85,11 +109,7 @@ async def add_decision(session: AsyncSession, request_id: int, user_id: str, dec
 
 async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, datetime]]:
     """Every approval (who, when), in order: what a decided card lists."""
-    rows = await session.execute(
-        select(Approval.approver_id, Approval.at)
-        .where(Approval.request_id == request_id, Approval.decision == "approve")
-        .order_by(Approval.id)
-    )
+    rows = await session.execute(_APPROVED_BY, {"request_id": request_id})
     return [(who, at) for who, at in rows]
 
 
@@ -195,14 +215,17 @@ async def mark_attestation_reminded(
     )
 
 
+_RECORD_CARD = (
+    update(_REQUESTS)
+    .where(_REQUESTS.c.id == bindparam("request_id"), _REQUESTS.c.card_ts.is_(None))
+    .values(card_channel=bindparam("channel"), card_ts=bindparam("ts"))
+)
+
+
 async def record_card(session: AsyncSession, request_id: int, channel: str, ts: str) -> None:
     """Where Slack posted the request's card (set once: a later post never moves it)."""
-    await session.execute(
-        update(ChangeRequest)
-        .where(ChangeRequest.id == request_id, ChangeRequest.card_ts.is_(None))
-        .values(card_channel=channel, card_ts=ts)
-        .execution_options(synchronize_session=False)
-    )
+    await session.execute(_RECORD_CARD, {"request_id": request_id, "channel": channel, "ts": ts})
+
 
 
 async def set_partner(session: AsyncSession, subscription_id: str, partner_id: str, at: datetime) -> None:
@@ -215,7 +238,7 @@ async def set_partner(session: AsyncSession, subscription_id: str, partner_id: s
 
 
 async def subscription(session: AsyncSession, subscription_id: str) -> Subscription | None:
-    return await session.get(Subscription, subscription_id)
+    return await directory.subscription_by_id(session, subscription_id)
 
 
 async def applying_for(session: AsyncSession, subscription_id: str, partner_id: str) -> ChangeRequest | None:

@@ -1,0 +1,76 @@
+"""A request's conditional move (storage/requests.py `move`): one UPDATE ... RETURNING where the database
+has it, the UPDATE and a read of the row where it has not; either way the caller's object is the row as
+it is now, and a move someone else made first is refused. On both engines."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from bot.directory import SubscriptionRow, upsert_subscriptions
+from storage import prepared, requests
+from storage.db import Database
+from storage.models import utcnow
+
+SUB = "11111111-2222-3333-4444-555555555555"
+
+
+async def new_request(db: Database) -> int:
+    await upsert_subscriptions(db, [SubscriptionRow(SUB, "Production", "prod")], actor="test")
+    async with db.write() as session:
+        req = await requests.insert(
+            session,
+            team_id="T1",
+            subscription_id=SUB,
+            partner_id="1234567",
+            requester_id="UADMIN",
+            expires_at=utcnow() + timedelta(days=1),
+        )
+        return req.id
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "update-then-read"])
+async def test_a_move_updates_the_row_and_the_callers_object(
+    db: Database, monkeypatch: pytest.MonkeyPatch, returning: bool
+) -> None:
+    if not returning:
+        monkeypatch.setattr(prepared, "can_return", lambda session: False)
+    rid = await new_request(db)
+    result = {"partner_id": "1234567", "identity": "ledger"}
+    async with db.write() as session:
+        req = await requests.get(session, rid, lock=True)
+        assert req is not None
+        assert await requests.move(session, req, "pending", "approved", decided_by="UOWNER")
+        assert (req.status, req.decided_by) == ("approved", "UOWNER")
+        assert await requests.move(session, req, "approved", "applied", result=result, apply_attempts=1)
+        # The object is the row: JSON and times come back as the model's types, not raw driver values.
+        assert (req.status, req.result, req.apply_attempts) == ("applied", result, 1)
+        assert req.updated_at.tzinfo is not None and req.updated_at >= req.created_at
+    async with db.read() as session:
+        again = await requests.get(session, rid)
+        assert again is not None
+        assert (again.status, again.decided_by, again.result) == ("applied", "UOWNER", result)
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "update-then-read"])
+async def test_a_move_someone_made_first_is_refused_and_shows_theirs(
+    db: Database, monkeypatch: pytest.MonkeyPatch, returning: bool
+) -> None:
+    if not returning:
+        monkeypatch.setattr(prepared, "can_return", lambda session: False)
+    rid = await new_request(db)
+    async with db.read() as session:
+        stale = await requests.get(session, rid)
+    assert stale is not None and stale.status == "pending"
+    async with db.write() as session:
+        first = await requests.get(session, rid, lock=True)
+        assert first is not None
+        assert await requests.move(session, first, "pending", "rejected", decided_by="UOTHER")
+    async with db.write() as session:
+        session.add(stale)  # the object as the caller last saw it: pending
+        assert not await requests.move(session, stale, "pending", "approved", decided_by="UOWNER")
+        assert (stale.status, stale.decided_by) == ("rejected", "UOTHER")  # who decided first
+    async with db.read() as session:
+        row = await requests.get(session, rid)
+        assert row is not None and (row.status, row.decided_by) == ("rejected", "UOTHER")
