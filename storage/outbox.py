@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, union, update
+from sqlalchemy import Integer, Select, and_, bindparam, func, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import prepared
@@ -39,6 +40,30 @@ _FIRST = select(func.min(OutboxMessage.id)).group_by(OutboxMessage.key)
 _FIRST_OF_KEY = union(_FIRST.where(_WAITING), _FIRST.where(_WAITING, OutboxMessage.kind == CARD))
 
 
+@cache
+def _claimable(held: bool, skip_locked: bool) -> Select[tuple[OutboxMessage]]:
+    """The claim's query, built once per variant (building and keying it cost about 0.5 ms a claim)."""
+    now = bindparam("now", type_=OutboxMessage.available_at.type)
+    query = (
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.id.in_(_FIRST_OF_KEY),
+            # Checked again on each row found (PostgreSQL re-reads a row another process just changed);
+            # `|| ''` keeps SQLite's planner on the ids above rather than on every waiting row again.
+            (OutboxMessage.status + "") == PENDING,
+            OutboxMessage.available_at <= now,
+            or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+        )
+        .order_by(OutboxMessage.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if held:
+        query = query.where(OutboxMessage.id.not_in(bindparam("held", expanding=True)))
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True, of=OutboxMessage)
+    return query
+
+
 def _mine(ids: Sequence[int], owner: str):
     """The rows among `ids` that `owner` still holds: the clause every lease write is conditional on."""
     return and_(OutboxMessage.id.in_(ids), OutboxMessage.claimed_by == owner, OutboxMessage.status == PENDING)
@@ -61,24 +86,10 @@ async def claim(
     still delivering, never taken again by it even when their lease lapsed (another process may).
     """
     now = utcnow()
-    query = (
-        select(OutboxMessage)
-        .where(
-            OutboxMessage.id.in_(_FIRST_OF_KEY),
-            # Checked again on each row found (PostgreSQL re-reads a row another process just changed);
-            # `|| ''` keeps SQLite's planner on the ids above rather than on every waiting row again.
-            (OutboxMessage.status + "") == PENDING,
-            OutboxMessage.available_at <= now,
-            or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
-        )
-        .order_by(OutboxMessage.id)
-        .limit(limit)
-    )
+    params: dict[str, Any] = {"now": now, "limit": limit}
     if held:
-        query = query.where(OutboxMessage.id.not_in(list(held)))
-    if skip_locked:
-        query = query.with_for_update(skip_locked=True, of=OutboxMessage)
-    rows = list((await session.scalars(query)).all())
+        params["held"] = list(held)
+    rows = list((await session.scalars(_claimable(bool(held), skip_locked), params)).all())
     if rows:
         params = {"ids": [r.id for r in rows], "owner": owner, "until": now + lease}
         await session.execute(_CLAIM, params)
