@@ -11,7 +11,10 @@ from storage.models import AuditCheckpoint
 
 
 async def record(session: AsyncSession, seq: int, hash_: str, at: datetime, reason: str) -> None:
-    await session.execute(insert(AuditCheckpoint).values(seq=seq, hash=hash_, at=at, reason=reason))
+    await session.execute(_RECORD, {"seq": seq, "hash": hash_, "at": at, "reason": reason})
+
+
+_RECORD = insert(AuditCheckpoint.__table__)  # built once: the values are the call's parameters
 
 
 async def latest(session: AsyncSession) -> AuditCheckpoint | None:

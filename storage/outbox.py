@@ -164,18 +164,25 @@ _NEWEST_WAITING = select(func.max(_OUTBOX.c.id)).where(
 
 async def cover(session: AsyncSession, key: str, kind: str, after: int, upto: int) -> None:
     """Mark waiting rows (after, upto] of a key done: the delivery of row `after` already showed them."""
-    await session.execute(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.key == key,
-            OutboxMessage.kind == kind,
-            OutboxMessage.id > after,
-            OutboxMessage.id <= upto,
-            OutboxMessage.status == PENDING,
-        )
-        .values(status=DONE, delivered_at=utcnow(), last_error=f"covered by row {after}")
-        .execution_options(synchronize_session=False)
+    params = {"w_key": key, "w_kind": kind, "after": after, "upto": upto, "at": utcnow()}
+    await session.execute(_COVER, {**params, "error": f"covered by row {after}"})
+
+
+_COVER = (
+    update(_OUTBOX)
+    .where(
+        _OUTBOX.c.key == bindparam("w_key"),  # not a column's name: an UPDATE's SET reserves those
+        _OUTBOX.c.kind == bindparam("w_kind"),
+        _OUTBOX.c.id > bindparam("after"),
+        _OUTBOX.c.id <= bindparam("upto"),
+        _OUTBOX.c.status == PENDING,
     )
+    .values(
+        status=DONE,
+        delivered_at=bindparam("at", type_=_OUTBOX.c.delivered_at.type),
+        last_error=bindparam("error"),
+    )
+)
 
 
 async def undelivered(session: AsyncSession, statuses: Sequence[str]) -> list[OutboxMessage]:

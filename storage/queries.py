@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import OPEN_STATUSES, AuditEvent, ChangeRequest, Partner, Subscription
@@ -27,7 +27,11 @@ class Page(Generic[T]):
 async def partner_name(session: AsyncSession, partner_id: str | None) -> str | None:
     if not partner_id:
         return None
-    return await session.scalar(select(Partner.name).where(Partner.partner_id == partner_id))
+    return await session.scalar(_PARTNER_NAME, {"partner_id": partner_id})
+
+
+_PARTNERS = Partner.__table__.c
+_PARTNER_NAME = select(_PARTNERS.name).where(_PARTNERS.partner_id == bindparam("partner_id"))
 
 
 async def providers_named(session: AsyncSession) -> list[str]:

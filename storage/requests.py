@@ -33,13 +33,12 @@ async def get(session: AsyncSession, request_id: int, *, lock: bool = False) -> 
 
 async def open_for(session: AsyncSession, subscription_id: str) -> ChangeRequest | None:
     """The subscription's open request (pending, approved or applying), if any."""
-    return (
-        await session.scalars(
-            select(ChangeRequest).where(
-                ChangeRequest.subscription_id == subscription_id, ChangeRequest.status.in_(OPEN_STATUSES)
-            )
-        )
-    ).first()
+    return (await session.scalars(_OPEN_FOR, {"subscription_id": subscription_id})).first()
+
+
+_OPEN_FOR = select(ChangeRequest).where(
+    ChangeRequest.subscription_id == bindparam("subscription_id"), ChangeRequest.status.in_(OPEN_STATUSES)
+)
 
 
 async def newer_than(session: AsyncSession, req: ChangeRequest) -> ChangeRequest | None:
@@ -230,11 +229,8 @@ async def record_card(session: AsyncSession, request_id: int, channel: str, ts: 
 
 async def set_partner(session: AsyncSession, subscription_id: str, partner_id: str, at: datetime) -> None:
     """The subscription's partner of record, as the bot applied it."""
-    await session.execute(
-        update(Subscription)
-        .where(Subscription.id == subscription_id)
-        .values(partner_id=partner_id, partner_set_at=at)
-    )
+    values = {"partner_id": partner_id, "partner_set_at": at}
+    await prepared.update_where(session, Subscription.__table__, {"id": subscription_id}, values)
 
 
 async def subscription(session: AsyncSession, subscription_id: str) -> Subscription | None:

@@ -1,0 +1,66 @@
+"""An outbox row's outcome and the rows a card's delivery covers (storage/outbox.py), on both engines:
+the statements built once write what each call says, and only to the rows it names."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from storage import outbox as table
+from storage.db import Database
+from storage.models import utcnow
+
+LEASE = timedelta(minutes=1)
+
+
+async def queued(db: Database, rows: list[tuple[str, str, str]]) -> list[int]:
+    async with db.write(serial=False) as session:
+        await table.insert_rows(session, [{"kind": k, "key": key, "payload": {"n": n}} for k, key, n in rows])
+        return [r.id for r in await table.undelivered(session, (table.PENDING,))]
+
+
+async def state(db: Database) -> dict[str, tuple]:
+    async with db.read() as session:
+        rows = await table.undelivered(session, (table.PENDING, table.DONE, table.DEAD))
+    return {r.payload["n"]: (r.status, r.claimed_by, r.attempts, r.last_error, r) for r in rows}
+
+
+async def test_an_outcome_is_written_by_the_holder_only(db: Database) -> None:
+    await queued(db, [("dm", "dm:U1", "a"), ("dm", "dm:U2", "b"), ("dm", "dm:U3", "c")])
+    async with db.write(serial=False) as session:
+        a, b, c = await table.claim(session, "w", LEASE, 10, skip_locked=not db.is_sqlite)
+    later = utcnow() + timedelta(minutes=5)
+    async with db.write(serial=False) as session:
+        assert not await table.settle(session, a.id, "someone else", table.DONE, delivered_at=utcnow())
+        assert await table.settle(session, a.id, "w", table.DONE, delivered_at=utcnow())
+        assert await table.settle(
+            session, b.id, "w", table.PENDING, last_error="429", attempts=0, available_at=later
+        )
+        assert await table.settle(session, c.id, "w", table.DEAD, last_error="channel_not_found", attempts=3)
+        assert not await table.settle(session, a.id, "w", table.DONE)  # no longer held
+    rows = await state(db)
+    assert rows["a"][:2] == ("done", None) and rows["a"][4].delivered_at is not None
+    assert rows["b"][:4] == ("pending", None, 0, "429")
+    assert rows["b"][4].available_at == later  # a time, not a string: the column's type was applied
+    assert rows["c"][:4] == ("dead", None, 3, "channel_not_found")
+
+
+async def test_a_card_covers_the_later_card_rows_of_its_key_only(db: Database) -> None:
+    ids = await queued(
+        db,
+        [
+            ("card", "card:1", "post"),
+            ("card", "card:1", "update 1"),
+            ("thread", "card:1", "step"),
+            ("card", "card:1", "update 2"),
+            ("card", "card:2", "other card"),
+            ("card", "card:1", "update 3"),
+        ],
+    )
+    async with db.write(serial=False) as session:
+        # The post's delivery showed the card as of update 2: updates 1 and 2 need no call of their own.
+        await table.cover(session, "card:1", table.CARD, ids[0], ids[3])
+    rows = await state(db)
+    covered = {n for n, r in rows.items() if r[0] == "done"}
+    assert covered == {"update 1", "update 2"}
+    assert rows["update 1"][3] == f"covered by row {ids[0]}" and rows["update 1"][4].delivered_at is not None
+    assert {rows[n][0] for n in ("post", "step", "other card", "update 3")} == {"pending"}
