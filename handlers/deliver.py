@@ -73,7 +73,7 @@ class SlackDeliverer:
         # Channels Slack answered 429 for, and until when this process leaves them alone.
         self._holds: dict[str, datetime] = {}
         # Card views read for the rows of a claim, by (claim, request): see `_view`.
-        self._views: dict[tuple[int, int], asyncio.Future[CardView | None]] = {}
+        self._views: dict[tuple[int, int], _Read] = {}
         self._newest_claim = 0
 
     def deliverers(self) -> dict[str, Deliver]:
@@ -97,11 +97,19 @@ class SlackDeliverer:
             return _found(row, await views.card(self.db, request_id, self.required, self.policy))
         shared = self._views.get((claim, request_id))
         if shared is None:
-            shared = asyncio.ensure_future(views.card(self.db, request_id, self.required, self.policy))
+            # Begun on the loop's next turn, after the first step of every row of this claim: a card's
+            # delivery among them reads anyway, and serves this read instead (see `card`).
+            shared = _Read()
+            shared.start = asyncio.get_running_loop().call_soon(self._read, shared, request_id)
             self._share(claim, request_id, shared)
-        return _found(row, await asyncio.shield(shared))
+        return _found(row, await asyncio.shield(shared.view))
 
-    def _share(self, claim: int, request_id: int, view: asyncio.Future[CardView | None]) -> None:
+    def _read(self, shared: _Read, request_id: int) -> None:
+        shared.start = None
+        shared.task = asyncio.ensure_future(views.card(self.db, request_id, self.required, self.policy))
+        shared.task.add_done_callback(shared.done)
+
+    def _share(self, claim: int, request_id: int, view: _Read) -> None:
         self._views[(claim, request_id)] = view
         if claim > self._newest_claim:  # forget the reads of claims long past (a late row reads anew)
             self._newest_claim = claim
@@ -113,18 +121,23 @@ class SlackDeliverer:
         # Its own read: the rows it covers must be read first, in the same read as the view. Unless a row
         # of its claim began a read of this request first, the others of the claim wait for this one.
         claim, request_id = CLAIM.get(), row.payload["request_id"]
-        shared: asyncio.Future[CardView | None] | None = None
-        if claim is not None and (claim, request_id) not in self._views:
-            shared = asyncio.get_running_loop().create_future()
-            self._share(claim, request_id, shared)
+        mine: _Read | None = None
+        if claim is not None:
+            shared = self._views.get((claim, request_id))
+            if shared is None:
+                mine = _Read()
+                self._share(claim, request_id, mine)
+            elif shared.start is not None:  # another row of the claim asked first; its read has not begun
+                shared.start.cancel()
+                shared.start, mine = None, shared
         try:
             found, covered = await views.card_delivery(self.db, row, self.policy)
         except BaseException as exc:
-            if shared is not None:
-                _forget(shared, exc)
+            if mine is not None:
+                mine.failed(exc)
             raise
-        if shared is not None:
-            shared.set_result(found)
+        if mine is not None:
+            mine.view.set_result(found)
         view = _found(row, found)
         req = view.request
         if req.card_channel is None:
@@ -267,13 +280,32 @@ class SlackDeliverer:
             raise Undeliverable(f"Slack unreachable: {type(exc).__name__}") from None
 
 
-def _forget(shared: asyncio.Future[CardView | None], exc: BaseException) -> None:
-    """The card's read failed: the rows waiting for it fail as it did (and are retried, as it is)."""
-    if isinstance(exc, asyncio.CancelledError):
-        shared.cancel()
-        return
-    shared.set_exception(exc)
-    shared.exception()  # retrieved: no "never retrieved" warning when no other row waited
+class _Read:
+    """One read of a request's card view, shared by the rows of a claim: `view` once read; `start` while
+    the read waits for the loop's next turn (a card's delivery may take it over); `task` once begun."""
+
+    __slots__ = ("start", "task", "view")
+
+    def __init__(self) -> None:
+        self.view: asyncio.Future[CardView | None] = asyncio.get_running_loop().create_future()
+        self.start: asyncio.Handle | None = None
+        self.task: asyncio.Future[CardView | None] | None = None
+
+    def done(self, task: asyncio.Future[CardView | None]) -> None:
+        if task.cancelled():
+            self.view.cancel()
+        elif (exc := task.exception()) is not None:
+            self.failed(exc)
+        else:
+            self.view.set_result(task.result())
+
+    def failed(self, exc: BaseException) -> None:
+        """The read failed: the rows waiting for it fail as it did (and are retried, as it is)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.view.cancel()
+            return
+        self.view.set_exception(exc)
+        self.view.exception()  # retrieved: no "never retrieved" warning when no other row waited
 
 
 def _found(row: OutboxMessage, view: CardView | None) -> CardView:

@@ -91,11 +91,13 @@ async def test_a_later_claim_reads_the_card_again(harness_any_db: Harness) -> No
     assert later_claim.request.status == "applied"  # a later claim sees what was committed since
 
 
+@pytest.mark.parametrize("dm_first", [False, True], ids=["card-first", "dm-first"])
 async def test_a_card_and_the_rows_claimed_with_it_share_the_cards_read(
-    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch, dm_first: bool
 ) -> None:
     """A card's delivery reads its view with the rows it covers; the request's other rows in its claim
-    (here a DM whose task starts right after the card's) wait for that read instead of reading again."""
+    wait for that read instead of reading again, whether their task starts after the card's or before it
+    (an older step of the card's thread, claimed with the card's newer update)."""
     h = harness_any_db
     await h.command(f"set prod {NEW_PARTNER} one read", ADMIN)
     await h.card(1)
@@ -112,9 +114,8 @@ async def test_a_card_and_the_rows_claimed_with_it_share_the_cards_read(
         CLAIM.set(20_000)  # this task's context, as the worker sets it for each row it claimed
         return await deliver(row)
 
-    await asyncio.gather(
-        asyncio.create_task(in_claim(deliverer.card, card)), asyncio.create_task(in_claim(deliverer.dm, dm))
-    )
+    steps = [(deliverer.card, card), (deliverer.dm, dm)]
+    await asyncio.gather(*[asyncio.create_task(in_claim(*step)) for step in steps[:: -1 if dm_first else 1]])
     assert reads["n"] == 1
     methods = [c.method for c in h.slack.calls[marks:]]
     assert "chat.update" in methods and "chat.postMessage" in methods, methods  # both delivered
