@@ -90,19 +90,20 @@ async def subscription_overview(
     session: AsyncSession, ref: str
 ) -> tuple[Subscription, str | None, ChangeRequest | None] | None:
     """A subscription by ID or alias, its partner's name and its open request, in one statement."""
-    row = (
-        await session.execute(
-            select(Subscription, Partner.name, ChangeRequest)
-            .outerjoin(Partner, Partner.partner_id == Subscription.partner_id)
-            .outerjoin(
-                ChangeRequest,
-                (ChangeRequest.subscription_id == Subscription.id) & ChangeRequest.status.in_(OPEN_STATUSES),
-            )
-            .where((Subscription.id == ref.lower()) | (Subscription.alias == ref))
-            .limit(1)
-        )
-    ).first()
+    row = (await session.execute(_OVERVIEW, {"id": ref.lower(), "alias": ref})).first()
     return (row[0], row[1], row[2]) if row else None
+
+
+_OVERVIEW = (  # built once: `show` runs it at every call
+    select(Subscription, Partner.name, ChangeRequest)
+    .outerjoin(Partner, Partner.partner_id == Subscription.partner_id)
+    .outerjoin(
+        ChangeRequest,
+        (ChangeRequest.subscription_id == Subscription.id) & ChangeRequest.status.in_(OPEN_STATUSES),
+    )
+    .where((Subscription.id == bindparam("id")) | (Subscription.alias == bindparam("alias")))
+    .limit(1)
+)
 
 
 async def request_events(session: AsyncSession, request_id: int) -> list[AuditEvent]:
