@@ -31,7 +31,7 @@ from bot.logs import bound
 from bot.outbox import AfterCommit, Recorder, Undeliverable
 from storage import notify
 from storage import outbox as table
-from storage.db import Database
+from storage.db import Database, unsealed
 from storage.models import OutboxMessage, utcnow
 
 log = logging.getLogger("dpor.worker")
@@ -256,7 +256,16 @@ class OutboxWorker:
             log.exception("outbox row %s (%s) failed unexpectedly", row.id, row.kind)
             await self._record(self._failed(row, Undeliverable(f"{type(exc).__name__}: {exc}")))
         else:
-            await self._record(self._settle(row, table.DONE, record, delivered_at=utcnow()))
+            try:
+                await self._record(self._settle(row, table.DONE, record, delivered_at=utcnow()))
+            except Exception as exc:
+                if record is None:
+                    raise  # the outcome alone could not be written: the lease brings the row back
+                # What the delivery records (an apply's result, a card's place) rolled back: deliver the
+                # row again after a backoff, as a failed delivery, with the reason kept on the row.
+                log.exception("outbox row %s (%s): its outcome could not be recorded", row.id, row.kind)
+                failure = Undeliverable(f"its outcome could not be recorded: {type(exc).__name__}: {exc}")
+                await self._record(self._failed(row, failure))
 
     async def _record(self, write: Awaitable[None]) -> None:
         """Write an outcome to its end even if shutdown cancels the delivery waiting for it: what Slack
@@ -291,9 +300,13 @@ class OutboxWorker:
             await asyncio.sleep(0)  # outcomes ending in this turn of the event loop join the first batch
             while self._outcomes:
                 batch, self._outcomes = self._outcomes, []
+                sealing: list[int] = []
                 try:
-                    async with self.db.write(serial=False) as session:
+                    # Sealed below, once every outcome is settled: a seal that fails after the commit is
+                    # not a batch that failed.
+                    async with self.db.write(serial=False, seal=False) as session:
                         results = [await self._write_one(session, outcome) for outcome in batch]
+                    sealing = unsealed(session)
                 except Exception as exc:  # the transaction failed: none of the batch was written
                     results = [exc] * len(batch)
                 for outcome, result in zip(batch, results, strict=True):
@@ -307,6 +320,8 @@ class OutboxWorker:
                             log.exception("outbox row %s: after its outcome was recorded", outcome.row.id)
                     outcome.settled.set_result(result)
                 batch = []
+                if sealing:
+                    await self._seal(sealing)
         except BaseException as exc:  # cancelled (the loop is closing): nobody waits forever
             for outcome in [*batch, *self._outcomes]:
                 if not outcome.settled.done():
@@ -315,6 +330,18 @@ class OutboxWorker:
             raise
         finally:
             self._writer = None
+
+    async def _seal(self, ids: list[int]) -> None:
+        """PostgreSQL: chain the audit events the outcomes wrote (an apply's result); nobody waits for
+        them, and any later seal of any process chains them if this one fails."""
+        try:
+            await self.db.seal(ids)
+        except Exception:
+            log.warning(
+                "audit events %s are committed but not chained yet; the next seal chains them",
+                ids,
+                exc_info=True,
+            )
 
     async def _write_one(self, session: AsyncSession, outcome: _Outcome) -> bool | Exception:
         try:

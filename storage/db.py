@@ -157,13 +157,15 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def write(self, *, serial: bool = True) -> AsyncIterator[AsyncSession]:
+    async def write(self, *, serial: bool = True, seal: bool = True) -> AsyncIterator[AsyncSession]:
         """A transaction that commits on success and rolls back on any exception.
 
         On SQLite it runs in a group of the transactions that arrive together (storage.groups): one
         COMMIT for all, and `write()` returns once that COMMIT is on the disk. On PostgreSQL, `serial`
         (the default) runs it one at a time with the other serial writes of every process (see
-        SERIAL_LOCK_KEY); the audit events it wrote are chained by the sealer before `write()` returns.
+        SERIAL_LOCK_KEY); the audit events it wrote are chained by the sealer before `write()` returns,
+        unless `seal` is False: then the caller seals them (`seal(unsealed(session))`), and a seal that
+        fails is not mistaken for a failed commit.
         """
         if self.groups is not None:
             async with self.groups.transaction() as session:
@@ -179,7 +181,7 @@ class Database:
                 yield session
             unsealed = session.info.get(chain.UNSEALED)
         self._committed(session)
-        if unsealed:
+        if unsealed and seal:
             await self.seal(unsealed)
 
     def on_outbox(self, wake: Callable[[], None]) -> Callable[[], None]:
@@ -234,6 +236,11 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def unsealed(session: AsyncSession) -> list[int]:
+    """The audit events a `write(seal=False)` committed that wait for the sealer (PostgreSQL)."""
+    return list(session.info.get(chain.UNSEALED) or ())
 
 
 def audit_key_of(session: AsyncSession) -> bytes | None:

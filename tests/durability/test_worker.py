@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import clicks, lifecycle
+from bot import audit, clicks, lifecycle
 from bot import outbox as outbox_rows
 from bot.app import outbox_worker
 from bot.errors import Refusal
@@ -367,8 +367,9 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Ten deliveries end at once: their outcomes (and what each records with it) are written in a few
-    transactions, not ten; the one whose recorder fails rolls back alone, stays claimed (delivered again
-    when its lease lapses) and is logged, while the nine others are done with their records."""
+    transactions, not ten; the one whose recorder fails rolls back alone, is logged and waits to be
+    delivered again after a backoff with the reason kept, while the nine others are done with their
+    records."""
     async with db.write() as session:
         rows_ = [{"kind": "notice", "key": f"k{n}", "payload": {"n": n}} for n in range(10)]
         await outbox_table.insert_rows(session, rows_)
@@ -414,18 +415,21 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
         failed = (await session.scalars(select(OutboxMessage).where(OutboxMessage.status == "pending"))).all()
     assert {f"{n:07d}" for n in range(10) if n != 3} <= partners and "0000003" not in partners
     assert [r.payload["n"] for r in failed] == [3]
+    assert failed[0].claimed_by is None and failed[0].available_at > utcnow()  # a backoff, not the lease
+    assert "could not be recorded: RuntimeError: recorder broke" in (failed[0].last_error or "")
     assert any("could not be recorded" in r.getMessage() for r in caplog.records)
     assert sorted(committed) == [n for n in range(10) if n != 3]  # never for the one rolled back
 
 
-@pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_LEASE": "2", "DPOR_DM_APPROVERS_MAX": "0"}])
+@pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_LEASE": "60", "DPOR_DM_APPROVERS_MAX": "0"}])
 async def test_an_applys_result_is_written_with_its_rows_outcome(
     harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The apply's result (applied, its audit event, the rows it queues, the checkpoint) commits in the
     transaction that settles the apply row. When that transaction fails, nothing of the result is kept:
-    the request is still applying and no checkpoint is logged; the row is delivered again once its lease
-    lapses, and the change is applied and recorded once."""
+    the request is still applying and no checkpoint is logged; the row is delivered again after a backoff
+    (not when its minute's lease lapses) with the reason kept, and the change is applied and recorded
+    once."""
     h = harness_any_db
     rid = await new_request(h, f"set prod {NEW_PARTNER} atomic", ADMIN)
     await until("the card posted", lambda: card_posted(h, rid))
@@ -454,10 +458,12 @@ async def test_an_applys_result_is_written_with_its_rows_outcome(
         assert (await h.request(rid)).status == "applying"
         assert await events("apply.succeeded") == 0
         assert not await logged("audit checkpoint")
-        await until("applied once its lease lapsed", lambda: _status(h, rid, "applied"))
+        await until("applied on the next attempt", lambda: _status(h, rid, "applied"))
         await until("the checkpoint logged", lambda: logged("audit checkpoint"))
     assert await events("apply.succeeded") == 1
-    assert [r.status for r in await rows(h) if r.kind == "apply"] == ["done"]
+    (apply_row,) = [r for r in await rows(h) if r.kind == "apply"]
+    assert (apply_row.status, apply_row.attempts) == ("done", 2)
+    assert "the outcome's transaction broke" in (apply_row.last_error or "")
 
 
 async def _status(h: Harness, rid: int, status: str) -> bool:
@@ -509,3 +515,44 @@ async def test_a_rolled_back_write_wakes_nobody(db: Database) -> None:
     finally:
         undo()
     assert woken == [1]  # the committed write only
+
+
+async def test_a_seal_that_fails_after_the_outcomes_commit_fails_no_outcome(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: an outcome that writes an audit event (an apply's result) leaves it for the sealer. When
+    that seal fails after the batch committed, the rows are still done and their after-commit work runs;
+    the log says the events wait, and the next seal chains them."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL only: SQLite chains an event in its own transaction")
+    async with db.write(serial=False) as session:
+        await outbox_table.insert_rows(session, [{"kind": "notice", "key": "k", "payload": {}}])
+    after: list[str] = []
+
+    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[Callable[[], None]]]:
+        async def record(session: AsyncSession) -> Callable[[], None]:
+            await audit.append(session, audit.Entry(actor="test", action="partner.added", data={"n": 1}))
+            return lambda: after.append("committed")
+
+        return record
+
+    real_seal = db.seal
+
+    async def broken_seal(ids: Any = ()) -> None:
+        raise ConnectionResetError("the connection went away after the commit")
+
+    monkeypatch.setattr(db, "seal", broken_seal)
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60)
+    with caplog.at_level(logging.WARNING, logger="dpor"):
+        worker.start()
+        try:
+            await until("the row done", lambda: _done(db, 1))
+        finally:
+            await worker.stop()
+    assert after == ["committed"]
+    assert any("not chained yet" in r.getMessage() for r in caplog.records)
+    assert not any("could not be recorded" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(db, "seal", real_seal)
+    await db.seal()
+    result = await audit.verify(db)
+    assert result.broken_seq is None and result.events >= 1
