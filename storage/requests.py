@@ -229,8 +229,13 @@ async def record_card(session: AsyncSession, request_id: int, channel: str, ts: 
 
 async def set_partner(session: AsyncSession, subscription_id: str, partner_id: str, at: datetime) -> None:
     """The subscription's partner of record, as the bot applied it."""
-    values = {"partner_id": partner_id, "partner_set_at": at}
-    await prepared.update_where(session, Subscription.__table__, {"id": subscription_id}, values)
+    # Through the ORM, once per apply: a Subscription the session already holds (an attestation's
+    # checks read it) shows the new partner too.
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id)
+        .values(partner_id=partner_id, partner_set_at=at)
+    )
 
 
 async def subscription(session: AsyncSession, subscription_id: str) -> Subscription | None:

@@ -141,9 +141,10 @@ async def test_killed_right_after_the_ack_of_set_and_of_approve(stack: Stack) ->
     ],
 )
 async def test_killed_at_each_point_before_slack_accepts(stack: Stack, points: list[str]) -> None:
-    """Killed after a claim (nothing sent yet), and at every step of an apply (before the provider, after
-    it but before its outcome is recorded, after that but before the row is done): nothing lost, nothing
-    twice, and the apply repeated safely (one apply.started, one apply.succeeded)."""
+    """Killed after a claim (nothing sent yet), and at every step of an apply (before the provider; after
+    it, its result handed to the worker but not written; inside the transaction writing the result with
+    the row's outcome, before its commit): nothing lost, nothing twice, and the apply repeated safely (one
+    apply.started, one apply.succeeded)."""
     assert await run_flow(stack, points) == points
     await assert_everything_delivered(stack)
 

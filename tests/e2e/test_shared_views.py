@@ -119,3 +119,41 @@ async def test_a_card_and_the_rows_claimed_with_it_share_the_cards_read(
     assert reads["n"] == 1
     methods = [c.method for c in h.slack.calls[marks:]]
     assert "chat.update" in methods and "chat.postMessage" in methods, methods  # both delivered
+
+
+async def test_when_the_cards_read_fails_the_rows_waiting_for_it_fail_and_a_later_claim_reads_again(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card's read that fails fails the rows of its claim waiting for it, as their own read would have
+    (the worker retries them); nothing hangs, and the next claim reads anew and delivers."""
+    h = harness_any_db
+    await h.command(f"set prod {NEW_PARTNER} failing read", ADMIN)
+    await h.card(1)
+    await h.settle()
+    card_delivery = views.card_delivery
+
+    async def broken(*args: Any, **kw: Any) -> Any:
+        raise ConnectionResetError("the database went away")
+
+    monkeypatch.setattr(views, "card_delivery", broken)
+    deliverer = h.bot.worker.deliverers[outbox.CARD].__self__  # type: ignore[union-attr]
+    card = OutboxMessage(id=10_000, kind=outbox.CARD, key="card:1", payload={"request_id": 1})
+    dm = OutboxMessage(
+        kind=outbox.DM, key=f"dm:{ADMIN}", payload={"user_id": ADMIN, "request_id": 1, "event": "approved"}
+    )
+
+    async def in_claim(claim: int, deliver: Any, row: OutboxMessage) -> Any:
+        CLAIM.set(claim)
+        return await deliver(row)
+
+    waiting = asyncio.create_task(in_claim(30_000, deliverer.dm, dm))  # asks first, waits for the card
+    failing = asyncio.create_task(in_claim(30_000, deliverer.card, card))
+    results = await asyncio.wait_for(asyncio.gather(waiting, failing, return_exceptions=True), 10)
+    assert [type(r) for r in results] == [ConnectionResetError, ConnectionResetError]
+    monkeypatch.setattr(views, "card_delivery", card_delivery)
+    marks = len(h.slack.calls)
+    await asyncio.wait_for(
+        asyncio.gather(in_claim(30_001, deliverer.dm, dm), in_claim(30_001, deliverer.card, card)), 10
+    )
+    methods = [c.method for c in h.slack.calls[marks:]]
+    assert "chat.update" in methods and "chat.postMessage" in methods, methods

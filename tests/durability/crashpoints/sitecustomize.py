@@ -3,7 +3,7 @@
 With DPOR_TEST_CRASH_AT naming a point, the process kills itself there as `kill -9` would:
 `<kind>.claimed` (an outbox row claimed, nothing sent), `<kind>.delivered` (Slack or the provider done,
 the outcome not recorded), `apply.started` (the request applying, the provider not called) and
-`apply.applied` (the provider called, the outcome not recorded).
+`apply.applied` (the provider called, its result being written with the row's outcome, not committed).
 """
 
 import os
