@@ -20,18 +20,18 @@ import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import Context, ContextVar, copy_context
-from dataclasses import dataclass
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.logs import bound
-from bot.outbox import AfterCommit, Recorder, Undeliverable
+from bot.outbox import Recorder, Undeliverable
+from bot.outcomes import Outcomes
 from storage import notify
 from storage import outbox as table
-from storage.db import Database, unsealed
+from storage.db import Database
 from storage.models import OutboxMessage, utcnow
 
 log = logging.getLogger("dpor.worker")
@@ -49,17 +49,6 @@ Bury = Callable[[OutboxMessage, str], Awaitable[None]]
 def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
     """Exponential backoff with jitter: attempt 1 waits 1-2 s, attempt 8 between 128 and 256 s."""
     return random.uniform(0.5, 1.0) * min(cap, base**attempt)
-
-
-@dataclass
-class _Outcome:
-    row: OutboxMessage
-    status: str
-    record: Recorder | None
-    values: dict[str, Any]
-    settled: asyncio.Future[bool]  # False: another process took the row over
-    context: Context  # its delivery's (the log's fields): where `after` runs
-    after: AfterCommit | None = None  # what its recorder asks for once the outcome is committed
 
 
 class OutboxWorker:
@@ -99,9 +88,7 @@ class OutboxWorker:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()
         self._claims = 0
-        # Outcomes waiting to be written, and the task writing them (`_settle`).
-        self._outcomes: list[_Outcome] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._outcomes = Outcomes(db, self.name)  # written together (`_settle`)
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows). Not for the
@@ -276,83 +263,15 @@ class OutboxWorker:
         await asyncio.shield(task)
 
     async def _settle(self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any) -> None:
-        """Record a row's outcome (and what its deliverer asks to record with it). Outcomes that end
-        together are written in one transaction, each in a SAVEPOINT of its own: one whose recorder fails
-        rolls back alone, and the caller hears of it as before."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        outcome = _Outcome(row, status, record, values, done, copy_context())
-        self._outcomes.append(outcome)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_outcomes(), name="dpor-outbox-outcomes")
-        settled = await asyncio.shield(outcome.settled)
-        if not settled:
+        """Record a row's outcome (and what its deliverer asks to record with it), with the outcomes that
+        end together (bot.outcomes): one whose recorder fails rolls back alone and raises here."""
+        if not await self._outcomes.write(row, status, record, **values):
             log.warning(
                 "outbox row %s (%s) was taken over by another process while this one held it "
                 "(its lease lapsed); it may have been delivered twice",
                 row.id,
                 row.kind,
             )
-
-    async def _write_outcomes(self) -> None:
-        """Write the outcomes waiting, a batch per transaction, until none waits."""
-        batch: list[_Outcome] = []
-        try:
-            await asyncio.sleep(0)  # outcomes ending in this turn of the event loop join the first batch
-            while self._outcomes:
-                batch, self._outcomes = self._outcomes, []
-                sealing: list[int] = []
-                try:
-                    # Sealed below, once every outcome is settled: a seal that fails after the commit is
-                    # not a batch that failed.
-                    async with self.db.write(serial=False, seal=False) as session:
-                        results = [await self._write_one(session, outcome) for outcome in batch]
-                    sealing = unsealed(session)
-                except Exception as exc:  # the transaction failed: none of the batch was written
-                    results = [exc] * len(batch)
-                for outcome, result in zip(batch, results, strict=True):
-                    if isinstance(result, Exception):
-                        outcome.settled.set_exception(result)
-                        continue
-                    if outcome.after is not None:
-                        try:
-                            outcome.context.run(outcome.after)
-                        except Exception:
-                            log.exception("outbox row %s: after its outcome was recorded", outcome.row.id)
-                    outcome.settled.set_result(result)
-                batch = []
-                if sealing:
-                    await self._seal(sealing)
-        except BaseException as exc:  # cancelled (the loop is closing): nobody waits forever
-            for outcome in [*batch, *self._outcomes]:
-                if not outcome.settled.done():
-                    outcome.settled.set_exception(exc)
-            self._outcomes = []
-            raise
-        finally:
-            self._writer = None
-
-    async def _seal(self, ids: list[int]) -> None:
-        """PostgreSQL: chain the audit events the outcomes wrote (an apply's result); nobody waits for
-        them, and any later seal of any process chains them if this one fails."""
-        try:
-            await self.db.seal(ids)
-        except Exception:
-            log.warning(
-                "audit events %s are committed but not chained yet; the next seal chains them",
-                ids,
-                exc_info=True,
-            )
-
-    async def _write_one(self, session: AsyncSession, outcome: _Outcome) -> bool | Exception:
-        try:
-            async with session.begin_nested():
-                after = await outcome.record(session) if outcome.record is not None else None
-                row, status = outcome.row, outcome.status
-                settled = await table.settle(session, row.id, self.name, status, **outcome.values)
-        except Exception as exc:
-            return exc
-        outcome.after = after  # run once the whole batch has committed, never for a rolled back one
-        return settled
 
     async def _failed(self, row: OutboxMessage, exc: Undeliverable) -> None:
         attempts = row.attempts - 1 if exc.rate_limited else row.attempts
