@@ -30,12 +30,15 @@ async def new_request(db: Database) -> int:
         return req.id
 
 
-@pytest.mark.parametrize("returning", [True, False], ids=["returning", "update-then-read"])
-async def test_a_move_updates_the_row_and_the_callers_object(
-    db: Database, monkeypatch: pytest.MonkeyPatch, returning: bool
-) -> None:
-    if not returning:
+@pytest.fixture(params=[True, False], ids=["returning", "update-then-read"])
+def returning(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways of a move: UPDATE ... RETURNING, and the UPDATE then a read (SQLite before 3.35)."""
+    if not request.param:
         monkeypatch.setattr(prepared, "can_return", lambda session: False)
+    return bool(request.param)
+
+
+async def test_a_move_updates_the_row_and_the_callers_object(db: Database, returning: bool) -> None:
     rid = await new_request(db)
     result = {"partner_id": "1234567", "identity": "ledger"}
     async with db.write() as session:
@@ -53,12 +56,7 @@ async def test_a_move_updates_the_row_and_the_callers_object(
         assert (again.status, again.decided_by, again.result) == ("applied", "UOWNER", result)
 
 
-@pytest.mark.parametrize("returning", [True, False], ids=["returning", "update-then-read"])
-async def test_a_move_someone_made_first_is_refused_and_shows_theirs(
-    db: Database, monkeypatch: pytest.MonkeyPatch, returning: bool
-) -> None:
-    if not returning:
-        monkeypatch.setattr(prepared, "can_return", lambda session: False)
+async def test_a_move_someone_made_first_is_refused_and_shows_theirs(db: Database, returning: bool) -> None:
     rid = await new_request(db)
     async with db.read() as session:
         stale = await requests.get(session, rid)
