@@ -53,17 +53,13 @@ def _begin_immediate(conn: Any) -> None:
     statements go straight to the driver (storage.sqlite): SQLAlchemy's round for each would cost more
     than a short transaction's own statements. Errors come out as SQLAlchemy's, as they would through it."""
     raw = conn.connection.driver_connection
-
-    def run(sql: str) -> None:
-        sqlite.run(raw, sql)
-
     deadline = time.monotonic() + WRITE_LOCK_WAIT
     delay = 0.001
-    run("PRAGMA busy_timeout=0")
+    sqlite.run(raw, "PRAGMA busy_timeout=0")
     try:
         while True:
             try:
-                run("BEGIN IMMEDIATE")
+                sqlite.run(raw, "BEGIN IMMEDIATE")
                 return
             except OperationalError as exc:
                 if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
@@ -71,7 +67,7 @@ def _begin_immediate(conn: Any) -> None:
             await_(asyncio.sleep(delay))
             delay = min(delay * 2, 0.05)
     finally:
-        run(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        sqlite.run(raw, f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
