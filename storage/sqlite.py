@@ -3,10 +3,12 @@
 aiosqlite sends every call (open a cursor, execute, fetch, close) to a thread of its own and back, so
 one statement costs several thread hops and, under load, waits for the GIL each time. An indexed
 statement on a local SQLite file takes microseconds, far less than one hop. Here the same SQLAlchemy
-dialect drives a `sqlite3` connection directly: each driver call is a coroutine that has finished by
-the time it is awaited, so SQLAlchemy's greenlet switch is the only cost and the event loop never
-waits. What can block is bounded: waiting for another process's write lock is done by the caller
-with `asyncio.sleep` (`storage.db`), never by SQLite's busy handler on the loop.
+dialect drives a `sqlite3` connection directly, and its adapter calls the driver without leaving its
+greenlet: opening and closing a cursor, a commit and a rollback are plain calls, and a statement
+makes one greenlet switch (SQLAlchemy's `AsyncConnection.execute` insists on one, its proof that the
+driver is asynchronous), where SQLAlchemy's own adapter makes three and takes a lock. The event loop
+never waits: what can block is bounded, and waiting for another process's write lock is done by the
+caller with `asyncio.sleep` (`storage.db`), never by SQLite's busy handler on the loop.
 
 The URL stays `sqlite+aiosqlite://...` everywhere a person sees it; `storage.db.Database` builds its
 engine on the `sqlite+dpor` dialect registered here.
@@ -14,6 +16,7 @@ engine on the `sqlite+dpor` dialect registered here.
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,67 +24,15 @@ from typing import Any
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
     SQLiteDialect_aiosqlite,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
 
 DRIVER = "sqlite+dpor"
-
-
-class _Cursor:
-    """aiosqlite's cursor interface over a `sqlite3.Cursor`; every coroutine completes without waiting."""
-
-    __slots__ = ("_cursor",)
-
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
-        self._cursor = cursor
-
-    async def __aenter__(self) -> _Cursor:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self._cursor.close()
-
-    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> _Cursor:
-        self._cursor.execute(sql, parameters)
-        return self
-
-    async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> _Cursor:
-        self._cursor.executemany(sql, parameters)
-        return self
-
-    async def fetchone(self) -> Any:
-        return self._cursor.fetchone()
-
-    async def fetchmany(self, size: int | None = None) -> list[Any]:
-        return self._cursor.fetchmany(size if size is not None else self._cursor.arraysize)
-
-    async def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall()
-
-    async def close(self) -> None:
-        self._cursor.close()
-
-    @property
-    def description(self) -> Any:
-        return self._cursor.description
-
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
-
-    @property
-    def lastrowid(self) -> int | None:
-        return self._cursor.lastrowid
-
-    @property
-    def arraysize(self) -> int:
-        return self._cursor.arraysize
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._cursor.arraysize = value
 
 
 class _Done:
@@ -113,12 +64,6 @@ class _Connection:
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 
-    def cursor(self) -> _Cursor:
-        return _Cursor(self._conn.cursor())
-
-    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> _Cursor:
-        return await _Cursor(self._conn.cursor()).execute(sql, parameters)
-
     def run(self, sql: str) -> None:
         """A statement with no parameters and no rows (BEGIN, a PRAGMA) straight to the driver."""
         self._conn.execute(sql)
@@ -126,16 +71,65 @@ class _Connection:
     async def create_function(self, *args: Any, **kw: Any) -> None:
         self._conn.create_function(*args, **kw)
 
-    async def commit(self) -> None:
-        self._conn.commit()
-
-    async def rollback(self) -> None:
-        self._conn.rollback()
-
     async def close(self) -> None:
         if self._connection is not None:
             self._connection = None
             self._conn.close()
+
+
+async def _switch() -> None:
+    """Awaited once per statement: the greenlet switch `AsyncConnection.execute` requires."""
+
+
+class _Rows(AsyncAdapt_aiosqlite_cursor):
+    """SQLAlchemy's aiosqlite cursor adapter calling the `sqlite3` cursor directly: its rows are read at
+    execute, as that adapter buffers them; opening and closing it switch no greenlet, a statement one."""
+
+    __slots__ = ()
+    _awaitable_cursor_close = False
+
+    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = adapt_connection._connection._conn.cursor()
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+
+    def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> None:
+        cursor = self._cursor
+        cursor.execute(sql, () if parameters is None else parameters)
+        if cursor.description:
+            self._rows = collections.deque(cursor.fetchall())
+        await_(_switch())
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> None:
+        cursor = self._cursor
+        cursor.executemany(sql, parameters)
+        if cursor.description:
+            self._rows = collections.deque(cursor.fetchall())
+        await_(_switch())
+
+    def close(self) -> None:
+        self._rows.clear()
+        self._cursor.close()
+
+
+class _Adapted(AsyncAdapt_aiosqlite_connection):
+    """SQLAlchemy's aiosqlite connection adapter with `_Rows` for cursors (server-side ones included: the
+    dialect says it has none) and a commit and a rollback called directly, not through `await_`."""
+
+    __slots__ = ()
+
+    def cursor(self, server_side: bool = False) -> Any:
+        return _Rows(self)
+
+    def commit(self) -> None:
+        if self._connection._connection:
+            self._connection._conn.commit()
+
+    def rollback(self) -> None:
+        if self._connection._connection:
+            self._connection._conn.rollback()
 
 
 class _DBAPI(AsyncAdapt_aiosqlite_dbapi):
@@ -147,7 +141,7 @@ class _DBAPI(AsyncAdapt_aiosqlite_dbapi):
         kw.pop("async_creator_fn", None)
         # The pool may close a connection from the garbage collector's thread; nothing else crosses.
         kw["check_same_thread"] = False
-        return AsyncAdapt_aiosqlite_connection(self, _Connection(sqlite3.connect(*arg, **kw)))
+        return _Adapted(self, _Connection(sqlite3.connect(*arg, **kw)))
 
 
 def run(raw: Any, sql: str) -> None:
@@ -162,6 +156,7 @@ def run(raw: Any, sql: str) -> None:
 class SQLiteInLoop(SQLiteDialect_aiosqlite):
     driver = "dpor"
     supports_statement_cache = True
+    supports_server_side_cursors = False  # every cursor reads its rows at execute
 
     @classmethod
     def import_dbapi(cls) -> Any:
