@@ -179,10 +179,10 @@ class Applier:
     async def deliver(self, row: OutboxMessage) -> Recorder | None:
         request_id = row.payload["request_id"]
         async with self.db.read() as session:  # the request and its subscription's provider: one read
-            found = await requests.get(session, request_id)
+            found = await requests.with_subscription(session, request_id)
             if found is None:
                 return None
-            provider = self.providers.of(await requests.subscription(session, found.subscription_id))
+            provider = self.providers.of(found[1])
         # A provider a person finishes (portal) says what the request awaits; it stays applying until then.
         waits = getattr(provider, "awaiting", None)
         req = await start_apply(self.db, request_id, waits() if waits else None)

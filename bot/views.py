@@ -80,11 +80,10 @@ async def card_delivery(
 
 
 async def _card(session: AsyncSession, request_id: int, pol: Policy) -> CardView | None:
-    req = await requests.get(session, request_id)
-    if req is None:
+    found = await requests.with_subscription(session, request_id)
+    if found is None:
         return None
-    sub = await requests.subscription(session, req.subscription_id)
-    assert sub is not None  # a foreign key
+    req, sub = found
     names = await directory.partner_names(session, [req.previous_partner_id, req.partner_id])
     approvals = await requests.approvals(session, req.id)
     try:

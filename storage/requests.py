@@ -31,6 +31,21 @@ async def get(session: AsyncSession, request_id: int, *, lock: bool = False) -> 
     return (await session.execute(query, {"id": request_id})).scalar_one_or_none()
 
 
+async def with_subscription(
+    session: AsyncSession, request_id: int
+) -> tuple[ChangeRequest, Subscription] | None:
+    """A request and its subscription in one statement (what a card and an apply read first)."""
+    row = (await session.execute(_WITH_SUBSCRIPTION, {"id": request_id})).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+_WITH_SUBSCRIPTION = (
+    select(ChangeRequest, Subscription)
+    .join(Subscription, Subscription.id == ChangeRequest.subscription_id)
+    .where(ChangeRequest.id == bindparam("id"))
+)
+
+
 async def open_for(session: AsyncSession, subscription_id: str) -> ChangeRequest | None:
     """The subscription's open request (pending, approved or applying), if any."""
     return (await session.scalars(_OPEN_FOR, {"subscription_id": subscription_id})).first()

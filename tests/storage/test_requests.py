@@ -1,6 +1,7 @@
 """A request's conditional move (storage/requests.py `move`): one UPDATE ... RETURNING where the database
 has it, the UPDATE and a read of the row where it has not; either way the caller's object is the row as
-it is now, and a move someone else made first is refused. On both engines."""
+it is now, and a move someone else made first is refused; a request and its subscription are read
+in one statement. On both engines."""
 
 from __future__ import annotations
 
@@ -72,3 +73,14 @@ async def test_a_move_someone_made_first_is_refused_and_shows_theirs(db: Databas
     async with db.read() as session:
         row = await requests.get(session, rid)
         assert row is not None and (row.status, row.decided_by) == ("rejected", "UOTHER")
+
+
+async def test_a_request_and_its_subscription_come_in_one_read(db: Database) -> None:
+    rid = await new_request(db)
+    async with db.read() as session:
+        found = await requests.with_subscription(session, rid)
+        assert found is not None
+        req, sub = found
+        assert (req.id, req.subscription_id, req.status) == (rid, SUB, "pending")
+        assert (sub.id, sub.name, sub.alias) == (SUB, "Production", "prod")
+        assert await requests.with_subscription(session, rid + 1000) is None
