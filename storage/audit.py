@@ -7,6 +7,7 @@ chain was keyed (migration 0003) carry no key id and a plain SHA-256, until they
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -75,8 +76,10 @@ def chain_hash(prev_hash: str, body: str, key: bytes | None = None) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
 def key_id(key: bytes) -> str:
-    """A key's public name, stored with each event it hashes: it tells keys apart, never reveals one."""
+    """A key's public name, stored with each event it hashes: it tells keys apart, never reveals one.
+    Remembered per key: every append names its key."""
     return hmac.new(key, b"dpor-bot audit key id", hashlib.sha256).hexdigest()[:16]
 
 
@@ -137,7 +140,7 @@ async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) 
     at = utcnow()
     if is_postgresql(session):
         written = await session.execute(
-            insert(AuditPending).returning(AuditPending.id),
+            _INSERT_PENDING,
             [
                 {
                     "at": at,
@@ -181,7 +184,12 @@ async def _chain(session: AsyncSession, events: Sequence[tuple[Any, ...]], key: 
             }
         )
         prev = digest
-    await session.execute(insert(AuditEvent), rows)
+    await session.execute(_INSERT_EVENTS, rows)
+
+
+# Built once, as Core: an ORM bulk INSERT is built, and its rows sorted by the ORM, at each call.
+_INSERT_EVENTS = insert(AuditEvent.__table__)
+_INSERT_PENDING = insert(AuditPending.__table__).returning(AuditPending.__table__.c.id)
 
 
 SEAL_BATCH = 5000

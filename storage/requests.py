@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, inspect, or_, select, update
+from sqlalchemy import insert as insert_into
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -117,8 +118,12 @@ async def decision_of(session: AsyncSession, request_id: int, user_id: str) -> s
 
 
 async def add_decision(session: AsyncSession, request_id: int, user_id: str, decision: str) -> None:
-    session.add(Approval(request_id=request_id, approver_id=user_id, decision=decision))
-    await session.flush()
+    await session.execute(
+        _ADD_DECISION, {"request_id": request_id, "approver_id": user_id, "decision": decision}
+    )
+
+
+_ADD_DECISION = insert_into(Approval.__table__)  # built once; an ORM add and flush cost several times more
 
 
 async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, datetime]]:

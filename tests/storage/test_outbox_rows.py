@@ -1,5 +1,6 @@
 """An outbox row's outcome and the rows a card's delivery covers (storage/outbox.py), on both engines:
-the statements built once write what each call says, and only to the rows it names."""
+the statements built once write what each call says, and only to the rows it names; rows go in in
+the order given."""
 
 from __future__ import annotations
 
@@ -64,3 +65,21 @@ async def test_a_card_covers_the_later_card_rows_of_its_key_only(db: Database) -
     assert covered == {"update 1", "update 2"}
     assert rows["update 1"][3] == f"covered by row {ids[0]}" and rows["update 1"][4].delivered_at is not None
     assert {rows[n][0] for n in ("post", "step", "other card", "update 3")} == {"pending"}
+
+
+async def test_rows_are_inserted_in_the_order_given_whatever_columns_they_name(db: Database) -> None:
+    later = utcnow() + timedelta(hours=1)
+    rows = [
+        {"kind": "dm", "key": "k", "payload": {"n": "a"}},
+        {"kind": "dm", "key": "k", "payload": {"n": "b"}, "available_at": later},
+        {"kind": "dm", "key": "k", "payload": {"n": "c"}},
+        {"kind": "dm", "key": "k", "payload": {"n": "d"}},
+    ]
+    async with db.write(serial=False) as session:
+        await table.insert_rows(session, rows)
+    async with db.read() as session:
+        found = await table.undelivered(session, (table.PENDING,))
+    assert [r.payload["n"] for r in found] == ["a", "b", "c", "d"]  # ids in the order given
+    assert all((r.status, r.attempts) == (table.PENDING, 0) for r in found)  # the columns' defaults
+    assert found[1].available_at == later
+    assert all(r.available_at <= utcnow() for r in (found[0], found[2], found[3]))
