@@ -84,6 +84,7 @@ async def _card(session: AsyncSession, request_id: int, pol: Policy) -> CardView
     if found is None:
         return None
     req, sub = found
+    assert sub is not None  # a foreign key
     names = await directory.partner_names(session, [req.previous_partner_id, req.partner_id])
     approvals = await requests.approvals(session, req.id)
     try:

@@ -187,7 +187,7 @@ async def _chain(session: AsyncSession, events: Sequence[tuple[Any, ...]], key: 
     await session.execute(_INSERT_EVENTS, rows)
 
 
-# Built once, as Core: an ORM bulk INSERT is built, and its rows sorted by the ORM, at each call.
+# Built once, as Core: an ORM bulk INSERT is built, and its rows grouped by the ORM, at each call.
 _INSERT_EVENTS = insert(AuditEvent.__table__)
 _INSERT_PENDING = insert(AuditPending.__table__).returning(AuditPending.__table__.c.id)
 

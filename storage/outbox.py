@@ -23,12 +23,12 @@ CARD_CHANNEL_KINDS = (CARD, "remind")
 
 
 async def insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows of `{"kind", "key", "payload"}`, in one INSERT; on PostgreSQL every process's worker is woken
-    when the transaction commits (NOTIFY dpor_outbox)."""
+    """Rows of `{"kind", "key", "payload"}` (and any other column), inserted in the order given; on
+    PostgreSQL every process's worker is woken when the transaction commits (NOTIFY dpor_outbox)."""
     if not rows:
         return
-    # One Core INSERT built once, per run of rows naming the same columns (the ORM's bulk INSERT is built
-    # at each call); runs keep the rows' order, which is their delivery order within a key.
+    # One Core INSERT built once (the ORM's bulk INSERT is built at each call), executed once per run of
+    # rows naming the same columns; runs keep the rows' order, which is their delivery order within a key.
     for _, run in itertools.groupby(rows, key=lambda row: frozenset(row)):
         await session.execute(_INSERT, list(run))
     await notify_outbox(session)

@@ -34,15 +34,16 @@ async def get(session: AsyncSession, request_id: int, *, lock: bool = False) -> 
 
 async def with_subscription(
     session: AsyncSession, request_id: int
-) -> tuple[ChangeRequest, Subscription] | None:
-    """A request and its subscription in one statement (what a card and an apply read first)."""
+) -> tuple[ChangeRequest, Subscription | None] | None:
+    """A request and its subscription in one statement (what a card and an apply read first); the
+    subscription is None if its row is gone (a foreign key keeps it, but an apply still falls back)."""
     row = (await session.execute(_WITH_SUBSCRIPTION, {"id": request_id})).first()
     return (row[0], row[1]) if row is not None else None
 
 
 _WITH_SUBSCRIPTION = (
     select(ChangeRequest, Subscription)
-    .join(Subscription, Subscription.id == ChangeRequest.subscription_id)
+    .outerjoin(Subscription, Subscription.id == ChangeRequest.subscription_id)
     .where(ChangeRequest.id == bindparam("id"))
 )
 

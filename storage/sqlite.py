@@ -95,19 +95,20 @@ class _Rows(AsyncAdapt_aiosqlite_cursor):
         self._soft_closed_memoized = EMPTY_DICT
         self._rows = collections.deque()
 
+    # The switch comes first: outside a greenlet it raises before anything is written.
     def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> None:
+        await_(_switch())
         cursor = self._cursor
         cursor.execute(sql, () if parameters is None else parameters)
         if cursor.description:
             self._rows = collections.deque(cursor.fetchall())
-        await_(_switch())
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> None:
+        await_(_switch())
         cursor = self._cursor
         cursor.executemany(sql, parameters)
         if cursor.description:
             self._rows = collections.deque(cursor.fetchall())
-        await_(_switch())
 
     def close(self) -> None:
         self._rows.clear()

@@ -81,6 +81,18 @@ async def test_statements_run_in_the_loops_own_thread(sqlite_url: str) -> None:
         await db.dispose()
 
 
+async def test_a_statement_outside_sqlalchemys_greenlet_is_refused_before_it_runs(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    try:
+        async with db.engine.connect() as conn:
+            with pytest.raises(Exception, match="greenlet_spawn has not been called"):
+                conn.sync_connection.execute(insert(_partners).values(partner_id="P1", name="x"))
+        async with db.read() as session:
+            assert (await session.scalars(select(_partners.c.partner_id))).all() == []
+    finally:
+        await db.dispose()
+
+
 async def test_streaming_is_refused_plainly(sqlite_url: str) -> None:
     db = Database(sqlite_url)
     try:
