@@ -144,6 +144,13 @@ async def large(
             batch = []
     if batch:
         await _bulk(db, AuditEvent, batch, chunk=20_000)
+    if not db.is_sqlite:
+        # A database this size has long been vacuumed and analysed; do it now, rather than measure beside
+        # autovacuum catching up on a million new rows (it shares the machine's two cores).
+        async with db.engine.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql(
+                "VACUUM ANALYZE"
+            )
     await db.dispose()
 
 

@@ -1,4 +1,5 @@
-"""The benchmark's light-load and memory measurements work against a real `dpor-bot serve` on SQLite.
+"""The benchmark's light-load and memory measurements work against a real `dpor-bot serve` on SQLite; its
+large database is seeded with a valid chain (and vacuumed on PostgreSQL) on both engines.
 
 A few requests only (the full benchmark is `python -m bench.run`): the numbers are positive and ordered.
 """
@@ -8,9 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from sqlalchemy import text
+
 from bench import latency, load, report, run, seed
+from bot import audit
 from bot.settings import normalise_database_url
 from sandbox.standin import SlackStandin
+from storage.db import Database
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -64,3 +69,30 @@ def test_two_processes_add_their_rates_and_keep_the_worse_latencies() -> None:
     assert both.cpu_ms == round((10.0 * 160 + 20.0 * 102) / 262, 2)  # weighted by each one's requests
     unmeasured = Result("c", "set", 1.0, 1.0, 1.0, 1.0, 10, 0)
     assert _combined("two", "set", [one, unmeasured]).cpu_ms is None
+
+
+async def test_the_large_database_is_seeded_with_a_valid_chain_and_vacuumed_on_postgresql(
+    database_url: str,
+) -> None:
+    await seed.large(database_url, subscriptions=30, requests=20, events=300)
+    db = Database(database_url, audit_key=seed.AUDIT_KEY.encode())
+    try:
+        async with db.read() as session:
+            counts = [
+                await session.scalar(text(f"SELECT count(*) FROM {table}"))
+                for table in ("subscriptions", "change_requests", "audit_events")
+            ]
+            assert counts == [30, 20, 300]
+            if not db.is_sqlite:  # analysed and vacuumed, not left to autovacuum during the measurement
+                stats = (
+                    await session.execute(
+                        text(
+                            "SELECT last_vacuum IS NOT NULL, last_analyze IS NOT NULL "
+                            "FROM pg_stat_user_tables WHERE relname = 'audit_events'"
+                        )
+                    )
+                ).one()
+                assert tuple(stats) == (True, True)
+        assert (await audit.verify(db)).ok
+    finally:
+        await db.dispose()
