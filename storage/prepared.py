@@ -13,8 +13,15 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, Table, Update, bindparam, update
+from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, literal, update
 from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def one_of(column: Any, values: tuple[Any, ...]) -> ColumnElement[bool]:
+    """`column IN (...)` over a fixed set of values, for a statement built once: one bound parameter per
+    value. `column.in_(values)` is an "expanding" parameter whose SQL SQLAlchemy rewrites at every
+    execution (a sixth of `show`'s time under load went there)."""
+    return column.in_([literal(value, column.type) for value in values])
 
 
 @cache

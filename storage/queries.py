@@ -8,6 +8,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import prepared
 from storage.models import OPEN_STATUSES, AuditEvent, ChangeRequest, Partner, Subscription
 
 T = TypeVar("T")
@@ -99,7 +100,8 @@ _OVERVIEW = (  # built once: `show` runs it at every call
     .outerjoin(Partner, Partner.partner_id == Subscription.partner_id)
     .outerjoin(
         ChangeRequest,
-        (ChangeRequest.subscription_id == Subscription.id) & ChangeRequest.status.in_(OPEN_STATUSES),
+        (ChangeRequest.subscription_id == Subscription.id)
+        & prepared.one_of(ChangeRequest.status, OPEN_STATUSES),
     )
     .where((Subscription.id == bindparam("id")) | (Subscription.alias == bindparam("alias")))
     .limit(1)

@@ -54,7 +54,8 @@ async def open_for(session: AsyncSession, subscription_id: str) -> ChangeRequest
 
 
 _OPEN_FOR = select(ChangeRequest).where(
-    ChangeRequest.subscription_id == bindparam("subscription_id"), ChangeRequest.status.in_(OPEN_STATUSES)
+    ChangeRequest.subscription_id == bindparam("subscription_id"),
+    prepared.one_of(ChangeRequest.status, OPEN_STATUSES),
 )
 
 

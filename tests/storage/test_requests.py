@@ -8,11 +8,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event, update
 
 from bot.directory import SubscriptionRow, upsert_subscriptions
-from storage import prepared, requests
+from storage import prepared, queries, requests
 from storage.db import Database
-from storage.models import utcnow
+from storage.models import ChangeRequest, utcnow
 
 SUB = "11111111-2222-3333-4444-555555555555"
 
@@ -84,3 +85,35 @@ async def test_a_request_and_its_subscription_come_in_one_read(db: Database) -> 
         assert (req.id, req.subscription_id, req.status) == (rid, SUB, "pending")
         assert (sub.id, sub.name, sub.alias) == (SUB, "Production", "prod")
         assert await requests.with_subscription(session, rid + 1000) is None
+
+
+async def test_the_open_request_is_found_by_a_statement_whose_sql_is_never_rewritten(db: Database) -> None:
+    """`open_for` and `show`'s overview find a subscription's request while it is pending, approved or
+    applying and not once it is applied; the SQL the driver receives is the statement as compiled once
+    (no IN list SQLAlchemy expands anew at every execution)."""
+    rid = await new_request(db)
+    sent: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        for status in ("pending", "approved", "applying", "applied"):
+            async with db.write() as session:
+                move = update(ChangeRequest).where(ChangeRequest.id == rid).values(status=status)
+                await session.execute(move)
+            sent.clear()
+            async with db.read() as session:
+                found = await requests.open_for(session, SUB)
+                overview = await queries.subscription_overview(session, "prod")
+            assert overview is not None
+            expected = None if status == "applied" else rid
+            open_request = overview[2]
+            assert found is None if expected is None else found.id == expected
+            assert open_request is None if expected is None else open_request.id == expected
+            dialect = db.engine.dialect
+            compiled = {str(s.compile(dialect=dialect)) for s in (requests._OPEN_FOR, queries._OVERVIEW)}
+            assert set(sent) == compiled, sent
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
