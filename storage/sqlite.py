@@ -4,11 +4,12 @@ aiosqlite sends every call (open a cursor, execute, fetch, close) to a thread of
 one statement costs several thread hops and, under load, waits for the GIL each time. An indexed
 statement on a local SQLite file takes microseconds, far less than one hop. Here the same SQLAlchemy
 dialect drives a `sqlite3` connection directly, and its adapter calls the driver without leaving its
-greenlet: opening and closing a cursor, a commit and a rollback are plain calls, and a statement
-makes one greenlet switch (SQLAlchemy's `AsyncConnection.execute` insists on one, its proof that the
-driver is asynchronous), where SQLAlchemy's own adapter makes three and takes a lock. The event loop
-never waits: what can block is bounded, and waiting for another process's write lock is done by the
-caller with `asyncio.sleep` (`storage.db`), never by SQLite's busy handler on the loop.
+greenlet: opening and closing a cursor and a rollback are plain calls, and a statement makes one
+greenlet switch (SQLAlchemy's `AsyncConnection.execute` insists on one, its proof that the driver is
+asynchronous), where SQLAlchemy's own adapter makes three and takes a lock. The event loop never waits
+on the disk: a COMMIT that writes (its fsync) runs in a thread, what else can block is bounded, and
+waiting for another process's write lock is done by the caller with `asyncio.sleep` (`storage.db`),
+never by SQLite's busy handler on the loop.
 
 The URL stays `sqlite+aiosqlite://...` everywhere a person sees it; `storage.db.Database` builds its
 engine on the `sqlite+dpor` dialect registered here.
