@@ -60,6 +60,8 @@ Deliver = Callable[[OutboxMessage], Awaitable[Recorder | None]]
 
 # How many of the newest claims' shared card views a deliverer keeps (`SlackDeliverer._view`).
 SHARED_CLAIMS = 8
+# How many people's DM channels a deliverer remembers (`SlackDeliverer._in_dm`): the oldest go first.
+DM_CHANNELS = 10_000
 
 
 class SlackDeliverer:
@@ -75,6 +77,9 @@ class SlackDeliverer:
         # Card views read for the rows of a claim, by (claim, request): see `_view`.
         self._views: dict[tuple[int, int], _Read] = {}
         self._newest_claim = 0
+        # The bot's DM channel with each person it wrote to: Slack's conversations.open answers the same
+        # ID every time, so it is asked once per person, not before every DM.
+        self._dms: dict[str, str] = {}
 
     def deliverers(self) -> dict[str, Deliver]:
         return {
@@ -189,15 +194,12 @@ class SlackDeliverer:
                 None, self.client.chat_getPermalink, channel=req.card_channel, message_ts=req.card_ts
             )
             link = found.get("permalink")
-        opened = await self._call(None, self.client.conversations_open, users=row.payload["user_id"])
-        channel = opened["channel"]["id"]
-        await self._call(
-            channel,
-            self.client.chat_postMessage,
-            channel=channel,
-            text=event_text(view, "asked"),
-            blocks=to_dicts(ask_blocks(view, link)),
-        )
+        text, blocks = event_text(view, "asked"), to_dicts(ask_blocks(view, link))
+
+        async def post(channel: str) -> None:
+            await self._call(channel, self.client.chat_postMessage, channel=channel, text=text, blocks=blocks)
+
+        await self._in_dm(row.payload["user_id"], post)
 
     async def thread(self, row: OutboxMessage) -> None:
         """One step of a request as a reply in its card's thread (none if the card was never posted)."""
@@ -215,9 +217,27 @@ class SlackDeliverer:
         )
 
     async def dm(self, row: OutboxMessage) -> None:
-        view = await self._view(row)
-        opened = await self._call(None, self.client.conversations_open, users=row.payload["user_id"])
-        await self._post_event(opened["channel"]["id"], view, row.payload["event"])
+        view, event = await self._view(row), row.payload["event"]
+        await self._in_dm(row.payload["user_id"], lambda channel: self._post_event(channel, view, event))
+
+    async def _in_dm(self, user_id: str, post: Callable[[str], Awaitable[None]]) -> None:
+        """`post(channel)` in the bot's DM with `user_id`. The channel is opened (conversations.open) the
+        first time and remembered; should Slack refuse a remembered one for good (the DM was closed
+        for good, the workspace moved), it is opened again and the post tried once more."""
+        remembered = self._dms.get(user_id)
+        if remembered is not None:
+            try:
+                return await post(remembered)
+            except Undeliverable as failure:
+                if not failure.permanent:
+                    raise
+                self._dms.pop(user_id, None)
+        opened = await self._call(None, self.client.conversations_open, users=user_id)
+        channel = opened["channel"]["id"]
+        if len(self._dms) >= DM_CHANNELS:
+            del self._dms[next(iter(self._dms))]
+        self._dms[user_id] = channel
+        await post(channel)
 
     async def notify(self, row: OutboxMessage) -> None:
         await self._post_event(row.payload["channel"], await self._view(row), row.payload["event"])

@@ -1,5 +1,5 @@
 """Reaching the owners a request needs: a DM each with the card's link, the cap, and reminders that name
-the owners who have not approved yet."""
+the owners who have not approved yet; each person's DM channel opened once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,20 @@ import json
 
 import pytest
 
-from tests.harness import ADMIN, APPROVALS, BYSTANDER, DEV_OWNER, NEW_PARTNER, OWNER, OWNER2, Harness
+from bot import outbox
+from bot.outbox import Undeliverable
+from storage.models import OutboxMessage
+from tests.harness import (
+    ADMIN,
+    APPROVALS,
+    BYSTANDER,
+    DEV_OWNER,
+    NEW_PARTNER,
+    OLD_PARTNER,
+    OWNER,
+    OWNER2,
+    Harness,
+)
 
 
 def dms(h: Harness, user_id: str) -> list[str]:
@@ -119,3 +132,39 @@ async def test_the_reminder_mentions_only_the_owners_who_have_not_approved(harne
     assert "Request #1" in reminder and "(1 of 2 approvals)" in reminder
     assert f"Waiting on <@{OWNER2}>." in reminder
     assert f"<@{OWNER}>" not in reminder and f"<@{ADMIN}>" not in reminder
+
+
+async def test_a_persons_dm_channel_is_opened_once_and_again_only_when_slack_refuses_it(
+    harness_any_db: Harness,
+) -> None:
+    """Every DM goes to the person's DM channel; conversations.open is asked once per person, whatever the
+    number of DMs, and asked again only when Slack refuses the remembered channel for good."""
+    h = harness_any_db
+    await h.command(f"set prod {NEW_PARTNER} first", ADMIN)  # asks both owners
+    await h.card(1)
+    await h.settle()
+    assert (await h.click("dpor_approve", 1, OWNER))[0] == 200
+    for _ in range(3):  # the apply, the rows it queued, the steps behind the card
+        await h.settle()
+    assert (await h.request(1)).status == "applied"  # the requester was told in a DM
+    await h.command(f"set prod {OLD_PARTNER} second", ADMIN)  # asks both owners again
+    await h.card(2)
+    await h.settle()
+    assert len(dms(h, OWNER)) == len(dms(h, OWNER2)) == 2 and len(dms(h, ADMIN)) >= 1
+    assert sorted(opened_for(h)) == sorted(set(opened_for(h))), opened_for(h)  # once per person
+
+    deliverer = h.bot.worker.deliverers[outbox.DM].__self__  # type: ignore[union-attr]
+    payload = {"user_id": OWNER2, "request_id": 2, "event": "approval"}
+    row = OutboxMessage(kind=outbox.DM, key=f"dm:{OWNER2}", payload=payload)
+    opened = len(opened_for(h))
+    h.slack.fail("chat.postMessage", status=200, error="channel_not_found")  # the remembered channel
+    await deliverer.dm(row)
+    assert len(dms(h, OWNER2)) == 3  # delivered all the same...
+    assert opened_for(h)[opened:] == [OWNER2]  # ...to the channel opened anew
+    await deliverer.dm(row)
+    assert len(dms(h, OWNER2)) == 4 and len(opened_for(h)) == opened + 1
+
+    h.slack.fail("chat.postMessage", status=200, error="channel_not_found", times=2)
+    with pytest.raises(Undeliverable) as refused:  # refused in the channel opened anew too: for good
+        await deliverer.dm(row)
+    assert refused.value.permanent and len(dms(h, OWNER2)) == 4
