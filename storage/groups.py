@@ -17,8 +17,6 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from storage.sqlite import to_the_end
-
 # A group commits after this many transactions even while more wait: bounds the first one's wait.
 MAX_GROUP = 64
 
@@ -97,12 +95,8 @@ class GroupCommit:
                 if self._waiting:
                     return
             self._group = None
-            # The COMMIT runs to its end whatever happens to this task (its members wait for it).
-            commit, interrupted = await to_the_end(group.conn.commit())
-            if interrupted:
-                cancelled = asyncio.CancelledError()
             try:
-                commit.result()
+                await group.conn.commit()
             except Exception as exc:
                 # SQLite leaves the transaction open after a failed COMMIT (a deferred constraint, a
                 # full disk) while SQLAlchemy considers it over: drop the connection (closing it rolls

@@ -4,12 +4,11 @@ aiosqlite sends every call (open a cursor, execute, fetch, close) to a thread of
 one statement costs several thread hops and, under load, waits for the GIL each time. An indexed
 statement on a local SQLite file takes microseconds, far less than one hop. Here the same SQLAlchemy
 dialect drives a `sqlite3` connection directly, and its adapter calls the driver without leaving its
-greenlet: opening and closing a cursor and a rollback are plain calls, and a statement makes one
-greenlet switch (SQLAlchemy's `AsyncConnection.execute` insists on one, its proof that the driver is
-asynchronous), where SQLAlchemy's own adapter makes three and takes a lock. The event loop never waits
-on the disk: a COMMIT that writes (its fsync) runs in a thread, what else can block is bounded, and
-waiting for another process's write lock is done by the caller with `asyncio.sleep` (`storage.db`),
-never by SQLite's busy handler on the loop.
+greenlet: opening and closing a cursor, a commit and a rollback are plain calls, and a statement
+makes one greenlet switch (SQLAlchemy's `AsyncConnection.execute` insists on one, its proof that the
+driver is asynchronous), where SQLAlchemy's own adapter makes three and takes a lock. The event loop
+never waits: what can block is bounded, and waiting for another process's write lock is done by the
+caller with `asyncio.sleep` (`storage.db`), never by SQLite's busy handler on the loop.
 
 The URL stays `sqlite+aiosqlite://...` everywhere a person sees it; `storage.db.Database` builds its
 engine on the `sqlite+dpor` dialect registered here.
@@ -17,11 +16,10 @@ engine on the `sqlite+dpor` dialect registered here.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import sqlite3
-from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -32,10 +30,9 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import EMPTY_DICT
-from sqlalchemy.util.concurrency import await_, in_greenlet
+from sqlalchemy.util.concurrency import await_
 
 DRIVER = "sqlite+dpor"
-T = TypeVar("T")
 
 
 class _Done:
@@ -80,27 +77,6 @@ class _Connection:
             self._conn.close()
 
 
-async def to_the_end(awaitable: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
-    """Await `awaitable` until it ends, even if the caller is cancelled meanwhile: a COMMIT is never
-    abandoned halfway (its connection is busy until it ends, and SQLAlchemy would close it on the
-    cancellation). Returns the finished future and whether the caller was cancelled meanwhile."""
-    future = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.wait({future})
-        except asyncio.CancelledError:
-            cancelled = True
-    return future, cancelled
-
-
-async def _commit_in_thread(conn: sqlite3.Connection) -> None:
-    done, cancelled = await to_the_end(asyncio.get_running_loop().run_in_executor(None, conn.commit))
-    if cancelled:
-        raise asyncio.CancelledError
-    done.result()
-
-
 async def _switch() -> None:
     """Awaited once per statement: the greenlet switch `AsyncConnection.execute` requires."""
 
@@ -141,12 +117,7 @@ class _Rows(AsyncAdapt_aiosqlite_cursor):
 
 class _Adapted(AsyncAdapt_aiosqlite_connection):
     """SQLAlchemy's aiosqlite connection adapter with `_Rows` for cursors (server-side ones included: the
-    dialect says it has none) and a rollback called directly, not through `await_`.
-
-    A COMMIT that writes goes to a thread: with `synchronous=FULL` it waits for the disk (an fsync,
-    0.3-0.5 ms here), and `sqlite3` lets go of the GIL meanwhile, so the loop serves other requests
-    rather than stand still. Whoever awaits it still returns only once it is on the disk. A commit with
-    nothing to write (a read's) is a plain call."""
+    dialect says it has none) and a commit and a rollback called directly, not through `await_`."""
 
     __slots__ = ()
 
@@ -155,11 +126,7 @@ class _Adapted(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         if self._connection._connection:
-            conn = self._connection._conn
-            if conn.in_transaction and in_greenlet():
-                await_(_commit_in_thread(conn))
-            else:
-                conn.commit()
+            self._connection._conn.commit()
 
     def rollback(self) -> None:
         if self._connection._connection:

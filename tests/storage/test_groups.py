@@ -8,7 +8,6 @@ import asyncio
 import sqlite3
 import threading
 import time
-from typing import ClassVar
 from unittest.mock import patch
 
 import pytest
@@ -172,92 +171,4 @@ async def test_a_database_error_at_begin_is_sqlalchemys_and_the_write_lock_wait_
         await add(db, "1234569")  # the connection went back usable
         assert await names(db) == {"1234569"}
     finally:
-        await db.dispose()
-
-
-class SlowDisk(sqlite3.Connection):
-    """A connection whose COMMIT of a write waits `delay` seconds, as a slow disk's fsync would, outside
-    the GIL; it notes the thread it ran in and when it started."""
-
-    delay = 0.3
-    threads: ClassVar[list[str]] = []
-    started = threading.Event()
-
-    def commit(self) -> None:
-        if self.in_transaction:
-            SlowDisk.threads.append(threading.current_thread().name)
-            SlowDisk.started.set()
-            time.sleep(SlowDisk.delay)
-        super().commit()
-
-
-@pytest.fixture
-def slow_disk(monkeypatch: pytest.MonkeyPatch) -> type[SlowDisk]:
-    connect = sqlite3.connect
-    slow = lambda *a, **kw: connect(*a, factory=SlowDisk, **kw)  # noqa: E731
-    monkeypatch.setattr(storage_sqlite.sqlite3, "connect", slow)
-    SlowDisk.threads = []
-    SlowDisk.started = threading.Event()
-    return SlowDisk
-
-
-def on_disk(sqlite_url: str) -> set[str]:
-    """The partners another process would read from the file now."""
-    conn = sqlite3.connect(sqlite_url.split("///", 1)[1])
-    try:
-        return {pid for (pid,) in conn.execute("SELECT partner_id FROM partners")}
-    finally:
-        conn.close()
-
-
-async def test_a_commit_waits_for_the_disk_in_a_thread_and_the_loop_runs_meanwhile(
-    sqlite_url: str, slow_disk: type[SlowDisk]
-) -> None:
-    db = Database(sqlite_url)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    tick_task = asyncio.create_task(ticker())
-    try:
-        write = asyncio.create_task(add(db, "1234567"))
-        assert await asyncio.to_thread(slow_disk.started.wait, 5)
-        before = ticks
-        await asyncio.sleep(slow_disk.delay / 2)
-        assert not write.done()  # the caller is not told before the COMMIT is on the disk...
-        assert ticks - before >= 5  # ...and the loop kept serving meanwhile
-        await asyncio.wait_for(write, 5)
-        assert on_disk(sqlite_url) == {"1234567"}  # once write() returned, another process sees it
-        assert slow_disk.threads and threading.main_thread().name not in slow_disk.threads
-    finally:
-        tick_task.cancel()
-        await db.dispose()
-
-
-async def test_cancelled_callers_never_abandon_a_commit_halfway(
-    sqlite_url: str, slow_disk: type[SlowDisk]
-) -> None:
-    """Both members of a group are cancelled while its COMMIT waits for the disk: the COMMIT ends (their
-    rows are on the disk), they raise CancelledError after, and the connection goes back usable."""
-    db = Database(sqlite_url)
-    try:
-        assert db.groups is not None
-        commits = db.groups.commits
-        writes = [asyncio.create_task(add(db, pid)) for pid in ("1111111", "2222222")]
-        assert await asyncio.to_thread(slow_disk.started.wait, 5)
-        for write in writes:
-            write.cancel()
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-        assert on_disk(sqlite_url) == {"1111111", "2222222"}
-        assert db.groups.commits == commits + 1  # one group, committed whole
-        slow_disk.delay = 0
-        await add(db, "3333333")
-        assert await names(db) == {"1111111", "2222222", "3333333"}
-    finally:
-        slow_disk.delay = 0.3
         await db.dispose()
