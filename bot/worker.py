@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -88,7 +89,11 @@ class OutboxWorker:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()
         self._claims = 0
-        self._outcomes = Outcomes(db, self.name)  # written together (`_settle`)
+        # Written together (`_settle`), claiming in the same transaction what their rows' ends made due.
+        self._outcomes = Outcomes(db, self.name, self._claim_with)
+        # Rows whose outcome's transaction claimed for them: their end needs no claim of its own.
+        self._covered: set[int] = set()
+        self._context = contextvars.copy_context()  # the worker task's: where every delivery starts
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows). Not for the
@@ -121,6 +126,7 @@ class OutboxWorker:
                 await task
 
     async def run(self) -> None:
+        self._context = contextvars.copy_context()
         heartbeat = asyncio.create_task(self._heartbeat(), name="dpor-outbox-lease")
         try:
             # A commit that wrote rows wakes this worker: in this process at once, in any other one on
@@ -151,12 +157,8 @@ class OutboxWorker:
                 free = self.concurrency - len(self._inflight)
                 if free > 0:
                     rows = await self._claim(free)
-                    self._claims += 1
-                    for row in rows:
-                        self._inflight[row.id] = asyncio.create_task(
-                            self._handle(row, self._claims), name=f"dpor-outbox-{row.id}"
-                        )
-                        claimed += 1
+                    self._start(rows)
+                    claimed = len(rows)
             except Exception:
                 log.exception("outbox worker cycle failed; trying again shortly")
             # Claim again at once only after a claim that filled every free slot. One that found fewer
@@ -173,14 +175,17 @@ class OutboxWorker:
 
     async def _claim(self, limit: int) -> list[OutboxMessage]:
         async with self.db.write(serial=False) as session:
-            rows = await table.claim(
-                session,
-                self.name,
-                self.lease,
-                limit,
-                skip_locked=not self.db.is_sqlite,
-                held=list(self._inflight),  # a row whose lease lapsed in our hands is not taken twice
-            )
+            return await self._claim_in(session, limit)
+
+    async def _claim_in(self, session: AsyncSession, limit: int) -> list[OutboxMessage]:
+        rows = await table.claim(
+            session,
+            self.name,
+            self.lease,
+            limit,
+            skip_locked=not self.db.is_sqlite,
+            held=list(self._inflight),  # a row whose lease lapsed in our hands is not taken twice
+        )
         for row in rows:
             if row.claimed_until is not None:
                 log.warning(
@@ -192,6 +197,38 @@ class OutboxWorker:
                 )
             row.attempts += 1
         return rows
+
+    def _start(self, rows: list[OutboxMessage]) -> None:
+        """Deliver the rows of one claim, each in a task of its own (in the worker task's context)."""
+        if not rows:
+            return
+        self._claims += 1
+        for row in rows:
+            self._inflight[row.id] = asyncio.create_task(
+                self._handle(row, self._claims), name=f"dpor-outbox-{row.id}", context=self._context.copy()
+            )
+
+    async def _claim_with(self, session: AsyncSession, ending: list[OutboxMessage]) -> Callable[[], None]:
+        """In the transaction writing the outcomes of `ending`: claim what is due now, as the claim loop
+        would once those rows ended (their slots count as free). Returns what starts the deliveries once
+        it has committed; those rows' ends then wake nobody. A claim that fails here leaves the outcomes
+        written and the claim to the loop."""
+        free = self.concurrency - len(self._inflight) + len(ending)
+        rows: list[OutboxMessage] = []
+        if not self._stopping and free > 0:
+            try:
+                async with session.begin_nested():
+                    rows = await self._claim_in(session, free)
+            except Exception:
+                log.warning("claiming with the outcomes failed; the claim loop claims instead", exc_info=True)
+                return self._wake.set
+        ids = [row.id for row in ending]
+
+        def start() -> None:
+            self._covered.update(ids)
+            self._start(rows)
+
+        return start
 
     async def _heartbeat(self) -> None:
         """Renew the lease of the rows in hand, so no other process takes them while they are delivered."""
@@ -225,7 +262,10 @@ class OutboxWorker:
         finally:
             if not cancelled:
                 self._inflight.pop(row.id, None)
-            self._wake.set()
+            if row.id in self._covered:
+                self._covered.discard(row.id)  # its outcome's transaction claimed what its end made due
+            else:
+                self._wake.set()  # a delivery that ended may let the next row of its key go
 
     async def _deliver_and_record(self, row: OutboxMessage) -> None:
         if row.attempts > self.max_attempts:

@@ -421,6 +421,52 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
     assert sorted(committed) == [n for n in range(10) if n != 3]  # never for the one rolled back
 
 
+async def test_what_an_outcome_makes_due_is_claimed_in_its_transaction(db: Database) -> None:
+    """The transaction that records an outcome claims what became due with it: the rows its recorder
+    queued, and the next row of the settled row's key. They go out in their key's order with no claim
+    transaction of their own: only the claim loop's first claim takes a row (on PostgreSQL the listener
+    wakes the loop once more when it connects; that claim finds nothing)."""
+    async with db.write() as session:
+        await outbox_table.insert_rows(
+            session,
+            [
+                {"kind": "notice", "key": "a", "payload": {"n": 1}},
+                {"kind": "notice", "key": "a", "payload": {"n": 2}},  # waits for n=1: the same key
+            ],
+        )
+    delivered: list[int] = []
+
+    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[None]] | None:
+        delivered.append(row.payload["n"])
+        if row.payload["n"] != 1:
+            return None
+
+        async def record(session: AsyncSession) -> None:  # queued with the outcome, as an apply's card
+            await outbox_table.insert_rows(session, [{"kind": "notice", "key": "b", "payload": {"n": 3}}])
+
+        return record
+
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60)
+    loop_claims = 0
+    claim = worker._claim
+
+    async def counted(limit: int) -> list[OutboxMessage]:
+        nonlocal loop_claims
+        taken = await claim(limit)
+        loop_claims += bool(taken)
+        return taken
+
+    worker._claim = counted  # type: ignore[method-assign]
+    worker.start()
+    try:
+        await until("all three delivered", lambda: _done(db, 3))
+        await asyncio.sleep(0.1)  # a claim the deliveries' ends woke would have run by now
+    finally:
+        await worker.stop()
+    assert delivered[0] == 1 and sorted(delivered[1:]) == [2, 3], delivered
+    assert loop_claims == 1
+
+
 @pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_LEASE": "60", "DPOR_DM_APPROVERS_MAX": "0"}])
 async def test_an_applys_result_is_written_with_its_rows_outcome(
     harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
