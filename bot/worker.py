@@ -97,8 +97,8 @@ class OutboxWorker:
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows). Not for the
-        commits of a delivery itself: its end wakes the worker, so the rows it queued go in one claim (an
-        apply's "applying" card is covered by its "applied" one instead of holding it up)."""
+        commits of a delivery itself: its outcome's transaction claims the rows it queued, all in one
+        claim (an apply's "applying" card is covered by its "applied" one instead of holding it up)."""
         if CLAIM.get() is None:
             self._wake.set()
 
