@@ -40,8 +40,8 @@ class _Outcome:
 
 
 # Called in the outcomes' transaction with the rows whose outcomes it writes: claims what is due, and
-# returns what starts those deliveries once the transaction has committed.
-Claim = Callable[[AsyncSession, list[OutboxMessage]], Awaitable[Callable[[], None]]]
+# returns what to call once the transaction has ended (True: committed), which starts those deliveries.
+Claim = Callable[[AsyncSession, list[OutboxMessage]], Awaitable[Callable[[bool], None]]]
 
 
 class Outcomes:
@@ -60,6 +60,8 @@ class Outcomes:
         outcome = _Outcome(row, status, record, values, done, copy_context())
         self._waiting.append(outcome)
         if self._writer is None:
+            # In this delivery's context (bot.worker.CLAIM set): the writer's commits do not wake the
+            # worker's loop, its own claim (`Claim`) takes what they queued.
             self._writer = asyncio.create_task(self._run(), name="dpor-outbox-outcomes")
         return await asyncio.shield(done)
 
@@ -71,17 +73,20 @@ class Outcomes:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 sealing: list[int] = []
-                start: Callable[[], None] | None = None
+                claimed: Callable[[bool], None] | None = None
                 try:
                     async with self.db.write(serial=False, seal=False) as session:
                         results = [await self._write_one(session, outcome) for outcome in batch]
                         if self.claim is not None:
-                            start = await self.claim(session, [outcome.row for outcome in batch])
+                            claimed = await self.claim(session, [outcome.row for outcome in batch])
                     sealing = unsealed(session)
                 except Exception as exc:  # the transaction failed: none of the batch was written
-                    results, start = [exc] * len(batch), None
-                if start is not None:
-                    start()
+                    results = [exc] * len(batch)
+                    if claimed is not None:
+                        claimed(False)
+                else:
+                    if claimed is not None:
+                        claimed(True)
                 for outcome, result in zip(batch, results, strict=True):
                     if isinstance(result, Exception):
                         outcome.settled.set_exception(result)

@@ -53,7 +53,7 @@ def _dsn(db: Database) -> str:
 @asynccontextmanager
 async def listen(db: Database, callback: Callable[[], None]) -> AsyncIterator[None]:
     """While the block runs, call `callback` after each commit of this process that wrote outbox rows and,
-    on PostgreSQL, on each `dpor_outbox` notification from any process."""
+    on PostgreSQL, on each `dpor_outbox` notification from any other process."""
     undo = db.on_outbox(callback)
     try:
         if db.is_sqlite:

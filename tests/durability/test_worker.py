@@ -407,7 +407,7 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
             before = writes
             release.set()
             await until("nine done", lambda: _done(db, 9))
-            assert writes - before <= 4, writes - before  # outcomes, plus the claims their ends woke
+            assert writes - before <= 4, writes - before  # outcomes (each claims what they made due)
         finally:
             await worker.stop()
     async with db.read() as session:
@@ -465,6 +465,67 @@ async def test_what_an_outcome_makes_due_is_claimed_in_its_transaction(db: Datab
         await worker.stop()
     assert delivered[0] == 1 and sorted(delivered[1:]) == [2, 3], delivered
     assert loop_claims == 1
+
+
+async def test_what_a_burial_queues_goes_out_without_waiting_for_the_poll(db: Database) -> None:
+    """A dead row's burial commits after its outcome (and the claim made with it): the rows it queued (a
+    dead apply's Failed card) are claimed when the row's delivery ends, not at the next poll."""
+    async with db.write() as session:
+        await outbox_table.insert_rows(session, [{"kind": "notice", "key": "a", "payload": {"n": 1}}])
+    delivered: list[str] = []
+
+    async def refuse(row: OutboxMessage) -> None:
+        raise outbox_rows.Undeliverable("refused for good", permanent=True)
+
+    async def deliver(row: OutboxMessage) -> None:
+        delivered.append(row.payload["after"])
+
+    async def bury(row: OutboxMessage, error: str) -> None:
+        async with db.write() as session:
+            queued = {"kind": "after", "key": "b", "payload": {"after": error}}
+            await outbox_table.insert_rows(session, [queued])
+
+    deliverers = {"notice": refuse, "after": deliver}
+    worker = OutboxWorker(db, deliverers, buriers={"notice": bury}, poll_interval=60)
+    worker.start()
+    try:
+        await until("the burial's row delivered", lambda: _true(len(delivered) == 1), within=5)
+    finally:
+        await worker.stop()
+    assert delivered == ["refused for good"]  # the burial ran with the row's error
+
+
+async def test_claims_never_run_more_deliveries_than_the_concurrency(db: Database) -> None:
+    """The claim loop and the outcomes' claims share the free slots: at no moment do more deliveries run
+    than DPOR_OUTBOX_CONCURRENCY, while rows keep coming due as others end and as requests queue more
+    (each such commit wakes the loop while outcomes claim)."""
+
+    async def queue(first: int, count: int) -> None:
+        async with db.write() as session:
+            numbers = range(first, first + count)
+            rows_ = [{"kind": "notice", "key": f"k{n % 7}", "payload": {"n": n}} for n in numbers]
+            await outbox_table.insert_rows(session, rows_)
+
+    await queue(0, 10)
+    running = most = 0
+
+    async def deliver(row: OutboxMessage) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.005 * (row.payload["n"] % 3))
+        running -= 1
+
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60, concurrency=3)
+    worker.start()
+    try:
+        for n in range(10, 40):
+            await queue(n, 1)
+            await asyncio.sleep(0.002)
+        await until("all forty delivered", lambda: _done(db, 40))
+    finally:
+        await worker.stop()
+    assert 1 < most <= 3, most
 
 
 @pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_LEASE": "60", "DPOR_DM_APPROVERS_MAX": "0"}])
