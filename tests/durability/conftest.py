@@ -70,6 +70,19 @@ class BotProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     async def start(self) -> None:
+        """Start it and wait until healthy. A port another process took between `free_port()` and the bind
+        (tests run in parallel) is replaced by a new one, up to three times."""
+        for _ in range(3):
+            logged = len(self.log())
+            try:
+                return await self._start()
+            except AssertionError:
+                if "address already in use" not in self.log()[logged:]:
+                    raise
+                self.port = free_port()
+        await self._start()
+
+    async def _start(self) -> None:
         env = {**self.env, "PORT": str(self.port)}
         if self.crash_at:
             env[CRASH_AT_ENV] = self.crash_at
