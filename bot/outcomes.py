@@ -3,17 +3,12 @@ event loop share one transaction, each in a SAVEPOINT of its own, so one whose r
 alone. What a recorder asks for once its outcome is committed runs after the commit, in its delivery's
 context (the log's fields); on PostgreSQL the audit events the outcomes wrote (an apply's result) are
 sealed after that, and a seal that fails then is logged, not taken for a failed batch.
-
-The same transaction claims the rows that are due now (`Claim`): the rows the outcomes queued (an
-apply's Applied card) and those the settled rows held back (the next of their key) go out once it
-commits, without a claim transaction of their own after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from contextvars import Context, copy_context
 from dataclasses import dataclass
 from typing import Any
@@ -39,19 +34,13 @@ class _Outcome:
     after: AfterCommit | None = None  # what its recorder asks for once the outcome is committed
 
 
-# Called in the outcomes' transaction with the rows whose outcomes it writes: claims what is due, and
-# returns what to call once the transaction has ended (True: committed), which starts those deliveries.
-Claim = Callable[[AsyncSession, list[OutboxMessage]], Awaitable[Callable[[bool], None]]]
-
-
 class Outcomes:
     """`write()` records a row's outcome for `owner` (the worker holding it) with what its deliverer asks
     to record; it returns False when another process took the row over, and raises what failed."""
 
-    def __init__(self, db: Database, owner: str, claim: Claim | None = None) -> None:
+    def __init__(self, db: Database, owner: str) -> None:
         self.db = db
         self.owner = owner
-        self.claim = claim
         self._waiting: list[_Outcome] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -60,8 +49,6 @@ class Outcomes:
         outcome = _Outcome(row, status, record, values, done, copy_context())
         self._waiting.append(outcome)
         if self._writer is None:
-            # In this delivery's context (bot.worker.CLAIM set): the writer's commits do not wake the
-            # worker's loop, its own claim (`Claim`) takes what they queued.
             self._writer = asyncio.create_task(self._run(), name="dpor-outbox-outcomes")
         return await asyncio.shield(done)
 
@@ -73,20 +60,12 @@ class Outcomes:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 sealing: list[int] = []
-                claimed: Callable[[bool], None] | None = None
                 try:
                     async with self.db.write(serial=False, seal=False) as session:
                         results = [await self._write_one(session, outcome) for outcome in batch]
-                        if self.claim is not None:
-                            claimed = await self.claim(session, [outcome.row for outcome in batch])
                     sealing = unsealed(session)
                 except Exception as exc:  # the transaction failed: none of the batch was written
                     results = [exc] * len(batch)
-                    if claimed is not None:
-                        claimed(False)
-                else:
-                    if claimed is not None:
-                        claimed(True)
                 for outcome, result in zip(batch, results, strict=True):
                     if isinstance(result, Exception):
                         outcome.settled.set_exception(result)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import random
@@ -89,22 +88,12 @@ class OutboxWorker:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()
         self._claims = 0
-        # Written together (`_settle`), claiming in the same transaction what their rows' ends made due.
-        self._outcomes = Outcomes(db, self.name, self._claim_with)
-        # Rows whose outcome's transaction claimed for them: their end needs no claim of its own, unless
-        # a wake found no slot free meanwhile (`_slot_wanted`).
-        self._covered: set[int] = set()
-        self._slot_wanted = False
-        # Slots promised to a claim under way (the loop's, or an outcomes' transaction's) until its rows
-        # start, so two claims never fill the same free slots; rows claimed while stopping, not started.
-        self._reserved = 0
-        self._unstarted: list[int] = []
-        self._context = contextvars.copy_context()  # the worker task's: where every delivery starts
+        self._outcomes = Outcomes(db, self.name)  # written together (`_settle`)
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows). Not for the
-        commits of a delivery itself: its outcome's transaction claims the rows it queued, all in one
-        claim (an apply's "applying" card is covered by its "applied" one instead of holding it up)."""
+        commits of a delivery itself: its end wakes the worker, so the rows it queued go in one claim (an
+        apply's "applying" card is covered by its "applied" one instead of holding it up)."""
         if CLAIM.get() is None:
             self._wake.set()
 
@@ -132,14 +121,13 @@ class OutboxWorker:
                 await task
 
     async def run(self) -> None:
-        self._context = contextvars.copy_context()
         heartbeat = asyncio.create_task(self._heartbeat(), name="dpor-outbox-lease")
         try:
             # A commit that wrote rows wakes this worker: in this process at once, in any other one on
             # PostgreSQL (LISTEN dpor_outbox).
             async with notify.listen(self.db, self.wake):
                 await self._claim_loop()
-            while self._inflight:  # rows an outcome claimed as the loop stopped are waited for too
+            if self._inflight:
                 await asyncio.wait(list(self._inflight.values()))
         finally:
             heartbeat.cancel()
@@ -160,16 +148,15 @@ class OutboxWorker:
                 except Exception:
                     log.exception("outbox sweep (expiry, reminders) failed; trying again at the next one")
             try:
-                free = self.concurrency - len(self._inflight) - self._reserved
-                self._slot_wanted = free <= 0  # the next delivery to end wakes the loop again
+                free = self.concurrency - len(self._inflight)
                 if free > 0:
-                    self._reserved += free
-                    try:
-                        rows = await self._claim(free)
-                    finally:
-                        self._reserved -= free
-                    self._start(rows)
-                    claimed = len(rows)
+                    rows = await self._claim(free)
+                    self._claims += 1
+                    for row in rows:
+                        self._inflight[row.id] = asyncio.create_task(
+                            self._handle(row, self._claims), name=f"dpor-outbox-{row.id}"
+                        )
+                        claimed += 1
             except Exception:
                 log.exception("outbox worker cycle failed; trying again shortly")
             # Claim again at once only after a claim that filled every free slot. One that found fewer
@@ -186,17 +173,14 @@ class OutboxWorker:
 
     async def _claim(self, limit: int) -> list[OutboxMessage]:
         async with self.db.write(serial=False) as session:
-            return await self._claim_in(session, limit)
-
-    async def _claim_in(self, session: AsyncSession, limit: int) -> list[OutboxMessage]:
-        rows = await table.claim(
-            session,
-            self.name,
-            self.lease,
-            limit,
-            skip_locked=not self.db.is_sqlite,
-            held=list(self._inflight),  # a row whose lease lapsed in our hands is not taken twice
-        )
+            rows = await table.claim(
+                session,
+                self.name,
+                self.lease,
+                limit,
+                skip_locked=not self.db.is_sqlite,
+                held=list(self._inflight),  # a row whose lease lapsed in our hands is not taken twice
+            )
         for row in rows:
             if row.claimed_until is not None:
                 log.warning(
@@ -208,51 +192,6 @@ class OutboxWorker:
                 )
             row.attempts += 1
         return rows
-
-    def _start(self, rows: list[OutboxMessage]) -> None:
-        """Deliver the rows of one claim, each in a task of its own (in the worker task's context); rows
-        claimed as the worker stops are released by `_abandon` instead."""
-        if not rows:
-            return
-        if self._stopping:
-            self._unstarted.extend(row.id for row in rows)
-            return
-        self._claims += 1
-        for row in rows:
-            self._inflight[row.id] = asyncio.create_task(
-                self._handle(row, self._claims), name=f"dpor-outbox-{row.id}", context=self._context.copy()
-            )
-
-    async def _claim_with(
-        self, session: AsyncSession, ending: list[OutboxMessage]
-    ) -> Callable[[bool], None]:
-        """In the transaction writing the outcomes of `ending`: claim what is due now, as the claim loop
-        would once those rows ended (their slots count as free). Returns what to call once the transaction
-        has ended (True: committed): it starts the deliveries, and those rows' ends then wake nobody. A
-        claim that fails, or a transaction that does, leaves the claim to the loop."""
-        free = self.concurrency - len(self._inflight) - self._reserved + len(ending)
-        if self._stopping or free <= 0:
-            return lambda committed: None if committed else self._wake.set()
-        self._reserved += free
-        try:
-            async with session.begin_nested():
-                rows = await self._claim_in(session, free)
-        except Exception:
-            log.warning("claiming with the outcomes failed; the claim loop claims instead", exc_info=True)
-            self._reserved -= free
-            return lambda committed: self._wake.set()
-        self._reserved -= free - len(rows)  # kept for the rows taken until they start
-        ids = [row.id for row in ending]
-
-        def ended(committed: bool) -> None:
-            self._reserved -= len(rows)
-            if not committed:
-                self._wake.set()
-                return
-            self._covered.update(ids)
-            self._start(rows)
-
-        return ended
 
     async def _heartbeat(self) -> None:
         """Renew the lease of the rows in hand, so no other process takes them while they are delivered."""
@@ -286,12 +225,7 @@ class OutboxWorker:
         finally:
             if not cancelled:
                 self._inflight.pop(row.id, None)
-            covered = row.id in self._covered
-            self._covered.discard(row.id)
-            if not covered or self._slot_wanted:
-                # A delivery that ended may let the next row of its key go, or free a slot a wake wanted;
-                # one whose outcome's transaction claimed (and committed nothing after) needs no claim.
-                self._wake.set()
+            self._wake.set()
 
     async def _deliver_and_record(self, row: OutboxMessage) -> None:
         if row.attempts > self.max_attempts:
@@ -360,9 +294,6 @@ class OutboxWorker:
             bury = self.buriers.get(row.kind)
             if bury is not None:
                 await bury(row, error)
-                # What the burial queued (a dead apply's Failed card) came after its outcome's claim:
-                # the row's end wakes the loop for it.
-                self._covered.discard(row.id)
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         until = utcnow() + timedelta(seconds=delay)
@@ -392,10 +323,8 @@ class OutboxWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         while self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
-        ids = sorted([*self._inflight, *self._unstarted])
+        ids = sorted(self._inflight)
         self._inflight.clear()
-        self._unstarted.clear()
-        self._covered.clear()
         if not ids:
             return
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -30,7 +29,6 @@ _AUDIT_KEY = "dpor_audit_key"
 # Where a write session notes that it wrote outbox rows (storage.notify.notify_outbox): once it has
 # committed, the process's worker is woken (`Database.on_outbox`), whatever code wrote them.
 OUTBOX_WRITTEN = "dpor_outbox_written"
-SENDER = "dpor_sender"  # a write session's Database's `sender` (storage.notify names it in its NOTIFY)
 
 
 # Connections a process keeps open (DPOR_DB_POOL_SIZE), and how many more it may open for a burst.
@@ -134,8 +132,6 @@ class Database:
         )
         # Partners, roles and watches in memory, checked against the version row on each use.
         self.model = readmodel.ReadModel()
-        # Names this engine's commits in PostgreSQL's NOTIFY: its own listener leaves them to `on_outbox`.
-        self.sender = secrets.token_hex(8)
         self.groups: GroupCommit | None = None
         self._seal_lock: asyncio.Lock | None = None
         self._seal_wanted = self._seal_done = 0
@@ -148,7 +144,6 @@ class Database:
 
     def _carry_key(self, session: AsyncSession) -> None:
         session.info[_AUDIT_KEY] = self.audit_key
-        session.info[SENDER] = self.sender
         readmodel.attach(session, self.model)
 
     @asynccontextmanager

@@ -5,10 +5,8 @@ PostgreSQL's LISTEN/NOTIFY on `dpor_outbox`.
 wakes this process's worker once the session has committed, `Database.on_outbox`) and, on PostgreSQL,
 NOTIFYs, which PostgreSQL delivers only when (and if) the transaction commits. `listen(db, callback)`
 calls `callback` after this process's commits and, on PostgreSQL, holds one connection of its own that
-LISTENs and calls `callback` on each notification from another process (each names its sender: this
-process's own commits have woken it already, or are left to the delivery under way, bot.worker); when
-that connection drops it reconnects with backoff and calls `callback` once more (notifications sent
-while it was away are lost, the rows are not).
+LISTENs and calls `callback` on each notification; when that connection drops it reconnects with backoff
+and calls `callback` once more (notifications sent while it was away are lost, the rows are not).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.db import OUTBOX_WRITTEN, SENDER, Database
+from storage.db import OUTBOX_WRITTEN, Database
 from storage.models import is_postgresql
 
 CHANNEL = "dpor_outbox"
@@ -38,11 +36,7 @@ async def notify_outbox(session: AsyncSession) -> None:
     rows are due."""
     session.info[OUTBOX_WRITTEN] = True
     if is_postgresql(session):
-        sender = session.info.get(SENDER, "")
-        await session.execute(_NOTIFY, {"channel": CHANNEL, "sender": sender})
-
-
-_NOTIFY = text("SELECT pg_notify(:channel, :sender)")
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def _dsn(db: Database) -> str:
@@ -53,15 +47,13 @@ def _dsn(db: Database) -> str:
 @asynccontextmanager
 async def listen(db: Database, callback: Callable[[], None]) -> AsyncIterator[None]:
     """While the block runs, call `callback` after each commit of this process that wrote outbox rows and,
-    on PostgreSQL, on each `dpor_outbox` notification from any other process."""
+    on PostgreSQL, on each `dpor_outbox` notification from any process."""
     undo = db.on_outbox(callback)
     try:
         if db.is_sqlite:
             yield
             return
-        task = asyncio.create_task(
-            _listen_forever(_dsn(db), callback, db.sender), name="dpor-outbox-listen"
-        )
+        task = asyncio.create_task(_listen_forever(_dsn(db), callback), name="dpor-outbox-listen")
         try:
             yield
         finally:
@@ -72,11 +64,11 @@ async def listen(db: Database, callback: Callable[[], None]) -> AsyncIterator[No
         undo()
 
 
-async def _listen_forever(dsn: str, callback: Callable[[], None], sender: str) -> None:
+async def _listen_forever(dsn: str, callback: Callable[[], None]) -> None:
     delay = BACKOFF_FIRST
     while True:
         try:
-            await _listen_once(dsn, callback, sender)
+            await _listen_once(dsn, callback)
             delay = BACKOFF_FIRST  # it was connected: start the backoff over
             log.warning("the connection listening for new outbox rows closed; reconnecting in %.1fs", delay)
         except asyncio.CancelledError:
@@ -91,20 +83,15 @@ async def _listen_forever(dsn: str, callback: Callable[[], None], sender: str) -
         delay = min(BACKOFF_CAP, delay * 2)
 
 
-async def _listen_once(dsn: str, callback: Callable[[], None], sender: str) -> None:
-    """LISTEN on one connection until it closes; notifications that `sender` sent are not for it."""
+async def _listen_once(dsn: str, callback: Callable[[], None]) -> None:
+    """LISTEN on one connection until it closes."""
     import asyncpg
 
     conn: Any = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
     try:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
-
-        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            if payload != sender:
-                callback()
-
-        await conn.add_listener(CHANNEL, heard)
+        await conn.add_listener(CHANNEL, lambda *_args: callback())
         callback()  # rows committed while this process was not listening
         await lost.wait()
     finally:

@@ -1,6 +1,6 @@
 """What a commit promises: on SQLite it is on the disk (synchronous=FULL) before anyone hears of it; on
-PostgreSQL a commit that wrote outbox rows wakes every listening worker (NOTIFY dpor_outbox), its own
-process's once, a rollback wakes none, and a listener whose connection is cut reconnects."""
+PostgreSQL a commit that wrote outbox rows wakes every listening worker (NOTIFY dpor_outbox), a rollback
+wakes none, and a listener whose connection is cut reconnects."""
 
 from __future__ import annotations
 
@@ -87,27 +87,6 @@ async def test_a_commit_with_outbox_rows_wakes_listeners_and_a_rollback_does_not
     finally:
         await writer.dispose()
         await listener.dispose()
-
-
-async def test_a_process_hears_its_own_commits_once_and_the_others_by_notify(database_url: str) -> None:
-    """A commit that wrote outbox rows wakes its own process once, directly (`Database.on_outbox`), not a
-    second time through its own NOTIFY; another process hears it through the NOTIFY."""
-    writer, other = Database(database_url), Database(database_url)
-    if writer.is_sqlite:
-        pytest.skip("PostgreSQL only")
-    own, theirs = Wakes(), Wakes()
-    try:
-        async with notify.listen(writer, own), notify.listen(other, theirs):
-            assert await own.next() and await theirs.next()  # once on connecting
-            own.count = theirs.count = 0
-            async with writer.write(serial=False) as session:
-                await table.insert_rows(session, [ROW])
-            assert await theirs.next(1.0)
-            await asyncio.sleep(0.3)  # its own notification would have arrived by now
-            assert (own.count, theirs.count) == (1, 1)
-    finally:
-        await writer.dispose()
-        await other.dispose()
 
 
 async def test_a_listener_whose_connection_is_cut_reconnects(database_url: str) -> None:

@@ -407,7 +407,7 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
             before = writes
             release.set()
             await until("nine done", lambda: _done(db, 9))
-            assert writes - before <= 4, writes - before  # outcomes (each claims what they made due)
+            assert writes - before <= 4, writes - before  # outcomes, plus the claims their ends woke
         finally:
             await worker.stop()
     async with db.read() as session:
@@ -419,113 +419,6 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
     assert "could not be recorded: RuntimeError: recorder broke" in (failed[0].last_error or "")
     assert any("could not be recorded" in r.getMessage() for r in caplog.records)
     assert sorted(committed) == [n for n in range(10) if n != 3]  # never for the one rolled back
-
-
-async def test_what_an_outcome_makes_due_is_claimed_in_its_transaction(db: Database) -> None:
-    """The transaction that records an outcome claims what became due with it: the rows its recorder
-    queued, and the next row of the settled row's key. They go out in their key's order with no claim
-    transaction of their own: only the claim loop's first claim takes a row (on PostgreSQL the listener
-    wakes the loop once more when it connects; that claim finds nothing)."""
-    async with db.write() as session:
-        await outbox_table.insert_rows(
-            session,
-            [
-                {"kind": "notice", "key": "a", "payload": {"n": 1}},
-                {"kind": "notice", "key": "a", "payload": {"n": 2}},  # waits for n=1: the same key
-            ],
-        )
-    delivered: list[int] = []
-
-    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[None]] | None:
-        delivered.append(row.payload["n"])
-        if row.payload["n"] != 1:
-            return None
-
-        async def record(session: AsyncSession) -> None:  # queued with the outcome, as an apply's card
-            await outbox_table.insert_rows(session, [{"kind": "notice", "key": "b", "payload": {"n": 3}}])
-
-        return record
-
-    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60)
-    loop_claims = 0
-    claim = worker._claim
-
-    async def counted(limit: int) -> list[OutboxMessage]:
-        nonlocal loop_claims
-        taken = await claim(limit)
-        loop_claims += bool(taken)
-        return taken
-
-    worker._claim = counted  # type: ignore[method-assign]
-    worker.start()
-    try:
-        await until("all three delivered", lambda: _done(db, 3))
-        await asyncio.sleep(0.1)  # a claim the deliveries' ends woke would have run by now
-    finally:
-        await worker.stop()
-    assert delivered[0] == 1 and sorted(delivered[1:]) == [2, 3], delivered
-    assert loop_claims == 1
-
-
-async def test_what_a_burial_queues_goes_out_without_waiting_for_the_poll(db: Database) -> None:
-    """A dead row's burial commits after its outcome (and the claim made with it): the rows it queued (a
-    dead apply's Failed card) are claimed when the row's delivery ends, not at the next poll."""
-    async with db.write() as session:
-        await outbox_table.insert_rows(session, [{"kind": "notice", "key": "a", "payload": {"n": 1}}])
-    delivered: list[str] = []
-
-    async def refuse(row: OutboxMessage) -> None:
-        raise outbox_rows.Undeliverable("refused for good", permanent=True)
-
-    async def deliver(row: OutboxMessage) -> None:
-        delivered.append(row.payload["after"])
-
-    async def bury(row: OutboxMessage, error: str) -> None:
-        async with db.write() as session:
-            queued = {"kind": "after", "key": "b", "payload": {"after": error}}
-            await outbox_table.insert_rows(session, [queued])
-
-    deliverers = {"notice": refuse, "after": deliver}
-    worker = OutboxWorker(db, deliverers, buriers={"notice": bury}, poll_interval=60)
-    worker.start()
-    try:
-        await until("the burial's row delivered", lambda: _true(len(delivered) == 1), within=5)
-    finally:
-        await worker.stop()
-    assert delivered == ["refused for good"]  # the burial ran with the row's error
-
-
-async def test_claims_never_run_more_deliveries_than_the_concurrency(db: Database) -> None:
-    """The claim loop and the outcomes' claims share the free slots: at no moment do more deliveries run
-    than DPOR_OUTBOX_CONCURRENCY, while rows keep coming due as others end and as requests queue more
-    (each such commit wakes the loop while outcomes claim)."""
-
-    async def queue(first: int, count: int) -> None:
-        async with db.write() as session:
-            numbers = range(first, first + count)
-            rows_ = [{"kind": "notice", "key": f"k{n % 7}", "payload": {"n": n}} for n in numbers]
-            await outbox_table.insert_rows(session, rows_)
-
-    await queue(0, 10)
-    running = most = 0
-
-    async def deliver(row: OutboxMessage) -> None:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        await asyncio.sleep(0.005 * (row.payload["n"] % 3))
-        running -= 1
-
-    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60, concurrency=3)
-    worker.start()
-    try:
-        for n in range(10, 40):
-            await queue(n, 1)
-            await asyncio.sleep(0.002)
-        await until("all forty delivered", lambda: _done(db, 40))
-    finally:
-        await worker.stop()
-    assert 1 < most <= 3, most
 
 
 @pytest.mark.parametrize("bot_env", [{"DPOR_OUTBOX_LEASE": "60", "DPOR_DM_APPROVERS_MAX": "0"}])
