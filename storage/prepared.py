@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 def one_of(column: Any, values: tuple[Any, ...]) -> ColumnElement[bool]:
     """`column IN (...)` over a fixed set of values, for a statement built once: one bound parameter per
     value. `column.in_(values)` is an "expanding" parameter whose SQL SQLAlchemy rewrites at every
-    execution (a sixth of `show`'s time under load went there)."""
+    execution (about 3% of `show`'s CPU under load went there, 30 us of its overview's read)."""
     return column.in_([literal(value, column.type) for value in values])
 
 
