@@ -168,3 +168,8 @@ async def test_a_persons_dm_channel_is_opened_once_and_again_only_when_slack_ref
     with pytest.raises(Undeliverable) as refused:  # refused in the channel opened anew too: for good
         await deliverer.dm(row)
     assert refused.value.permanent and len(dms(h, OWNER2)) == 4
+    opened = len(opened_for(h))
+    h.slack.fail("chat.postMessage", status=429)  # for now only: the channel is kept, the row retried
+    with pytest.raises(Undeliverable) as limited:
+        await deliverer.dm(row)
+    assert limited.value.rate_limited and len(opened_for(h)) == opened
