@@ -62,6 +62,8 @@ Deliver = Callable[[OutboxMessage], Awaitable[Recorder | None]]
 SHARED_CLAIMS = 8
 # How many people's DM channels a deliverer remembers (`SlackDeliverer._in_dm`): the oldest go first.
 DM_CHANNELS = 10_000
+# How many cards' permalinks a deliverer remembers (`SlackDeliverer._permalink`): the oldest go first.
+PERMALINKS = 1_000
 
 
 class SlackDeliverer:
@@ -80,6 +82,9 @@ class SlackDeliverer:
         # The bot's DM channel with each person it wrote to: Slack's conversations.open answers the same
         # ID every time, so it is asked once per person, not before every DM.
         self._dms: dict[str, str] = {}
+        # Each card's permalink, by (channel, ts): a message's link never changes, so the DMs asking a
+        # request's owners share one chat.getPermalink.
+        self._links: dict[tuple[str, str], str] = {}
 
     def deliverers(self) -> dict[str, Deliver]:
         return {
@@ -190,16 +195,26 @@ class SlackDeliverer:
             return  # decided, approved by them, or no longer theirs to approve since the DM was queued
         link = None
         if req.card_channel and req.card_ts:
-            found = await self._call(
-                None, self.client.chat_getPermalink, channel=req.card_channel, message_ts=req.card_ts
-            )
-            link = found.get("permalink")
+            link = await self._permalink(req.card_channel, req.card_ts)
         text, blocks = event_text(view, "asked"), to_dicts(ask_blocks(view, link))
 
         async def post(channel: str) -> None:
             await self._call(channel, self.client.chat_postMessage, channel=channel, text=text, blocks=blocks)
 
         await self._in_dm(row.payload["user_id"], post)
+
+    async def _permalink(self, channel: str, ts: str) -> str | None:
+        """The card's permalink: asked of Slack once per card per process, then remembered."""
+        remembered = self._links.get((channel, ts))
+        if remembered is not None:
+            return remembered
+        found = await self._call(None, self.client.chat_getPermalink, channel=channel, message_ts=ts)
+        link = found.get("permalink")
+        if link:
+            if len(self._links) >= PERMALINKS:
+                del self._links[next(iter(self._links))]
+            self._links[(channel, ts)] = link
+        return link
 
     async def thread(self, row: OutboxMessage) -> None:
         """One step of a request as a reply in its card's thread (none if the card was never posted)."""

@@ -49,10 +49,19 @@ async def test_each_owner_but_the_requester_gets_a_dm_with_the_cards_link(harnes
         assert link in dm, dm
     for nobody in (ADMIN, BYSTANDER, DEV_OWNER):
         assert dms(h, nobody) == []
-    # The link was asked for once the card was posted, never before.
+    # The link was asked for once the card was posted, never before, and once for both DMs.
     calls = [c.method for c in h.slack.calls if c.ok]
     assert calls.index("chat.postMessage") < calls.index("chat.getPermalink")
-    assert len(h.slack.calls_to("chat.getPermalink")) == 2
+    assert [c.params["message_ts"] for c in h.slack.calls_to("chat.getPermalink")] == [card.ts]
+
+    # Another request's card has a link of its own.
+    status, body = await h.command(f"set dev {NEW_PARTNER} Contoso for dev too", DEV_OWNER)
+    assert status == 200 and "Request #2" in body["text"], body
+    second = await h.card(2)
+    await h.settle()
+    asked = [c.params["message_ts"] for c in h.slack.calls_to("chat.getPermalink")]
+    assert asked == [card.ts, second.ts], asked
+    assert f"/archives/{APPROVALS}/p{second.ts.replace('.', '')}" in dms(h, OWNER2)[-1]
 
 
 async def test_an_owner_who_requests_is_not_asked_to_approve(harness: Harness) -> None:
