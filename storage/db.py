@@ -148,9 +148,20 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._reader() as session:
+        if not self.is_sqlite:
+            async with self._reader() as session:
+                readmodel.attach(session, self.model, once=True)
+                yield session
+            return
+        # SQLAlchemy's `async with` closes a session in a task of its own (a close must not be abandoned
+        # halfway); on SQLite's in-loop driver a close never suspends (no reset on return, the driver's
+        # calls are direct), so nothing can abandon it: closed in this task, about 70 us less a read.
+        session = self._reader()
+        try:
             readmodel.attach(session, self.model, once=True)
             yield session
+        finally:
+            await session.close()
 
     @asynccontextmanager
     async def write(self, *, serial: bool = True, seal: bool = True) -> AsyncIterator[AsyncSession]:

@@ -60,3 +60,40 @@ def test_a_pool_size_out_of_range_is_refused_with_its_range() -> None:
     with pytest.raises(ValidationError) as raised:
         Settings(DPOR_DB_POOL_SIZE="0")
     assert "DPOR_DB_POOL_SIZE" in str(raised.value) and "greater than or equal to 1" in str(raised.value)
+
+
+async def test_a_read_gives_its_connection_back_however_it_ends(db: Database) -> None:
+    """Ended normally, by an exception or by its task's cancellation, a read's session is closed and its
+    connection back in the pool; on SQLite in the reading task itself, with no task of its own."""
+    made: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def factory(loop_: asyncio.AbstractEventLoop, coro, **kwargs) -> asyncio.Task:  # type: ignore[no-untyped-def]
+        made.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=loop_, **kwargs)
+
+    async def read(then: str, entered: asyncio.Event) -> None:
+        async with db.read() as session:
+            assert await session.scalar(select(Subscription.id).limit(1)) is None
+            entered.set()
+            if then == "raise":
+                raise LookupError("the caller's own error")
+            if then == "wait":
+                await asyncio.Event().wait()
+
+    loop.set_task_factory(factory)
+    try:
+        await read("return", asyncio.Event())
+        with pytest.raises(LookupError):
+            await read("raise", asyncio.Event())
+        entered = asyncio.Event()
+        task = asyncio.ensure_future(read("wait", entered))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        loop.set_task_factory(None)
+    assert db.engine.sync_engine.pool.checkedout() == 0
+    if db.is_sqlite:
+        assert [name for name in made if not name.endswith("<locals>.read")] == [], made
