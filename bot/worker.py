@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.logs import bound
 from bot.outbox import Recorder, Undeliverable
-from bot.outcomes import Outcomes
+from bot.outcomes import Outcomes, Written
 from storage import notify
 from storage import outbox as table
 from storage.db import Database
@@ -221,7 +221,7 @@ class OutboxWorker:
         notify.DELIVERING.set(True)  # the rows its commits write wait for its end (storage.notify)
         try:
             with bound(request_id=(row.payload or {}).get("request_id")):  # the log's field, where known
-                quiet = await self._deliver_and_record(row)
+                quiet = await self._deliver_and_record(row, wakes)
         except asyncio.CancelledError:
             cancelled = True  # shutting down: _abandon releases the row once outcomes under way are written
             raise
@@ -241,8 +241,9 @@ class OutboxWorker:
             if not (quiet and wakes == self._wakes and not self._full):
                 self._wake.set()
 
-    async def _deliver_and_record(self, row: OutboxMessage) -> bool:
-        """Deliver the row and record its outcome; True when it is done and no row of its key waits."""
+    async def _deliver_and_record(self, row: OutboxMessage, wakes: int) -> bool:
+        """Deliver the row and record its outcome; True when it is done and no row of its key waits
+        (asked only while nothing else calls for a claim: `wakes` as at the row's claim)."""
         if row.attempts > self.max_attempts:
             error = f"{row.attempts - 1} attempts, the last ended without an outcome (its process stopped)"
             await self._record(self._failed(row, Undeliverable(error, permanent=True)))
@@ -259,8 +260,11 @@ class OutboxWorker:
             await self._record(self._failed(row, Undeliverable(f"{type(exc).__name__}: {exc}")))
         else:
             try:
-                settled = await self._record(self._settle(row, table.DONE, record, delivered_at=utcnow()))
-                return settled.settled and not settled.followed
+                probe = wakes == self._wakes and not self._full
+                written = await self._record(
+                    self._settle(row, table.DONE, record, probe=probe, delivered_at=utcnow())
+                )
+                return written.settled and not written.followed
             except Exception as exc:
                 if record is None:
                     raise  # the outcome alone could not be written: the lease brings the row back
@@ -280,19 +284,19 @@ class OutboxWorker:
         return await asyncio.shield(task)
 
     async def _settle(
-        self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any
-    ) -> table.Settled:
+        self, row: OutboxMessage, status: str, record: Recorder | None, *, probe: bool = False, **values: Any
+    ) -> Written:
         """Record a row's outcome (and what its deliverer asks to record with it), with the outcomes that
         end together (bot.outcomes): one whose recorder fails rolls back alone and raises here."""
-        settled = await self._outcomes.write(row, status, record, **values)
-        if not settled.settled:
+        written = await self._outcomes.write(row, status, record, probe=probe, **values)
+        if not written.settled:
             log.warning(
                 "outbox row %s (%s) was taken over by another process while this one held it "
                 "(its lease lapsed); it may have been delivered twice",
                 row.id,
                 row.kind,
             )
-        return settled
+        return written
 
     async def _failed(self, row: OutboxMessage, exc: Undeliverable) -> None:
         attempts = row.attempts - 1 if exc.rate_limited else row.attempts

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Integer, Select, and_, bindparam, exists, func, insert, or_, select, union, update
+from sqlalchemy import Integer, Select, and_, bindparam, func, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import prepared
@@ -135,39 +135,29 @@ async def release(session: AsyncSession, ids: Sequence[int], owner: str) -> None
     await notify_outbox(session)  # another process delivers them now, not at its next poll
 
 
-class Settled(NamedTuple):
-    """A row's outcome, as `settle` wrote it."""
-
-    settled: bool  # False: another process took the row over (its lease had lapsed)
-    # Rows of its key wait that no worker holds (a row in a worker's hands wakes that worker when it
-    # ends): what this row may have held up. True too where it was not asked (no key, SQLite < 3.35).
-    followed: bool
-
-
-async def settle(
-    session: AsyncSession, row_id: int, owner: str, status: str, *, key: str | None = None, **values: Any
-) -> Settled:
-    """Record a row's outcome; with its `key`, say too whether rows of that key wait (in the same
-    statement, where the database answers UPDATE ... RETURNING)."""
+async def settle(session: AsyncSession, row_id: int, owner: str, status: str, **values: Any) -> bool:
+    """Record a row's outcome; False when another process took it over (its lease had lapsed)."""
     where = {"id": row_id, "claimed_by": owner}
     changed = {"status": status, "claimed_by": None, "claimed_until": None, **values}
-    if key is None or not prepared.can_return(session):
-        return Settled(await prepared.update_where(session, _OUTBOX, where, changed) == 1, True)
-    row = await prepared.update_returning(session, _OUTBOX, where, changed, _FOLLOWED, {"p_key": key})
-    return Settled(False, True) if row is None else Settled(True, bool(row[0]))
+    return await prepared.update_where(session, _OUTBOX, where, changed) == 1
 
 
-_BEHIND = _OUTBOX.alias("behind")
-# Bound rather than correlated: SQLite's compiler writes RETURNING's columns unqualified.
-_FOLLOWED = (
-    exists()
+async def waiting_keys(session: AsyncSession, keys: Collection[str]) -> set[str]:
+    """Those of `keys` with a row waiting (due or not) that no worker holds: what a row's delivery may
+    have held up (a row in a worker's hands wakes that worker when it ends)."""
+    if not keys:
+        return set()
+    return set((await session.scalars(_WAITING_KEYS, {"keys": list(keys)})).all())
+
+
+_WAITING_KEYS = (
+    select(_OUTBOX.c.key)
     .where(
-        _BEHIND.c.key == bindparam("p_key"),
-        _BEHIND.c.status == PENDING,
-        _BEHIND.c.claimed_by.is_(None),
-        _BEHIND.c.id != bindparam("w_id"),
+        _OUTBOX.c.status == PENDING,
+        _OUTBOX.c.key.in_(bindparam("keys", expanding=True)),
+        _OUTBOX.c.claimed_by.is_(None),
     )
-    .label("followed"),
+    .distinct()
 )
 
 
