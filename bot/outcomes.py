@@ -11,7 +11,7 @@ import asyncio
 import logging
 from contextvars import Context, copy_context
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,31 +23,20 @@ from storage.models import OutboxMessage
 log = logging.getLogger("dpor.worker")
 
 
-class Written(NamedTuple):
-    """A row's outcome, committed."""
-
-    settled: bool  # False: another process took the row over (its lease had lapsed)
-    # Rows of its key still wait, or it is not known (a retry, a row taken over): its end may have let
-    # one become due. False only for a row done or dead whose transaction found its key's queue empty.
-    followed: bool
-
-
 @dataclass
 class _Outcome:
     row: OutboxMessage
     status: str
     record: Recorder | None
     values: dict[str, Any]
-    settled: asyncio.Future[Written]
-    probe: bool  # look whether rows of its key wait (the worker would not claim again otherwise)
+    settled: asyncio.Future[bool]  # False: another process took the row over
     context: Context  # its delivery's (the log's fields): where `after` runs
     after: AfterCommit | None = None  # what its recorder asks for once the outcome is committed
 
 
 class Outcomes:
     """`write()` records a row's outcome for `owner` (the worker holding it) with what its deliverer asks
-    to record; it returns whether the row was still this worker's and whether rows of its key still wait,
-    and raises what failed."""
+    to record; it returns False when another process took the row over, and raises what failed."""
 
     def __init__(self, db: Database, owner: str) -> None:
         self.db = db
@@ -55,13 +44,9 @@ class Outcomes:
         self._waiting: list[_Outcome] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def write(
-        self, row: OutboxMessage, status: str, record: Recorder | None, *, probe: bool = True, **values: Any
-    ) -> Written:
-        """`probe`: look whether rows of the row's key wait (False: the caller claims again anyway, and
-        the answer says they may)."""
-        done: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
-        outcome = _Outcome(row, status, record, values, done, probe, copy_context())
+    async def write(self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        outcome = _Outcome(row, status, record, values, done, copy_context())
         self._waiting.append(outcome)
         if self._writer is None:
             self._writer = asyncio.create_task(self._run(), name="dpor-outbox-outcomes")
@@ -75,19 +60,9 @@ class Outcomes:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 sealing: list[int] = []
-                ended: set[str] = set()
-                waiting: set[str] = set()
                 try:
                     async with self.db.write(serial=False, seal=False) as session:
                         results = [await self._write_one(session, outcome) for outcome in batch]
-                        # The keys whose rows ended here (done or dead) that still have rows waiting: one
-                        # read, so the worker claims again only after an end that may have freed a row.
-                        ended = {
-                            o.row.key
-                            for o, result in zip(batch, results, strict=True)
-                            if o.probe and result is True and o.status != table.PENDING
-                        }
-                        waiting = await table.waiting_keys(session, ended)
                     sealing = unsealed(session)
                 except Exception as exc:  # the transaction failed: none of the batch was written
                     results = [exc] * len(batch)
@@ -100,8 +75,7 @@ class Outcomes:
                             outcome.context.run(outcome.after)
                         except Exception:
                             log.exception("outbox row %s: after its outcome was recorded", outcome.row.id)
-                    key = outcome.row.key
-                    outcome.settled.set_result(Written(result, key in waiting or key not in ended))
+                    outcome.settled.set_result(result)
                 batch = []
                 if sealing:
                     await self._seal(sealing)

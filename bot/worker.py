@@ -22,20 +22,19 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.logs import bound
 from bot.outbox import Recorder, Undeliverable
-from bot.outcomes import Outcomes, Written
+from bot.outcomes import Outcomes
 from storage import notify
 from storage import outbox as table
 from storage.db import Database
 from storage.models import OutboxMessage, utcnow
 
 log = logging.getLogger("dpor.worker")
-T = TypeVar("T")
 
 # The claim a delivery came from: a number per claim, rising, in this process. Rows claimed together were
 # all committed before their claim, so whatever a deliverer reads after it is at least as new as every one
@@ -90,17 +89,11 @@ class OutboxWorker:
         self._recording: set[asyncio.Task[None]] = set()
         self._claims = 0
         self._outcomes = Outcomes(db, self.name)  # written together (`_settle`)
-        # Wakes so far (commits that wrote rows, notifications, deliveries' own commits), and whether the
-        # last claim took as many rows as it had slots: with both, a delivery's end tells whether a claim
-        # could find anything new (`_handle`).
-        self._wakes = 0
-        self._full = False
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows). Not for the
         commits of a delivery itself: its end wakes the worker, so the rows it queued go in one claim (an
         apply's "applying" card is covered by its "applied" one instead of holding it up)."""
-        self._wakes += 1
         if CLAIM.get() is None:
             self._wake.set()
 
@@ -157,13 +150,11 @@ class OutboxWorker:
             try:
                 free = self.concurrency - len(self._inflight)
                 if free > 0:
-                    wakes = self._wakes  # rows written after this may be held up by those claimed now
                     rows = await self._claim(free)
                     self._claims += 1
-                    self._full = len(rows) >= free
                     for row in rows:
                         self._inflight[row.id] = asyncio.create_task(
-                            self._handle(row, self._claims, wakes), name=f"dpor-outbox-{row.id}"
+                            self._handle(row, self._claims), name=f"dpor-outbox-{row.id}"
                         )
                         claimed += 1
             except Exception:
@@ -215,13 +206,12 @@ class OutboxWorker:
             except Exception:
                 log.warning("could not renew the lease of outbox rows %s", ids, exc_info=True)
 
-    async def _handle(self, row: OutboxMessage, claim: int, wakes: int) -> None:
-        cancelled = quiet = False
+    async def _handle(self, row: OutboxMessage, claim: int) -> None:
+        cancelled = False
         CLAIM.set(claim)  # this task's own context: its deliverer sees which claim the row came from
-        notify.DELIVERING.set(True)  # the rows its commits write wait for its end (storage.notify)
         try:
             with bound(request_id=(row.payload or {}).get("request_id")):  # the log's field, where known
-                quiet = await self._deliver_and_record(row, wakes)
+                await self._deliver_and_record(row)
         except asyncio.CancelledError:
             cancelled = True  # shutting down: _abandon releases the row once outcomes under way are written
             raise
@@ -235,19 +225,13 @@ class OutboxWorker:
         finally:
             if not cancelled:
                 self._inflight.pop(row.id, None)
-            # Claim again unless nothing can have become claimable: the row is done with no row of its key
-            # waiting, nothing was written since its claim (a row of its key held up behind it), and that
-            # claim left no row waiting for a free slot. An empty claim is a write transaction.
-            if not (quiet and wakes == self._wakes and not self._full):
-                self._wake.set()
+            self._wake.set()
 
-    async def _deliver_and_record(self, row: OutboxMessage, wakes: int) -> bool:
-        """Deliver the row and record its outcome; True when it is done and no row of its key waits
-        (asked only while nothing else calls for a claim: `wakes` as at the row's claim)."""
+    async def _deliver_and_record(self, row: OutboxMessage) -> None:
         if row.attempts > self.max_attempts:
             error = f"{row.attempts - 1} attempts, the last ended without an outcome (its process stopped)"
             await self._record(self._failed(row, Undeliverable(error, permanent=True)))
-            return False
+            return
         deliver = self.deliverers.get(row.kind)
         try:
             if deliver is None:
@@ -260,11 +244,7 @@ class OutboxWorker:
             await self._record(self._failed(row, Undeliverable(f"{type(exc).__name__}: {exc}")))
         else:
             try:
-                probe = wakes == self._wakes and not self._full
-                written = await self._record(
-                    self._settle(row, table.DONE, record, probe=probe, delivered_at=utcnow())
-                )
-                return written.settled and not written.followed
+                await self._record(self._settle(row, table.DONE, record, delivered_at=utcnow()))
             except Exception as exc:
                 if record is None:
                     raise  # the outcome alone could not be written: the lease brings the row back
@@ -273,30 +253,25 @@ class OutboxWorker:
                 log.exception("outbox row %s (%s): its outcome could not be recorded", row.id, row.kind)
                 failure = Undeliverable(f"its outcome could not be recorded: {type(exc).__name__}: {exc}")
                 await self._record(self._failed(row, failure))
-        return False
 
-    async def _record(self, write: Awaitable[T]) -> T:
+    async def _record(self, write: Awaitable[None]) -> None:
         """Write an outcome to its end even if shutdown cancels the delivery waiting for it: what Slack
         accepted must not go unrecorded because we stopped."""
         task = asyncio.ensure_future(write)
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
-        return await asyncio.shield(task)
+        await asyncio.shield(task)
 
-    async def _settle(
-        self, row: OutboxMessage, status: str, record: Recorder | None, *, probe: bool = False, **values: Any
-    ) -> Written:
+    async def _settle(self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any) -> None:
         """Record a row's outcome (and what its deliverer asks to record with it), with the outcomes that
         end together (bot.outcomes): one whose recorder fails rolls back alone and raises here."""
-        written = await self._outcomes.write(row, status, record, probe=probe, **values)
-        if not written.settled:
+        if not await self._outcomes.write(row, status, record, **values):
             log.warning(
                 "outbox row %s (%s) was taken over by another process while this one held it "
                 "(its lease lapsed); it may have been delivered twice",
                 row.id,
                 row.kind,
             )
-        return written
 
     async def _failed(self, row: OutboxMessage, exc: Undeliverable) -> None:
         attempts = row.attempts - 1 if exc.rate_limited else row.attempts

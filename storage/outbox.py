@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -140,25 +140,6 @@ async def settle(session: AsyncSession, row_id: int, owner: str, status: str, **
     where = {"id": row_id, "claimed_by": owner}
     changed = {"status": status, "claimed_by": None, "claimed_until": None, **values}
     return await prepared.update_where(session, _OUTBOX, where, changed) == 1
-
-
-async def waiting_keys(session: AsyncSession, keys: Collection[str]) -> set[str]:
-    """Those of `keys` with a row waiting (due or not) that no worker holds: what a row's delivery may
-    have held up (a row in a worker's hands wakes that worker when it ends)."""
-    if not keys:
-        return set()
-    return set((await session.scalars(_WAITING_KEYS, {"keys": list(keys)})).all())
-
-
-_WAITING_KEYS = (
-    select(_OUTBOX.c.key)
-    .where(
-        _OUTBOX.c.status == PENDING,
-        _OUTBOX.c.key.in_(bindparam("keys", expanding=True)),
-        _OUTBOX.c.claimed_by.is_(None),
-    )
-    .distinct()
-)
 
 
 async def hold_channel(session: AsyncSession, channel: str, until: datetime) -> None:
