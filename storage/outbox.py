@@ -13,7 +13,7 @@ from sqlalchemy import Integer, Select, and_, bindparam, func, insert, or_, sele
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import prepared
-from storage.models import ChangeRequest, OutboxMessage, utcnow
+from storage.models import ChangeRequest, OutboxMessage, is_postgresql, utcnow
 from storage.notify import notify_outbox
 
 PENDING, DONE, DEAD = "pending", "done", "dead"
@@ -116,9 +116,17 @@ _CLAIM = (
 
 
 async def renew(session: AsyncSession, ids: Sequence[int], owner: str, lease: timedelta) -> None:
+    """Extend the lease of the rows among `ids` that `owner` still holds. On PostgreSQL a row another
+    transaction has locked (its outcome being written) is skipped, not waited for: waiting, the renewal
+    and a batch of outcomes settling the same rows in another order deadlocked under load (PostgreSQL
+    finds it after a second, aborts one of them, and the worker's outcomes stall meanwhile)."""
+    mine = _mine(ids, owner)
+    if is_postgresql(session):
+        free = select(OutboxMessage.id).where(mine).with_for_update(skip_locked=True)
+        mine = OutboxMessage.id.in_(free.scalar_subquery())
     await session.execute(
         update(OutboxMessage)
-        .where(_mine(ids, owner))
+        .where(mine)
         .values(claimed_until=utcnow() + lease)
         .execution_options(synchronize_session=False)
     )

@@ -4,7 +4,10 @@ the order given."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+
+import pytest
 
 from storage import outbox as table
 from storage.db import Database
@@ -83,3 +86,26 @@ async def test_rows_are_inserted_in_the_order_given_whatever_columns_they_name(d
     assert all((r.status, r.attempts) == (table.PENDING, 0) for r in found)  # the columns' defaults
     assert found[1].available_at == later
     assert all(r.available_at <= utcnow() for r in (found[0], found[2], found[3]))
+
+
+async def test_a_lease_renewal_never_waits_for_a_row_being_settled(db: Database) -> None:
+    """PostgreSQL: the worker's lease renewal skips a row another transaction holds (an outcome being
+    written) instead of waiting for it; waiting, the two deadlocked under load and PostgreSQL aborted
+    one after a second. The rows not held are renewed."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL only: SQLite writes one transaction at a time")
+    await queued(db, [("dm", "dm:U1", "a"), ("dm", "dm:U2", "b")])
+    async with db.write(serial=False) as session:
+        a, b = await table.claim(session, "w", LEASE, 10, skip_locked=True)
+    leased = (await state(db))["a"][4].claimed_until
+
+    async def renew() -> None:
+        async with db.write(serial=False) as session:
+            await table.renew(session, [a.id, b.id], "w", timedelta(minutes=10))
+
+    async with db.write(serial=False) as settling:  # b's outcome, its row locked until this commits
+        assert await table.settle(settling, b.id, "w", table.DONE, delivered_at=utcnow())
+        await asyncio.wait_for(renew(), 5)
+    rows = await state(db)
+    assert rows["a"][1] == "w" and rows["a"][4].claimed_until > leased
+    assert rows["b"][:2] == ("done", None)
