@@ -29,14 +29,15 @@ class _Outcome:
     status: str
     record: Recorder | None
     values: dict[str, Any]
-    settled: asyncio.Future[bool]  # False: another process took the row over
+    settled: asyncio.Future[table.Settled]
     context: Context  # its delivery's (the log's fields): where `after` runs
     after: AfterCommit | None = None  # what its recorder asks for once the outcome is committed
 
 
 class Outcomes:
     """`write()` records a row's outcome for `owner` (the worker holding it) with what its deliverer asks
-    to record; it returns False when another process took the row over, and raises what failed."""
+    to record; it returns whether the row was still this worker's and whether rows of its key wait
+    (`storage.outbox.Settled`), and raises what failed."""
 
     def __init__(self, db: Database, owner: str) -> None:
         self.db = db
@@ -44,8 +45,10 @@ class Outcomes:
         self._waiting: list[_Outcome] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def write(self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any) -> bool:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def write(
+        self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any
+    ) -> table.Settled:
+        done: asyncio.Future[table.Settled] = asyncio.get_running_loop().create_future()
         outcome = _Outcome(row, status, record, values, done, copy_context())
         self._waiting.append(outcome)
         if self._writer is None:
@@ -88,12 +91,15 @@ class Outcomes:
         finally:
             self._writer = None
 
-    async def _write_one(self, session: AsyncSession, outcome: _Outcome) -> bool | Exception:
+    async def _write_one(self, session: AsyncSession, outcome: _Outcome) -> table.Settled | Exception:
         try:
             async with session.begin_nested():
                 after = await outcome.record(session) if outcome.record is not None else None
                 row, status = outcome.row, outcome.status
-                settled = await table.settle(session, row.id, self.owner, status, **outcome.values)
+                # With the row's key: whether rows of it wait (the worker claims again only if so).
+                settled = await table.settle(
+                    session, row.id, self.owner, status, key=row.key, **outcome.values
+                )
         except Exception as exc:
             return exc
         outcome.after = after  # run once the whole batch has committed, never for a rolled back one

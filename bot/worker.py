@@ -22,7 +22,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +35,7 @@ from storage.db import Database
 from storage.models import OutboxMessage, utcnow
 
 log = logging.getLogger("dpor.worker")
+T = TypeVar("T")
 
 # The claim a delivery came from: a number per claim, rising, in this process. Rows claimed together were
 # all committed before their claim, so whatever a deliverer reads after it is at least as new as every one
@@ -89,11 +90,17 @@ class OutboxWorker:
         self._recording: set[asyncio.Task[None]] = set()
         self._claims = 0
         self._outcomes = Outcomes(db, self.name)  # written together (`_settle`)
+        # Wakes so far (commits that wrote rows, notifications, deliveries' own commits), and whether the
+        # last claim took as many rows as it had slots: with both, a delivery's end tells whether a claim
+        # could find anything new (`_handle`).
+        self._wakes = 0
+        self._full = False
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (called after a commit that wrote rows). Not for the
         commits of a delivery itself: its end wakes the worker, so the rows it queued go in one claim (an
         apply's "applying" card is covered by its "applied" one instead of holding it up)."""
+        self._wakes += 1
         if CLAIM.get() is None:
             self._wake.set()
 
@@ -150,11 +157,13 @@ class OutboxWorker:
             try:
                 free = self.concurrency - len(self._inflight)
                 if free > 0:
+                    wakes = self._wakes  # rows written after this may be held up by those claimed now
                     rows = await self._claim(free)
                     self._claims += 1
+                    self._full = len(rows) >= free
                     for row in rows:
                         self._inflight[row.id] = asyncio.create_task(
-                            self._handle(row, self._claims), name=f"dpor-outbox-{row.id}"
+                            self._handle(row, self._claims, wakes), name=f"dpor-outbox-{row.id}"
                         )
                         claimed += 1
             except Exception:
@@ -206,12 +215,13 @@ class OutboxWorker:
             except Exception:
                 log.warning("could not renew the lease of outbox rows %s", ids, exc_info=True)
 
-    async def _handle(self, row: OutboxMessage, claim: int) -> None:
-        cancelled = False
+    async def _handle(self, row: OutboxMessage, claim: int, wakes: int) -> None:
+        cancelled = quiet = False
         CLAIM.set(claim)  # this task's own context: its deliverer sees which claim the row came from
+        notify.DELIVERING.set(True)  # the rows its commits write wait for its end (storage.notify)
         try:
             with bound(request_id=(row.payload or {}).get("request_id")):  # the log's field, where known
-                await self._deliver_and_record(row)
+                quiet = await self._deliver_and_record(row)
         except asyncio.CancelledError:
             cancelled = True  # shutting down: _abandon releases the row once outcomes under way are written
             raise
@@ -225,13 +235,18 @@ class OutboxWorker:
         finally:
             if not cancelled:
                 self._inflight.pop(row.id, None)
-            self._wake.set()
+            # Claim again unless nothing can have become claimable: the row is done with no row of its key
+            # waiting, nothing was written since its claim (a row of its key held up behind it), and that
+            # claim left no row waiting for a free slot. An empty claim is a write transaction.
+            if not (quiet and wakes == self._wakes and not self._full):
+                self._wake.set()
 
-    async def _deliver_and_record(self, row: OutboxMessage) -> None:
+    async def _deliver_and_record(self, row: OutboxMessage) -> bool:
+        """Deliver the row and record its outcome; True when it is done and no row of its key waits."""
         if row.attempts > self.max_attempts:
             error = f"{row.attempts - 1} attempts, the last ended without an outcome (its process stopped)"
             await self._record(self._failed(row, Undeliverable(error, permanent=True)))
-            return
+            return False
         deliver = self.deliverers.get(row.kind)
         try:
             if deliver is None:
@@ -244,7 +259,8 @@ class OutboxWorker:
             await self._record(self._failed(row, Undeliverable(f"{type(exc).__name__}: {exc}")))
         else:
             try:
-                await self._record(self._settle(row, table.DONE, record, delivered_at=utcnow()))
+                settled = await self._record(self._settle(row, table.DONE, record, delivered_at=utcnow()))
+                return settled.settled and not settled.followed
             except Exception as exc:
                 if record is None:
                     raise  # the outcome alone could not be written: the lease brings the row back
@@ -253,25 +269,30 @@ class OutboxWorker:
                 log.exception("outbox row %s (%s): its outcome could not be recorded", row.id, row.kind)
                 failure = Undeliverable(f"its outcome could not be recorded: {type(exc).__name__}: {exc}")
                 await self._record(self._failed(row, failure))
+        return False
 
-    async def _record(self, write: Awaitable[None]) -> None:
+    async def _record(self, write: Awaitable[T]) -> T:
         """Write an outcome to its end even if shutdown cancels the delivery waiting for it: what Slack
         accepted must not go unrecorded because we stopped."""
         task = asyncio.ensure_future(write)
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
 
-    async def _settle(self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any) -> None:
+    async def _settle(
+        self, row: OutboxMessage, status: str, record: Recorder | None, **values: Any
+    ) -> table.Settled:
         """Record a row's outcome (and what its deliverer asks to record with it), with the outcomes that
         end together (bot.outcomes): one whose recorder fails rolls back alone and raises here."""
-        if not await self._outcomes.write(row, status, record, **values):
+        settled = await self._outcomes.write(row, status, record, **values)
+        if not settled.settled:
             log.warning(
                 "outbox row %s (%s) was taken over by another process while this one held it "
                 "(its lease lapsed); it may have been delivered twice",
                 row.id,
                 row.kind,
             )
+        return settled
 
     async def _failed(self, row: OutboxMessage, exc: Undeliverable) -> None:
         attempts = row.attempts - 1 if exc.rate_limited else row.attempts

@@ -29,6 +29,9 @@ _AUDIT_KEY = "dpor_audit_key"
 # Where a write session notes that it wrote outbox rows (storage.notify.notify_outbox): once it has
 # committed, the process's worker is woken (`Database.on_outbox`), whatever code wrote them.
 OUTBOX_WRITTEN = "dpor_outbox_written"
+# Where it notes that it sent PostgreSQL's NOTIFY for them: a process listening hears its own NOTIFY, so
+# its worker is woken by that alone, once per commit (see `_committed`).
+OUTBOX_NOTIFIED = "dpor_outbox_notified"
 
 
 # Connections a process keeps open (DPOR_DB_POOL_SIZE), and how many more it may open for a burst.
@@ -138,6 +141,8 @@ class Database:
         self._seal_ids: set[int] = set()
         self._seal_everything = False
         self._outbox_wakers: list[Callable[[], None]] = []
+        # PostgreSQL: LISTEN connections of this process that are up (storage.notify.listen).
+        self.listening = 0
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             self.groups = GroupCommit(self.engine.execution_options(dpor_write=True), self._carry_key)
@@ -199,6 +204,8 @@ class Database:
 
     def _committed(self, session: AsyncSession) -> None:
         if session.info.get(OUTBOX_WRITTEN):
+            if session.info.get(OUTBOX_NOTIFIED) and self.listening:
+                return  # its NOTIFY reaches this process too, through the LISTEN connection: one wake
             for wake in list(self._outbox_wakers):
                 wake()
 

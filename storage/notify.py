@@ -7,6 +7,11 @@ NOTIFYs, which PostgreSQL delivers only when (and if) the transaction commits. `
 calls `callback` after this process's commits and, on PostgreSQL, holds one connection of its own that
 LISTENs and calls `callback` on each notification; when that connection drops it reconnects with backoff
 and calls `callback` once more (notifications sent while it was away are lost, the rows are not).
+
+Once per commit: while its LISTEN connection is up, a process hears its own NOTIFY, and the Database
+leaves the wake to it. A delivery's own commits (`DELIVERING`: an apply's start and result, a card's
+record) send none: the rows they write are the delivering process's to claim when the delivery ends,
+on PostgreSQL as on SQLite, and no other process is woken for them.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.db import OUTBOX_WRITTEN, Database
+from storage.db import OUTBOX_NOTIFIED, OUTBOX_WRITTEN, Database
 from storage.models import is_postgresql
 
 CHANNEL = "dpor_outbox"
@@ -30,13 +36,20 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
 
 log = logging.getLogger("dpor.notify")
 
+# True in a delivery's context (the outbox worker sets it): its commits NOTIFY nobody (see above).
+DELIVERING: ContextVar[bool] = ContextVar("dpor_outbox_delivering", default=False)
+
 
 async def notify_outbox(session: AsyncSession) -> None:
     """Tell this process's worker and every listening process, at this transaction's commit, that outbox
     rows are due."""
     session.info[OUTBOX_WRITTEN] = True
-    if is_postgresql(session):
-        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+    if is_postgresql(session) and not DELIVERING.get():
+        await session.execute(_NOTIFY, {"channel": CHANNEL})
+        session.info[OUTBOX_NOTIFIED] = True
+
+
+_NOTIFY = text("SELECT pg_notify(:channel, '')")
 
 
 def _dsn(db: Database) -> str:
@@ -53,7 +66,7 @@ async def listen(db: Database, callback: Callable[[], None]) -> AsyncIterator[No
         if db.is_sqlite:
             yield
             return
-        task = asyncio.create_task(_listen_forever(_dsn(db), callback), name="dpor-outbox-listen")
+        task = asyncio.create_task(_listen_forever(db, callback), name="dpor-outbox-listen")
         try:
             yield
         finally:
@@ -64,11 +77,11 @@ async def listen(db: Database, callback: Callable[[], None]) -> AsyncIterator[No
         undo()
 
 
-async def _listen_forever(dsn: str, callback: Callable[[], None]) -> None:
+async def _listen_forever(db: Database, callback: Callable[[], None]) -> None:
     delay = BACKOFF_FIRST
     while True:
         try:
-            await _listen_once(dsn, callback)
+            await _listen_once(db, callback)
             delay = BACKOFF_FIRST  # it was connected: start the backoff over
             log.warning("the connection listening for new outbox rows closed; reconnecting in %.1fs", delay)
         except asyncio.CancelledError:
@@ -83,18 +96,23 @@ async def _listen_forever(dsn: str, callback: Callable[[], None]) -> None:
         delay = min(BACKOFF_CAP, delay * 2)
 
 
-async def _listen_once(dsn: str, callback: Callable[[], None]) -> None:
-    """LISTEN on one connection until it closes."""
+async def _listen_once(db: Database, callback: Callable[[], None]) -> None:
+    """LISTEN on one connection until it closes; meanwhile this process's commits wake it through it."""
     import asyncpg
 
-    conn: Any = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+    conn: Any = await asyncpg.connect(_dsn(db), timeout=CONNECT_TIMEOUT)
+    listening = False
     try:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, lambda *_args: callback())
+        db.listening += 1
+        listening = True
         callback()  # rows committed while this process was not listening
         await lost.wait()
     finally:
+        if listening:
+            db.listening -= 1
         if not conn.is_closed():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2.0)

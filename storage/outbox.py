@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, Select, and_, bindparam, func, insert, or_, select, union, update
+from sqlalchemy import Integer, Select, and_, bindparam, exists, func, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import prepared
@@ -143,11 +143,40 @@ async def release(session: AsyncSession, ids: Sequence[int], owner: str) -> None
     await notify_outbox(session)  # another process delivers them now, not at its next poll
 
 
-async def settle(session: AsyncSession, row_id: int, owner: str, status: str, **values: Any) -> bool:
-    """Record a row's outcome; False when another process took it over (its lease had lapsed)."""
+class Settled(NamedTuple):
+    """A row's outcome, as `settle` wrote it."""
+
+    settled: bool  # False: another process took the row over (its lease had lapsed)
+    # Rows of its key wait that no worker holds (a row in a worker's hands wakes that worker when it
+    # ends): what this row may have held up. True too where it was not asked (no key, SQLite < 3.35).
+    followed: bool
+
+
+async def settle(
+    session: AsyncSession, row_id: int, owner: str, status: str, *, key: str | None = None, **values: Any
+) -> Settled:
+    """Record a row's outcome; with its `key`, say too whether rows of that key wait (in the same
+    statement, where the database answers UPDATE ... RETURNING)."""
     where = {"id": row_id, "claimed_by": owner}
     changed = {"status": status, "claimed_by": None, "claimed_until": None, **values}
-    return await prepared.update_where(session, _OUTBOX, where, changed) == 1
+    if key is None or not prepared.can_return(session):
+        return Settled(await prepared.update_where(session, _OUTBOX, where, changed) == 1, True)
+    row = await prepared.update_returning(session, _OUTBOX, where, changed, _FOLLOWED, {"p_key": key})
+    return Settled(False, True) if row is None else Settled(True, bool(row[0]))
+
+
+_BEHIND = _OUTBOX.alias("behind")
+# Bound rather than correlated: SQLite's compiler writes RETURNING's columns unqualified.
+_FOLLOWED = (
+    exists()
+    .where(
+        _BEHIND.c.key == bindparam("p_key"),
+        _BEHIND.c.status == PENDING,
+        _BEHIND.c.claimed_by.is_(None),
+        _BEHIND.c.id != bindparam("w_id"),
+    )
+    .label("followed"),
+)
 
 
 async def hold_channel(session: AsyncSession, channel: str, until: datetime) -> None:

@@ -25,14 +25,16 @@ def one_of(column: Any, values: tuple[Any, ...]) -> ColumnElement[bool]:
 
 
 @cache
-def _update(table: Table, where: tuple[str, ...], values: tuple[str, ...], returning: bool) -> Update:
+def _update(
+    table: Table, where: tuple[str, ...], values: tuple[str, ...], returning: tuple[Any, ...] | None
+) -> Update:
     c = table.c
     statement = (
         update(table)
         .where(*(c[name] == bindparam(f"w_{name}", type_=c[name].type) for name in where))
         .values({name: bindparam(f"v_{name}", type_=c[name].type) for name in values})
     )
-    return statement.returning(*c) if returning else statement
+    return statement.returning(*returning) if returning is not None else statement
 
 
 def _params(where: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,7 +47,7 @@ async def update_where(
     session: AsyncSession, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]
 ) -> int:
     """UPDATE `table` SET `values` WHERE each column of `where` equals its value; the rows it changed."""
-    statement = _update(table, tuple(sorted(where)), tuple(sorted(values)), False)
+    statement = _update(table, tuple(sorted(where)), tuple(sorted(values)), None)
     result: Any = await session.execute(statement, _params(where, values))
     return int(result.rowcount)
 
@@ -56,9 +58,17 @@ def can_return(session: AsyncSession) -> bool:
 
 
 async def update_returning(
-    session: AsyncSession, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]
+    session: AsyncSession,
+    table: Table,
+    where: Mapping[str, Any],
+    values: Mapping[str, Any],
+    returning: tuple[Any, ...] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> Row[Any] | None:
     """`update_where` that returns the row as it is after the UPDATE (one row: `where` names a key), or
-    None when no row matched. Only where `can_return`."""
-    statement = _update(table, tuple(sorted(where)), tuple(sorted(values)), True)
-    return (await session.execute(statement, _params(where, values))).first()
+    None when no row matched. Only where `can_return`. `returning`: other columns or expressions to
+    return instead (each the same object at every call: the statement is built once for it), with the
+    bind parameters they add in `params`."""
+    columns = tuple(table.c) if returning is None else returning
+    statement = _update(table, tuple(sorted(where)), tuple(sorted(values)), columns)
+    return (await session.execute(statement, {**_params(where, values), **(params or {})})).first()

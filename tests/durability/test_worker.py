@@ -556,3 +556,189 @@ async def test_a_seal_that_fails_after_the_outcomes_commit_fails_no_outcome(
     await db.seal()
     result = await audit.verify(db)
     assert result.broken_seq is None and result.events >= 1
+
+
+async def test_a_delivery_claims_again_only_when_its_end_may_have_freed_a_row(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker polls once a minute here, so every row below is delivered because a delivery's end or a
+    commit woke it: a row queued behind another of its key from the start, one queued behind it while it
+    was delivered, one its outcome wrote, rows waiting for a free slot, and on PostgreSQL one another
+    process queued. An end that can have freed nothing (its key's queue empty, nothing written since its
+    claim, no row waiting for a slot) claims nothing: an empty claim is a write transaction."""
+    claims = 0
+    claim = outbox_table.claim
+
+    async def counted(*args: Any, **kw: Any) -> list[OutboxMessage]:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kw)
+
+    monkeypatch.setattr(outbox_table, "claim", counted)
+    gates: dict[str, asyncio.Event] = {}
+    started: list[str] = []
+    delivered: list[str] = []
+
+    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[None]] | None:
+        name = row.payload["name"]
+        started.append(name)
+        gate = gates.get(name)
+        if gate is not None:
+            await gate.wait()
+        delivered.append(name)
+        if name != "c1":
+            return None
+
+        async def record(session: AsyncSession) -> None:  # its outcome queues one more row
+            await outbox_table.insert_rows(session, [notice("c", "c2")])
+
+        return record
+
+    def notice(key: str, name: str) -> dict[str, Any]:
+        return {"kind": "notice", "key": key, "payload": {"name": name}}
+
+    async def queue(*rows_: dict[str, Any], into: Database = db) -> None:
+        async with into.write(serial=False) as session:
+            await outbox_table.insert_rows(session, list(rows_))
+
+    async def seen(*names: str) -> None:
+        await until(f"{names} delivered", lambda: _true(set(names) <= set(delivered)), within=10)
+
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60, concurrency=3)
+    wakes, wake = 0, worker.wake
+
+    def counted_wake() -> None:  # commits that wrote rows, notifications: what may call for a claim
+        nonlocal wakes
+        wakes += 1
+        wake()
+
+    worker.wake = counted_wake  # type: ignore[method-assign]
+    worker.start()
+    try:
+        await asyncio.sleep(0.2)  # the worker has looked once, found nothing, and waits for its poll
+        # Two rows of two keys, ending one at a time: no claim after the one that took them.
+        gates.update({name: asyncio.Event() for name in ("q1", "q2")})
+        await queue(notice("q1", "q1"), notice("q2", "q2"))
+        await until("both claimed", lambda: _true({"q1", "q2"} <= set(started)))
+        await asyncio.sleep(0.1)
+        before, woken = claims, wakes
+        for name in ("q1", "q2"):
+            gates[name].set()
+            await seen(name)
+            await asyncio.sleep(0.1)
+        await _settled(db)
+        # None at all on SQLite; on PostgreSQL only for a wake (the listener's first, once connected).
+        assert claims - before <= wakes - woken, (claims - before, wakes - woken)
+
+        # A row queued behind another of its key from the start goes once the first is done.
+        await queue(notice("a", "a1"), notice("a", "a2"))
+        await seen("a1", "a2")
+        assert delivered.index("a1") < delivered.index("a2")
+
+        # A row queued behind one being delivered (the commit's claim finds it held up) goes at its end.
+        gates["b1"] = asyncio.Event()
+        await queue(notice("b", "b1"))
+        await until("b1 claimed", lambda: _true("b1" in started))
+        await queue(notice("b", "b2"))
+        await asyncio.sleep(0.1)
+        assert "b2" not in delivered
+        gates["b1"].set()
+        await seen("b1", "b2")
+
+        # A row the outcome of a delivery wrote.
+        await queue(notice("c", "c1"))
+        await seen("c1", "c2")
+
+        # Five rows for three slots.
+        await queue(*(notice(f"d{n}", f"d{n}") for n in range(5)))
+        await seen(*(f"d{n}" for n in range(5)))
+
+        if not db.is_sqlite:  # another process's row behind ours: its NOTIFY (SQLite: the poll)
+            other = Database(db.url, audit_key=db.audit_key)
+            try:
+                gates["e1"] = asyncio.Event()
+                await queue(notice("e", "e1"))
+                await until("e1 claimed", lambda: _true("e1" in started))
+                await queue(notice("e", "e2"), into=other)
+                await asyncio.sleep(0.1)
+                gates["e1"].set()
+                await seen("e1", "e2")
+            finally:
+                await other.dispose()
+    finally:
+        await worker.stop()
+
+
+async def _settled(db: Database) -> None:
+    async with db.read() as session:
+        waiting = await session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status != "done")
+        )
+    assert waiting == 0
+
+
+async def test_on_postgresql_a_deliverys_own_rows_wake_no_other_process(db: Database) -> None:
+    """A commit outside any delivery NOTIFYs every process (this one hears it too, once); the rows a
+    delivery's own commits write are its process's to claim when it ends: no NOTIFY for them. With the
+    LISTEN connection down, this process's commits still wake its worker at once."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL only: SQLite has no NOTIFY")
+    import asyncpg
+
+    from storage import notify
+
+    heard: list[str] = []
+    listener = await asyncpg.connect(notify._dsn(db))
+    await listener.add_listener(notify.CHANNEL, lambda *_args: heard.append("notify"))
+    delivered: list[str] = []
+
+    def row_named(name: str) -> dict[str, Any]:
+        return {"kind": "notice", "key": "r", "payload": {"name": name}}
+
+    async def deliver(row: OutboxMessage) -> Callable[[AsyncSession], Awaitable[None]] | None:
+        delivered.append(row.payload["name"])
+        if row.payload["name"] != "r1":
+            return None
+
+        async def record(session: AsyncSession) -> None:
+            await outbox_table.insert_rows(session, [row_named("r2")])
+
+        return record
+
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60)
+    worker.start()
+    try:
+        await asyncio.sleep(0.5)  # listening
+        async with db.write(serial=False) as session:
+            await outbox_table.insert_rows(session, [row_named("r1")])
+        await until("r1 and the row its outcome wrote delivered", lambda: _true(delivered == ["r1", "r2"]))
+        await asyncio.sleep(0.2)
+        assert heard == ["notify"]  # r1's commit only
+    finally:
+        await worker.stop()
+        await listener.close()
+
+
+async def test_with_its_listen_connection_down_a_process_still_wakes_its_worker(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage import notify
+
+    async def cannot_listen(*_args: Any) -> None:
+        raise OSError("the LISTEN connection cannot be made")
+
+    monkeypatch.setattr(notify, "_listen_once", cannot_listen)
+    delivered = asyncio.Event()
+
+    async def deliver(row: OutboxMessage) -> None:
+        delivered.set()
+
+    worker = OutboxWorker(db, {"notice": deliver}, poll_interval=60)
+    worker.start()
+    try:
+        await asyncio.sleep(0.2)
+        async with db.write(serial=False) as session:
+            await outbox_table.insert_rows(session, [{"kind": "notice", "key": "k", "payload": {}}])
+        await asyncio.wait_for(delivered.wait(), 10)  # not the minute's poll
+    finally:
+        await worker.stop()

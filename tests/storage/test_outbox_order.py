@@ -22,7 +22,7 @@ async def claim(db: Database) -> list[tuple[str, str]]:
 async def done(db: Database, n: str) -> None:
     async with db.write(serial=False) as session:
         ids = {r.payload["n"]: r.id for r in await table.undelivered(session, (table.PENDING,))}
-        assert await table.settle(session, ids[n], "w", table.DONE)
+        assert (await table.settle(session, ids[n], "w", table.DONE)).settled
 
 
 async def test_a_cards_update_does_not_wait_for_its_thread(db: Database) -> None:
@@ -94,7 +94,7 @@ async def test_long_queues_claim_exactly_the_first_row_of_each_key(db: Database)
             row.claimed_by = "w"
         await session.flush()
         for row in rows[::4]:
-            assert await table.settle(session, row.id, "w", table.DONE)
+            assert (await table.settle(session, row.id, "w", table.DONE)).settled
     async with db.read() as session:
         everything = await table.undelivered(session, (table.PENDING,))
     by_id = {r.id: r for r in everything}

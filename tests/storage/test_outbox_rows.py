@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -34,18 +35,71 @@ async def test_an_outcome_is_written_by_the_holder_only(db: Database) -> None:
         a, b, c = await table.claim(session, "w", LEASE, 10, skip_locked=not db.is_sqlite)
     later = utcnow() + timedelta(minutes=5)
     async with db.write(serial=False) as session:
-        assert not await table.settle(session, a.id, "someone else", table.DONE, delivered_at=utcnow())
-        assert await table.settle(session, a.id, "w", table.DONE, delivered_at=utcnow())
-        assert await table.settle(
+        assert not (
+            await table.settle(session, a.id, "someone else", table.DONE, delivered_at=utcnow())
+        ).settled
+        assert (await table.settle(session, a.id, "w", table.DONE, delivered_at=utcnow())).settled
+        settled = await table.settle(
             session, b.id, "w", table.PENDING, last_error="429", attempts=0, available_at=later
         )
-        assert await table.settle(session, c.id, "w", table.DEAD, last_error="channel_not_found", attempts=3)
-        assert not await table.settle(session, a.id, "w", table.DONE)  # no longer held
+        assert settled.settled
+        settled = await table.settle(
+            session, c.id, "w", table.DEAD, last_error="channel_not_found", attempts=3
+        )
+        assert settled.settled
+        assert not (await table.settle(session, a.id, "w", table.DONE)).settled  # no longer held
     rows = await state(db)
     assert rows["a"][:2] == ("done", None) and rows["a"][4].delivered_at is not None
     assert rows["b"][:4] == ("pending", None, 0, "429")
     assert rows["b"][4].available_at == later  # a time, not a string: the column's type was applied
     assert rows["c"][:4] == ("dead", None, 3, "channel_not_found")
+
+
+async def test_an_outcome_says_whether_rows_of_its_key_wait_unclaimed(db: Database) -> None:
+    """What the worker claims again for: rows of the settled row's key that wait and no worker holds
+    (due or not); rows held by a worker, rows of other keys, and the row itself do not count."""
+    await queued(
+        db,
+        [
+            ("dm", "dm:U1", "a1"),
+            ("dm", "dm:U1", "a2"),
+            ("dm", "dm:U2", "b1"),
+            ("notify", "c:C1", "c1"),
+            ("thread", "card:1", "t1"),
+            ("card", "card:1", "k1"),  # a card's row passes its thread's: both are claimed
+        ],
+    )
+
+    async def claim() -> dict[str, Any]:
+        async with db.write(serial=False) as session:
+            claimed = await table.claim(session, "w", LEASE, 10, skip_locked=not db.is_sqlite)
+        return {r.payload["n"]: r for r in claimed}
+
+    first = await claim()
+    assert sorted(first) == ["a1", "b1", "c1", "k1", "t1"]  # a2 waits behind a1
+    async with db.write(serial=False) as session:
+
+        async def done(n: str, key: str | None) -> table.Settled:
+            return await table.settle(session, first[n].id, "w", table.DONE, key=key, delivered_at=utcnow())
+
+        a1, b1, t1, unasked = (
+            await done("a1", "dm:U1"),
+            await done("b1", "dm:U2"),
+            await done("t1", "card:1"),
+            await done("c1", None),
+        )
+    assert all(s.settled for s in (a1, b1, t1, unasked))
+    assert a1.followed  # a2 waits
+    assert not b1.followed  # nothing else of dm:U2
+    assert not t1.followed  # k1 is in a worker's hands: its own end wakes that worker
+    assert unasked.followed  # not asked (no key): the worker claims again, as it always did
+    (a2,) = (await claim()).values()
+    async with db.write(serial=False) as session:
+        await table.insert_rows(session, [{"kind": "dm", "key": "dm:U1", "payload": {"n": "a3"}}])
+        retried = await table.settle(
+            session, a2.id, "w", table.PENDING, key="dm:U1", attempts=1, available_at=utcnow() + LEASE
+        )
+    assert retried.settled and retried.followed  # a3 waits, unclaimed
 
 
 async def test_a_card_covers_the_later_card_rows_of_its_key_only(db: Database) -> None:
