@@ -39,6 +39,7 @@ class GroupCommit:
         self._gate: asyncio.Lock | None = None
         self._waiting = 0
         self._group: _Group | None = None
+        self._closers: set[asyncio.Task[None]] = set()  # `_commit_left` tasks under way
         self.commits = 0  # COMMITs issued: tests and the benchmark read it to see groups form
         self.transactions = 0
 
@@ -49,8 +50,11 @@ class GroupCommit:
         self._waiting += 1
         try:
             await self._gate.acquire()
-        finally:
+        except BaseException:
             self._waiting -= 1
+            self._handed_to_nobody()
+            raise
+        self._waiting -= 1
         try:
             group = self._group
             if group is None:
@@ -94,26 +98,50 @@ class GroupCommit:
                     cancelled = exc  # the group is still handed on or committed, then this task stops
                 if self._waiting:
                     return
-            self._group = None
-            try:
-                await group.conn.commit()
-            except Exception as exc:
-                # SQLite leaves the transaction open after a failed COMMIT (a deferred constraint, a
-                # full disk) while SQLAlchemy considers it over: drop the connection (closing it rolls
-                # the transaction back) rather than hand it back to the pool.
-                await group.conn.invalidate()
-                # Every member that returned from its body learns it here; a group of failed ones has
-                # nothing to lose.
-                if group.size:
-                    group.committed.set_exception(exc)
-                else:
-                    group.committed.set_result(None)
-            else:
-                self.commits += 1
-                group.committed.set_result(None)
-            finally:
-                await group.conn.close()
+            await self._commit(group)
         finally:
             self._gate.release()
             if cancelled is not None:
                 raise cancelled
+
+    async def _commit(self, group: _Group) -> None:
+        """COMMIT the group (the caller holds the gate) and tell its members how it went."""
+        self._group = None
+        try:
+            await group.conn.commit()
+        except Exception as exc:
+            # SQLite leaves the transaction open after a failed COMMIT (a deferred constraint, a full
+            # disk) while SQLAlchemy considers it over: drop the connection (closing it rolls the
+            # transaction back) rather than hand it back to the pool.
+            await group.conn.invalidate()
+            # Every member that returned from its body learns it here; a group of failed ones has
+            # nothing to lose.
+            if group.size:
+                group.committed.set_exception(exc)
+            else:
+                group.committed.set_result(None)
+        else:
+            self.commits += 1
+            group.committed.set_result(None)
+        finally:
+            await group.conn.close()
+
+    def _handed_to_nobody(self) -> None:
+        """A transaction left the gate without passing it (cancelled while it waited). If the gate was
+        being handed to it with the group open, and nobody else waits, nobody would commit that group:
+        its members would wait for ever and its connection would hold SQLite's write lock. Commit it in a
+        task of its own."""
+        assert self._gate is not None
+        if self._group is None or self._waiting or self._gate.locked():
+            return
+        task = asyncio.create_task(self._commit_left(), name="dpor-group-commit")
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    async def _commit_left(self) -> None:
+        assert self._gate is not None
+        async with self._gate:
+            # A transaction that reached the gate first used the group and committed it, or handed it on
+            # to one that will: then there is nothing left to do here.
+            if self._group is not None and not self._waiting:
+                await self._commit(self._group)

@@ -172,3 +172,46 @@ async def test_a_database_error_at_begin_is_sqlalchemys_and_the_write_lock_wait_
         assert await names(db) == {"1234569"}
     finally:
         await db.dispose()
+
+
+async def test_a_group_handed_to_a_transaction_cancelled_at_the_gate_still_commits(sqlite_url: str) -> None:
+    """A transaction that ends hands the open group to the next one waiting at the gate. If that one is
+    cancelled before it runs (its request went away, shutdown), the group must still commit: the first
+    one's `write()` returns, its work is on disk, and the connection goes back to the pool."""
+    db = Database(sqlite_url)
+    groups = db.groups
+    assert groups is not None
+    try:
+        inside, finish = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with db.write() as session:
+                await directory.insert_partner(session, "1000001", "First")
+                inside.set()
+                await finish.wait()
+
+        task_first = asyncio.create_task(first())
+        await inside.wait()
+        task_second = asyncio.create_task(add(db, "1000002"))
+        # Polled at each turn of the loop: the moments below have no event of their own.
+        while not groups._waiting:  # noqa: ASYNC110  the second waits at the gate; the first holds the group
+            await asyncio.sleep(0)
+
+        async def cancel_once_handed_over() -> None:
+            # The gate free and the group still open: the first handed it on; the second has not run yet.
+            while groups._group is None or groups._gate is None or groups._gate.locked():  # noqa: ASYNC110
+                await asyncio.sleep(0)
+            task_second.cancel()
+
+        watcher = asyncio.create_task(cancel_once_handed_over())
+        finish.set()
+        await asyncio.wait_for(task_first, 5)  # it waited for a COMMIT nobody would issue
+        await watcher
+        with pytest.raises(asyncio.CancelledError):
+            await task_second
+        assert await names(db) == {"1000001"}
+        assert db.engine.pool.checkedout() == 0
+        await add(db, "1000003")  # the gate works on
+        assert await names(db) == {"1000001", "1000003"}
+    finally:
+        await db.dispose()
