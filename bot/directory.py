@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -338,16 +338,22 @@ async def change_role(
     actor: str,
     force: bool = False,
     notify: Sequence[str] = (),
+    authorise: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
 ) -> RoleChange:
     """Grant or revoke a role on a subscription, or on every one (None, `*`, `all`); audited if it changed,
     and announced to `notify` (DPOR_NOTIFY_CHANNELS) and the channels watching the scope.
 
     Revoking an owner role that would leave a subscription with no owner is refused (LastOwner), writing
-    nothing, unless `force` (the operator's CLI), which the audit event records.
+    nothing, unless `force` (the operator's CLI), which the audit event records. `authorise(session,
+    scope)`: a check of the actor's own right, run in the same transaction before anything is written (a
+    person in Slack; the operator's CLI has none), so a right revoked while this waited for its turn to
+    write is seen; it refuses by raising.
     """
     role = _role(role)
     async with db.write() as session:
         scope = await resolve_scope(session, subscription)
+        if authorise is not None:
+            await authorise(session, scope)
         if grant:
             changed = await store.insert_role(session, user_id, role, scope, granted_by=actor)
         else:
@@ -382,12 +388,13 @@ async def change_role(
 
 
 async def grant_role(db: Database, user_id: str, role: str, scope: str | None, **options: Any) -> bool:
-    """`change_role` granting; `options`: actor, notify."""
+    """`change_role` granting; `options`: actor, notify, authorise."""
     return (await change_role(db, user_id, role, scope, grant=True, **options)).changed
 
 
 async def revoke_role(db: Database, user_id: str, role: str, scope: str | None, **options: Any) -> bool:
-    """`change_role` revoking (LastOwner refuses a subscription's last owner); `options`: actor, notify."""
+    """`change_role` revoking (LastOwner refuses a subscription's last owner); `options`: actor, notify,
+    authorise."""
     return (await change_role(db, user_id, role, scope, grant=False, **options)).changed
 
 

@@ -68,16 +68,25 @@ async def check(
     raise error(refusal or f"Only {who_may(act)} of {where} can do that.")
 
 
+async def check_scope(
+    session: AsyncSession, act: str, user_id: str, scope: str, roles: RoleSource = LOCAL_ROLES
+) -> None:
+    """`check` on a resolved scope (a subscription's ID, or `*`)."""
+    sub = None if scope == ALL_SUBSCRIPTIONS else await subscription_by_id(session, scope)
+    await check(session, act, user_id, sub, roles=roles)
+
+
 async def require(
     db: Database, act: str, user_id: str, ref: str | None, roles: RoleSource = LOCAL_ROLES
 ) -> str:
     """`check` on a scope (a subscription's ID or alias; None, `*` or `all`: every subscription), in a
-    read of its own, for acts whose write happens elsewhere (roles, watches). Returns the scope."""
+    read of its own, to refuse before anything else is done. Returns the scope. Not the check a write
+    relies on: a role revoked while it waits to write is not seen here; that write checks again in its
+    own transaction (`check_scope`)."""
     await roles.prepare(user_id, [ref])
     async with db.read() as session:
         scope = await resolve_scope(session, ref)
-        sub = None if scope == ALL_SUBSCRIPTIONS else await subscription_by_id(session, scope)
-        await check(session, act, user_id, sub, roles=roles)
+        await check_scope(session, act, user_id, scope, roles=roles)
     return scope
 
 

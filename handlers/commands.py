@@ -93,17 +93,21 @@ async def _role_change(ctx: BotContext, cmd: Command, body: Body) -> Reply:
         raise RolesFromAzure(ROLES_FROM_AZURE)
     target, role = cmd.args[0], cmd.args[1]
     subscription = cmd.args[2] if len(cmd.args) > 2 else None
-    scope = await policy.require(ctx.db, "manage_roles", body["user_id"], subscription)
+    user = body["user_id"]
+    scope = await policy.require(ctx.db, "manage_roles", user, subscription)
     where = _scope_words(subscription or scope)
+
+    async def authorise(session: Any, scope: str) -> None:
+        # Again where it counts: in the transaction that writes (the check above saw no revocation
+        # committed while this request waited for the write lock).
+        await policy.check_scope(session, "manage_roles", user, scope)
+
+    options = {"actor": user, "notify": ctx.policy.notify_channels, "authorise": authorise}
     if cmd.name == "role grant":
-        changed = await directory.grant_role(
-            ctx.db, target, role, scope, actor=body["user_id"], notify=ctx.policy.notify_channels
-        )
+        changed = await directory.grant_role(ctx.db, target, role, scope, **options)
         verb = "is now" if changed else "already was"
     else:
-        changed = await directory.revoke_role(
-            ctx.db, target, role, scope, actor=body["user_id"], notify=ctx.policy.notify_channels
-        )
+        changed = await directory.revoke_role(ctx.db, target, role, scope, **options)
         verb = "is no longer" if changed else "was not"
     return Reply(f"<@{target}> {verb} {role} of {where}.")
 

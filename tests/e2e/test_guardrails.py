@@ -3,9 +3,15 @@ role changes announced in the channels that watch the subscription."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from sqlalchemy import select
 
+from bot import policy
+from storage import directory as store
+from storage.db import Database
 from storage.models import ChangeRequest, Partner, RoleAssignment
 from tests.harness import ADMIN, NEW_PARTNER, NOTIFY, OWNER, OWNER2, PROD, Harness
 
@@ -98,3 +104,41 @@ async def test_role_changes_are_announced_where_the_subscription_is_watched(harn
         f":key: <@U0NEWBIE> is now *admin* of *every subscription*, granted by <@{OWNER2}>."
     )
     assert len(harness.slack.messages(WATCHERS)) == 2
+
+
+async def test_an_owner_revoked_while_their_role_grant_waits_to_write_is_refused(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owner's `/dpor role grant` passes its first check (a read: still an owner); then the CLI (another
+    process) revokes that owner in a transaction the grant's write must wait for. Once the revocation
+    commits, the grant's own transaction checks again and refuses: nothing granted, nothing audited, the
+    person told why. (Before, the grant went through: a revoked owner could make themselves one again.)"""
+    h = harness_any_db
+    passed, revoking = asyncio.Event(), asyncio.Event()
+    require = policy.require
+
+    async def checked_then_held(*args: Any, **kw: Any) -> str:
+        scope = await require(*args, **kw)
+        passed.set()
+        await revoking.wait()  # the CLI's transaction is open before this request goes on to write
+        return scope
+
+    monkeypatch.setattr(policy, "require", checked_then_held)
+    before = await h.audit_actions()
+    cli = Database(h.bot.db.url, audit_key=h.bot.db.audit_key)
+    try:
+        grant = asyncio.create_task(h.command("role grant <@U0NEWBIE|newbie> owner prod", OWNER))
+        await asyncio.wait_for(passed.wait(), 10)
+        async with cli.write() as session:  # `dpor-bot roles revoke U0OWNER owner --subscription prod`
+            assert await store.delete_role(session, OWNER, "owner", PROD)
+            revoking.set()
+            await asyncio.sleep(0.3)  # the grant now waits for this transaction's lock
+            assert not grant.done()
+        status, body = await asyncio.wait_for(grant, 30)
+    finally:
+        await cli.dispose()
+    assert status == 200 and "Only an owner" in body["text"], body
+    async with h.bot.db.read() as session:
+        holders = set((await session.scalars(select(RoleAssignment.user_id))).all())
+    assert "U0NEWBIE" not in holders and OWNER not in holders
+    assert await h.audit_actions() == before
