@@ -123,10 +123,13 @@ class Verification:
     # The first published checkpoint (lowest position) the database no longer extends, and why.
     contradicted: Checkpoint | None = None
     contradiction: str | None = None
+    # PostgreSQL: rows of audit_pending the bot did not write as they are (no valid signature), which the
+    # sealer leaves out of the chain: someone inserted or edited them in the database.
+    forged: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.broken_seq is None and self.contradicted is None
+        return self.broken_seq is None and self.contradicted is None and not self.forged
 
 
 async def _events(db: Database, batch: int = 5000) -> AsyncIterator[AuditEvent]:
@@ -173,6 +176,9 @@ async def verify(
     if key is None:
         raise ConfigError(f"`audit verify` needs the audit key: {NO_KEY.split(': ', 1)[1]}")
     await db.seal()  # PostgreSQL: what was committed and is still waiting for the sealer is chained first
+    async with db.read() as session:
+        forged = await chain.not_ours(session, key)  # what the sealer refused: still waiting
+        outside, lowest = await chain.outside_chain(session)
     keys: dict[str | None, bytes | None] = {key_id(key): key}
     published = sorted(checkpoints, key=lambda c: c.seq)
     prev, expected_seq, count, at, last = GENESIS, 1, 0, 0, 0
@@ -198,6 +204,13 @@ async def verify(
     if contradicted is None and at < len(published):
         end = f"ends at event {last}" if last else "is empty"
         contradicted = (published[at], f"the log {end} (history was truncated)")
+    if broken is None and outside:
+        # The walk starts at event 1: rows below it are never its, yet the table shows them as events.
+        broken = (
+            lowest,
+            f"{outside} event{'s' if outside != 1 else ''} below position 1, outside the chain "
+            "(written into the table by hand)",
+        )
     return Verification(
         count,
         broken[0] if broken else None,
@@ -205,6 +218,17 @@ async def verify(
         len(published),
         contradicted[0] if contradicted else None,
         contradicted[1] if contradicted else None,
+        tuple(forged),
+    )
+
+
+def forged_text(ids: Sequence[int]) -> str:
+    """What `verify`'s `forged` means, for a person."""
+    return (
+        f"audit_pending holds {len(ids)} row{'s' if len(ids) != 1 else ''} the bot did not write "
+        f"(id {', '.join(map(str, ids[:10]))}{', ...' if len(ids) > 10 else ''}: their signature does not "
+        "check, so someone inserted or edited them in the database); they are not in the chain. Inspect "
+        "them, then delete them"
     )
 
 

@@ -3,6 +3,10 @@
 An event's hash is HMAC-SHA256, keyed with a secret the database does not hold, over the previous
 event's hash and the event's canonical form; its `key_id` names the key. Events written before the
 chain was keyed (migration 0003) carry no key id and a plain SHA-256, until they are re-keyed.
+
+On PostgreSQL an event waits in audit_pending until the sealer chains it; the writer signs each such row
+with the key (`pending_mac`), and the sealer chains only rows whose signature checks: a row someone
+inserted or edited there is left out of the chain, logged, and named by `audit verify`.
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ import functools
 import hashlib
 import hmac
 import json
-from collections.abc import Collection, Sequence
+import logging
+import weakref
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import AuditEvent, AuditPending, is_postgresql, utcnow
+
+log = logging.getLogger("dpor.audit")
 
 GENESIS = "0" * 64
 # The PostgreSQL advisory lock the chain's tip is read and extended under: held by the sealer (and by a
@@ -97,6 +105,32 @@ def event_hash(event: AuditEvent, prev_hash: str, key: bytes | None = None) -> s
     return chain_hash(prev_hash, body, key)
 
 
+def pending_mac(
+    key: bytes,
+    at: datetime,
+    actor: str,
+    action: str,
+    request_id: int | None,
+    subscription_id: str | None,
+    data: dict[str, Any],
+) -> str:
+    """The writer's proof that a pending event (PostgreSQL) is the bot's, as written: HMAC-SHA256 under the
+    audit key over the event's canonical form before it has a position (its own prefix: never a chain
+    hash). Whoever can only write the database cannot make one for a row of their own or an edited one."""
+    body = canonical(0, at, actor, action, request_id, subscription_id, data)
+    return hmac.new(key, b"dpor-bot audit pending\n" + body.encode(), hashlib.sha256).hexdigest()
+
+
+def _is_ours(row: Any, key: bytes) -> bool:
+    """Whether a row of audit_pending carries the writer's proof, for its content as it is now."""
+    if row.mac is None:
+        return False
+    expected = pending_mac(
+        key, row.at, row.actor, row.action, row.request_id, row.subscription_id, row.data or {}
+    )
+    return hmac.compare_digest(row.mac, expected)
+
+
 @dataclass(frozen=True)
 class Link:
     """An end of the chain: an event's position, hash and key id."""
@@ -149,6 +183,9 @@ async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) 
                     "request_id": e.request_id,
                     "subscription_id": e.subscription_id,
                     "data": e.data or {},
+                    "mac": pending_mac(
+                        key, at, e.actor, e.action, e.request_id, e.subscription_id, e.data or {}
+                    ),
                 }
                 for e in events
             ],
@@ -215,25 +252,69 @@ async def try_seal(session: AsyncSession, key: bytes) -> bool:
 
 async def still_pending(session: AsyncSession, ids: Collection[int]) -> bool:
     """Whether any of these pending events is not chained yet."""
-    pending = AuditPending.__table__
-    found = await session.scalar(select(pending.c.id).where(pending.c.id.in_(list(ids))).limit(1))
+    found = await session.scalar(select(_PENDING.c.id).where(_PENDING.c.id.in_(list(ids))).limit(1))
     return found is not None
 
 
+_PENDING = AuditPending.__table__
+_PENDING_AFTER = (
+    select(_PENDING).where(_PENDING.c.id > bindparam("after")).order_by(_PENDING.c.id).limit(SEAL_BATCH)
+)
+
+
 async def _seal_locked(session: AsyncSession, key: bytes) -> int:
-    pending = AuditPending.__table__
-    sealed = 0
+    sealed, after = 0, 0
     while True:
-        rows = (
-            await session.execute(select(pending).order_by(pending.c.id).limit(SEAL_BATCH))
-        ).all()
+        rows = (await session.execute(_PENDING_AFTER, {"after": after})).all()
         if not rows:
             return sealed
-        events = [(r.at, r.actor, r.action, r.request_id, r.subscription_id, r.data or {}) for r in rows]
-        await _chain(session, events, key)
-        await session.execute(delete(pending).where(pending.c.id.in_([r.id for r in rows])))
-        sealed += len(rows)
+        after = rows[-1].id
+        ours = [r for r in rows if _is_ours(r, key)]
+        if len(ours) < len(rows):
+            _refused(session, {r.id for r in rows} - {r.id for r in ours})
+        if ours:
+            events = [(r.at, r.actor, r.action, r.request_id, r.subscription_id, r.data or {}) for r in ours]
+            await _chain(session, events, key)
+            await session.execute(delete(_PENDING).where(_PENDING.c.id.in_([r.id for r in ours])))
+            sealed += len(ours)
         session.info.pop(UNSEALED, None)
+
+
+# The refused rows already logged, per engine (a process's Database): every write seals and finds them
+# again; the log says it once.
+_REFUSED_LOGGED: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+
+
+def _refused(session: AsyncSession, ids: Iterable[int]) -> None:
+    logged = _REFUSED_LOGGED.setdefault(session.get_bind(), set())
+    new = sorted(set(ids) - logged)
+    if not new:
+        return
+    if len(logged) < 100_000:
+        logged.update(new)
+    log.error(
+        "audit_pending rows %s were not written by dpor-bot (their signature does not check: inserted or "
+        "edited in the database): they are not chained. `dpor-bot audit verify` names them; inspect them, "
+        "then delete them",
+        ", ".join(map(str, new)),
+    )
+
+
+async def not_ours(session: AsyncSession, key: bytes) -> list[int]:
+    """The ids of the rows waiting in audit_pending that the bot did not write as they are (no valid
+    signature): the sealer leaves them out of the chain."""
+    refused, after = [], 0
+    while rows := (await session.execute(_PENDING_AFTER, {"after": after})).all():
+        refused += [r.id for r in rows if not _is_ours(r, key)]
+        after = rows[-1].id
+    return refused
+
+
+async def outside_chain(session: AsyncSession) -> tuple[int, int | None]:
+    """How many events have a position below 1 (never the bot's: the chain starts at 1, and `verify` walks
+    it from there), and the lowest of them."""
+    row = (await session.execute(select(func.count(), func.min(_EVENTS.seq)).where(_EVENTS.seq < 1))).one()
+    return int(row[0] or 0), row[1]
 
 
 async def events_after(session: AsyncSession, seq: int, limit: int) -> list[AuditEvent]:

@@ -232,6 +232,9 @@ class AuditPending(Base):
     request_id: Mapped[int | None] = mapped_column(Integer)
     subscription_id: Mapped[str | None] = mapped_column(String(36))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The writer's proof that the row is the bot's, as written (storage.audit.pending_mac): the sealer
+    # chains no row without it, so a row inserted or edited in the database is never chained.
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditCheckpoint(Base):

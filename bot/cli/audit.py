@@ -53,6 +53,8 @@ def audit_verify(file: Path | None) -> None:
         if result.contradicted is not None:
             point, why = result.contradicted, result.contradiction
             lines.append(f"the audit log contradicts checkpoint {point}: {why}")
+        if result.forged:
+            lines.append(audit.forged_text(result.forged))
         raise Failed("; and ".join(lines))
     held = f"; it extends all {result.checkpoints} checkpoints given" if file is not None else ""
     click.echo(f"audit chain intact: {result.events} events{held}")

@@ -255,6 +255,8 @@ async def _audit(config: Settings, db: Database, report: Report) -> None:
             f"intact: {result.events} event{'s' if result.events != 1 else ''} keyed with key id {key.id} "
             f"({key.source}); head: event {head.seq}, hash {head.hash}",
         )
+    if result.forged:
+        report.add(FAIL, "audit pending", audit.forged_text(result.forged))
     if last is None:
         report.add(
             SKIP, "audit checkpoint", "none taken yet (one follows each applied change, and one a day)"

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from bot import audit, audit_keys, checkpoints
 from bot.audit import Checkpoint, Entry
@@ -296,3 +296,28 @@ def test_a_short_DPOR_AUDIT_KEY_is_refused_without_showing_it() -> None:
         load_settings(DPOR_AUDIT_KEY="short-secret")
     assert str(caught.value).startswith("DPOR_AUDIT_KEY: expected at least 32 characters")
     assert "short-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("seq", [0, -1])
+async def test_an_event_put_below_the_chains_first_position_fails_verify(db: Database, seq: int) -> None:
+    """The chain starts at event 1 and `verify` walks it from there; a row written into the table by hand
+    at position 0 or below is outside it (and `requests show` would list it as an event): verify fails."""
+    await chain_of_six(db)
+    first = (await stored(db))[0]
+    async with db.write(serial=False) as session:
+        await session.execute(
+            insert(AuditEvent).values(
+                seq=seq,
+                at=first.at,
+                actor="U0EVIL",
+                action="request.approved",
+                request_id=1,
+                data={},
+                prev_hash=audit.GENESIS,
+                hash=first.hash,
+                key_id=first.key_id,
+            )
+        )
+    result = await audit.verify(db)
+    assert not result.ok and result.broken_seq == seq
+    assert result.problem is not None and "outside the chain" in result.problem

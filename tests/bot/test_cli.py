@@ -19,12 +19,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from bot import cli
 from bot.cli.command import actor
 from bot.settings import normalise_database_url
-from storage.models import AuditEvent, ChangeRequest, Partner, RoleAssignment, Subscription, utcnow
+from storage.models import (
+    AuditEvent,
+    AuditPending,
+    ChangeRequest,
+    Partner,
+    RoleAssignment,
+    Subscription,
+    utcnow,
+)
 from tests.conftest import PG_ADMIN_URL, _pg_admin
 from tests.processes import change, clean_env, dpor_bot, ok, query, refused, table_rows, usage_error
 
@@ -290,6 +298,19 @@ def test_audit_verify_names_the_edited_event(database_url: str, tmp_path: Path) 
     line = refused(run("audit", "verify"))
     assert line.startswith("error: audit chain broken at event 2: ")
     assert "edited" in line
+
+
+def test_audit_verify_names_a_row_put_in_audit_pending_by_hand(database_url: str, tmp_path: Path) -> None:
+    """A row in audit_pending the bot did not sign (on PostgreSQL the sealer leaves it out of the chain; on
+    SQLite nothing of the bot's is ever there): `audit verify` fails naming it, the chain itself intact."""
+    ok(dpor_bot("partners", "add", "4977985", "--name", "Contoso", url=database_url, cwd=tmp_path))
+    forged = {"at": utcnow(), "actor": "U0OWNER", "action": "request.approved", "request_id": 1, "data": {}}
+    change(database_url, insert(AuditPending).values(**forged))
+    result = dpor_bot("audit", "verify", url=database_url, cwd=tmp_path)
+    assert result.returncode == 1, result
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: audit_pending holds 1 row the bot did not write (id "), line
+    assert "broken" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_audit_export_csv_and_output_file(database_url: str, tmp_path: Path) -> None:

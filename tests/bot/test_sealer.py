@@ -5,6 +5,7 @@ still checks. Several processes are several Databases on one database, as in tes
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from sqlalchemy import func, select, text
@@ -126,3 +127,51 @@ async def test_two_processes_requesting_for_different_subscriptions_share_one_ve
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_a_row_inserted_or_edited_in_audit_pending_is_never_chained(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone who can write the database but has no key: an event of their own put in audit_pending
+    (backdated), and an event the bot wrote there edited before the sealer took it. The sealer chains the
+    bot's untouched event and neither of theirs, says so once in the log, and `audit verify` fails naming
+    both until they are deleted."""
+    db = Database(pg)
+    try:
+        await seed(db)
+        async with AsyncSession(db.engine) as session, session.begin():  # a process killed before its seal
+            events = [chain.NewEvent(actor="UREAL", action="partner.added", data={"n": n}) for n in (1, 2)]
+            await chain.append(session, events, db.audit_key or b"")
+        async with db.engine.begin() as conn:
+            first, second = (await conn.execute(text("SELECT id FROM audit_pending ORDER BY id"))).scalars()
+            await conn.execute(
+                text("UPDATE audit_pending SET actor = 'UFORGER' WHERE id = :id"), {"id": second}
+            )
+            forged = await conn.scalar(
+                text(
+                    "INSERT INTO audit_pending (at, actor, action, request_id, data, mac) VALUES "
+                    "('2020-01-01 00:00:00+00', 'U0OWNER', 'request.approved', 42, '{}', "
+                    "(SELECT mac FROM audit_pending WHERE id = :id)) RETURNING id"
+                ),
+                {"id": first},  # a signature copied from a genuine row does not fit another's content
+            )
+        with caplog.at_level(logging.ERROR, logger="dpor"):
+            await directory.add_partner(db, "7654321", "Fabrikam", actor="test")  # any write seals
+            await directory.add_partner(db, "7654322", "Northwind", actor="test")  # and again
+        async with db.read() as session:
+            chained = (await session.execute(select(AuditEvent.actor, AuditEvent.data))).all()
+            waiting = set((await session.scalars(select(AuditPending.id))).all())
+        assert ("UREAL", {"n": 1}) in chained
+        assert not [actor for actor, _ in chained if actor in ("UFORGER", "U0OWNER")]
+        assert waiting == {second, forged}
+        refusals = [r.getMessage() for r in caplog.records if "not written by dpor-bot" in r.getMessage()]
+        assert len(refusals) == 1 and f"{second}, {forged}" in refusals[0], refusals
+
+        result = await audit.verify(db)
+        assert not result.ok and result.forged == (second, forged) and result.broken_seq is None
+        assert f"id {second}, {forged}" in audit.forged_text(result.forged)
+        async with db.engine.begin() as conn:  # the operator, having looked at them
+            await conn.execute(text("DELETE FROM audit_pending"))
+        assert (await audit.verify(db)).ok
+    finally:
+        await db.dispose()

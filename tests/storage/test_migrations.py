@@ -10,12 +10,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from bot.settings import normalise_database_url
 from storage.db import Database
-from storage.migrate import is_current, upgrade
+from storage.migrate import MigrationError, is_current, upgrade
 from storage.models import Base
 
 PG_ADMIN_URL = os.environ.get("DPOR_TEST_DATABASE_URL", "").strip()
@@ -92,3 +92,23 @@ def test_head_constant_is_alembics_head() -> None:
     from storage.migrate import HEAD, alembic_config
 
     assert ScriptDirectory.from_config(alembic_config()).get_heads() == [HEAD]
+
+
+async def test_the_upgrade_that_signs_pending_events_waits_until_none_waits(empty_db: Database) -> None:
+    """Events waiting for the sealer when 0009 comes carry no signature and could not be told from forged
+    ones: the upgrade refuses, saying how to have them chained first, and goes through once none waits."""
+    await upgrade(empty_db, "0008")
+    async with empty_db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO audit_pending (at, actor, action, data) "
+                "VALUES (CURRENT_TIMESTAMP, 'U1', 'partner.added', '{}')"
+            )
+        )
+    with pytest.raises(MigrationError, match="dpor-bot audit verify"):
+        await upgrade(empty_db)
+    assert not await is_current(empty_db)
+    async with empty_db.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_pending"))
+    await upgrade(empty_db)
+    assert await is_current(empty_db)
