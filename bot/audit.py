@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.errors import BadInput
 from bot.settings import ConfigError
 from storage import audit as chain
 from storage.audit import GENESIS, canonical, chain_hash, key_id
@@ -52,6 +53,7 @@ ACTIONS = frozenset(
         "channel.subscribed",
         "channel.unsubscribed",
         "audit.rekeyed",
+        "audit.accepted",
         "person.linked",
         "person.unlinked",
     }
@@ -222,13 +224,34 @@ async def verify(
     )
 
 
+async def accept(db: Database, ids: Sequence[int], actor: str) -> list[int]:
+    """PostgreSQL: have the sealer chain waiting events it refused (`Verification.forged`), once an
+    operator has checked them: an event a version before migration 0009 left unchained, say. They are
+    signed as they are now and chained, followed by `audit.accepted` naming them. Returns the ids that
+    were waiting (the others are not accepted)."""
+    if db.is_sqlite:
+        raise BadInput(
+            "SQLite chains each event as it is written: no row of audit_pending is the bot's. "
+            "Look at them, then delete them"
+        )
+    async with db.write() as session:  # its commit is followed by a seal: the rows are chained then
+        key = audit_key_of(session)
+        if key is None:
+            raise ConfigError(NO_KEY)
+        found = await chain.sign_pending(session, ids, key)
+        if found:
+            await append(session, Entry(actor=actor, action="audit.accepted", data={"pending_ids": found}))
+    return found
+
+
 def forged_text(ids: Sequence[int]) -> str:
     """What `verify`'s `forged` means, for a person."""
     return (
         f"audit_pending holds {len(ids)} row{'s' if len(ids) != 1 else ''} the bot did not write "
         f"(id {', '.join(map(str, ids[:10]))}{', ...' if len(ids) > 10 else ''}: their signature does not "
-        "check, so someone inserted or edited them in the database); they are not in the chain. Inspect "
-        "them, then delete them"
+        "check, so someone inserted or edited them in the database, or a version before migration 0009 "
+        "left them); they are not in the chain. Inspect them, then delete them, or chain those that are "
+        "genuine with `dpor-bot audit accept ID`"
     )
 
 

@@ -310,6 +310,17 @@ async def not_ours(session: AsyncSession, key: bytes) -> list[int]:
     return refused
 
 
+async def sign_pending(session: AsyncSession, ids: Collection[int], key: bytes) -> list[int]:
+    """Sign these waiting rows as they are now, for the sealer to chain (an operator who checked them:
+    `dpor-bot audit accept`); returns the ids found waiting."""
+    query = select(_PENDING).where(_PENDING.c.id.in_(list(ids))).order_by(_PENDING.c.id)
+    rows = (await session.execute(query)).all()
+    for r in rows:
+        mac = pending_mac(key, r.at, r.actor, r.action, r.request_id, r.subscription_id, r.data or {})
+        await session.execute(update(_PENDING).where(_PENDING.c.id == r.id).values(mac=mac))
+    return [r.id for r in rows]
+
+
 async def outside_chain(session: AsyncSession) -> tuple[int, int | None]:
     """How many events have a position below 1 (never the bot's: the chain starts at 1, and `verify` walks
     it from there), and the lowest of them."""

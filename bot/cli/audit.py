@@ -11,7 +11,7 @@ from typing import TextIO
 import click
 
 from bot import audit, audit_keys, checkpoints
-from bot.cli.command import Failed, run, settings
+from bot.cli.command import Failed, actor, run, settings
 from bot.errors import Refusal
 from storage.db import Database
 
@@ -111,6 +111,24 @@ def audit_checkpoint() -> None:
     if point is None:
         raise Failed("the audit log is empty: there is no head to publish yet")
     click.echo(f"audit checkpoint {point}")
+
+
+@audit_group.command("accept")
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1), required=True)
+def audit_accept(ids: tuple[int, ...]) -> None:
+    """PostgreSQL: chain waiting events (audit_pending) the sealer refused for want of a valid signature,
+    once you have checked each is genuine (an event a version before migration 0009 left unchained, say);
+    `audit verify` names them. Records `audit.accepted`. Needs the audit key."""
+    who = actor()
+    try:
+        found = run(lambda database: audit.accept(database, list(ids), who))
+    except Refusal as exc:
+        raise Failed(exc.message) from None
+    missing = sorted(set(ids) - set(found))
+    if found:
+        click.echo(f"accepted and chained: {', '.join(map(str, found))}")
+    if missing:
+        raise Failed(f"not waiting in audit_pending: {', '.join(map(str, missing))}")
 
 
 @audit_group.command("rekey")

@@ -311,6 +311,18 @@ def test_audit_verify_names_a_row_put_in_audit_pending_by_hand(database_url: str
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: audit_pending holds 1 row the bot did not write (id "), line
     assert "broken" not in result.stderr and "Traceback" not in result.stderr
+    pending = query(database_url, select(AuditPending.id))
+    ids = [str(row[0]) for row in pending]
+    answer = dpor_bot("audit", "accept", *ids, url=database_url, cwd=tmp_path)
+    if database_url.startswith("sqlite"):  # nothing of the bot's is ever there: refused, nothing chained
+        assert "SQLite chains each event as it is written" in refused(answer)
+        assert query(database_url, select(AuditPending.id)) == pending
+        return
+    assert ok(answer) == f"accepted and chained: {ids[0]}\n"  # the operator looked at it: genuine
+    assert ok(dpor_bot("audit", "verify", url=database_url, cwd=tmp_path)).startswith("audit chain intact")
+    assert "not waiting in audit_pending: 7" in refused(
+        dpor_bot("audit", "accept", "7", url=database_url, cwd=tmp_path)
+    )
 
 
 def test_audit_export_csv_and_output_file(database_url: str, tmp_path: Path) -> None:

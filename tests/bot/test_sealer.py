@@ -175,3 +175,35 @@ async def test_a_row_inserted_or_edited_in_audit_pending_is_never_chained(
         assert (await audit.verify(db)).ok
     finally:
         await db.dispose()
+
+
+async def test_an_unsigned_event_an_operator_checked_is_chained_by_audit_accept(pg: str) -> None:
+    """An event left waiting without a signature (by a version before migration 0009, whose process died
+    between its commit and its seal): verify names it; once the operator has checked it, `audit accept`
+    has it chained, with `audit.accepted` after it naming it, and verify passes."""
+    db = Database(pg)
+    try:
+        await seed(db)
+        async with db.engine.begin() as conn:
+            left = await conn.scalar(
+                text(
+                    "INSERT INTO audit_pending (at, actor, action, data) "
+                    "VALUES (now(), 'U0OLD', 'partner.added', '{\"partner_id\": \"7654321\"}') RETURNING id"
+                )
+            )
+        assert (await audit.verify(db)).forged == (left,)
+        assert await audit.accept(db, [left, left + 100], "operator:me") == [left]
+        assert await count(db, AuditPending) == 0
+        async with db.read() as session:
+            tail = (
+                await session.execute(
+                    select(AuditEvent.actor, AuditEvent.action, AuditEvent.data).order_by(AuditEvent.seq)
+                )
+            ).all()[-2:]
+        assert [tuple(r) for r in tail] == [
+            ("U0OLD", "partner.added", {"partner_id": "7654321"}),
+            ("operator:me", "audit.accepted", {"pending_ids": [left]}),
+        ]
+        assert (await audit.verify(db)).ok
+    finally:
+        await db.dispose()

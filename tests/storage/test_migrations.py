@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -112,3 +113,27 @@ async def test_the_upgrade_that_signs_pending_events_waits_until_none_waits(empt
         await conn.execute(text("DELETE FROM audit_pending"))
     await upgrade(empty_db)
     assert await is_current(empty_db)
+
+
+async def test_an_event_committed_during_the_upgrade_is_counted_not_slipped_past(
+    empty_db: Database,
+) -> None:
+    """PostgreSQL, a deploy: the running version's transaction has written an event and not committed when
+    0009 starts. The upgrade waits for it and counts it (refusing), rather than counting before it and
+    leaving it unsigned after."""
+    if empty_db.is_sqlite:
+        pytest.skip("PostgreSQL only: SQLite's writers take turns on the whole file")
+    await upgrade(empty_db, "0008")
+    async with empty_db.engine.connect() as old:  # the running version, mid-transaction
+        await old.execute(
+            text(
+                "INSERT INTO audit_pending (at, actor, action, data) "
+                "VALUES (CURRENT_TIMESTAMP, 'U1', 'partner.added', '{}')"
+            )
+        )
+        migrating = asyncio.create_task(upgrade(empty_db))
+        await asyncio.sleep(0.5)
+        assert not migrating.done()  # it waits for the running version's transaction
+        await old.commit()
+    with pytest.raises(MigrationError, match="1 audit events wait to be chained"):
+        await asyncio.wait_for(migrating, 10)

@@ -26,7 +26,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    waiting = op.get_bind().execute(sa.text("SELECT count(*) FROM audit_pending")).scalar()
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        # Until this transaction ends: an event the running version commits meanwhile waits, and is
+        # written (unsigned, by that version) after the column exists, not between the count and it.
+        bind.execute(sa.text("LOCK TABLE audit_pending IN ACCESS EXCLUSIVE MODE"))
+    waiting = bind.execute(sa.text("SELECT count(*) FROM audit_pending")).scalar()
     if waiting:
         raise CommandError(
             f"{waiting} audit events wait to be chained (audit_pending): run `dpor-bot audit verify` "
