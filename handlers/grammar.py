@@ -75,10 +75,15 @@ def parse_user(token: str) -> str:
     return user
 
 
+_PAGE = re.compile(r"[0-9]{1,6}")
+
+
 def _page(tokens: list[str], name: str) -> int:
     if not tokens:
         return 1
-    if len(tokens) == 1 and tokens[0].isdigit() and 1 <= int(tokens[0]) <= 100_000:
+    # ASCII digits only: `isdigit()` also takes ², ① and the like, which int() refuses; and a short run,
+    # so int() never reads an absurdly long one.
+    if len(tokens) == 1 and _PAGE.fullmatch(tokens[0]) and 1 <= int(tokens[0]) <= 100_000:
         return int(tokens[0])
     raise UsageError(f"`{' '.join(tokens)}` is not a page number.", name)
 

@@ -86,7 +86,8 @@ def _paged(title: str, lines: list[str], page: Page, next_command: str, empty: s
         )
     blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text=title)), *_sections(lines)]
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=footer)]))
-    return Reply(f"{title} ({footer})", blocks)
+    # The title is plain text in the header block; in the message's text it is mrkdwn, so escaped there.
+    return Reply(f"{escape(title)} ({footer})", blocks)
 
 
 def show(overview: Overview) -> Reply:

@@ -151,6 +151,19 @@ async def test_echoed_text_is_escaped_everywhere(harness: Harness) -> None:
     assert "<!here>" not in json.dumps(body) and "&lt;!here&gt;" in json.dumps(body)
     _, body = await harness.command("show <!channel>", ADMIN)
     assert "<!channel>" not in body["text"]
+    _, body = await harness.command("history &lt;!here&gt;", ADMIN)  # its title in the message's text
+    assert "History of Prod &lt;!everyone&gt; (1-1 of 1)" in body["text"], body
+
+
+@pytest.mark.parametrize("page", ["²", "①", "₂", "٣", "1" * 5000])
+async def test_a_page_number_in_other_digits_is_a_usage_answer(harness: Harness, page: str) -> None:
+    """Digits int() will not read (superscripts, circled, other scripts, thousands of them) answer how to
+    write a page number, as any other bad one does; before, `isdigit()` let them through to a crash."""
+    for command in (f"list {page}", f"pending {page}", f"history prod {page}"):
+        status, body = await harness.command(command, BYSTANDER)
+        assert status == 200 and body["text"].startswith(":warning:"), (command, body)
+        # (the long run's echo is clipped before the sentence ends)
+        assert "is not a page number" in body["text"] or len(page) > 100, (command, body)
 
 
 async def test_reason_reads_as_typed(harness: Harness) -> None:
