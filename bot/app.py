@@ -215,9 +215,11 @@ def outbox_worker(
     return OutboxWorker(
         ctx.db,
         {**SlackDeliverer(ctx, client).deliverers(), outbox.APPLY: applier.deliver},
-        buriers={outbox.APPLY: applier.give_up},
         dead_recorders={
-            outbox.CARD: lambda row: partial(lifecycle.card_unposted, request_id=row.payload["request_id"])
+            outbox.CARD: lambda row, _: partial(
+                lifecycle.card_unposted, request_id=row.payload["request_id"]
+            ),
+            outbox.APPLY: applier.dead,
         },
         sweep=checkpoints.with_daily(
             lambda: lifecycle.sweep(ctx.db, settings.remind_after, metrics=ctx.metrics, pol=ctx.policy),

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import checkpoints, lifecycle
 from bot.audit import Checkpoint
-from bot.errors import SYSTEM_ACTOR, Refusal, UnknownRequest
+from bot.errors import SYSTEM_ACTOR, UnknownRequest
 from bot.lifecycle import event
 from bot.logs import bound
 from bot.metrics import APPLIED, FAILED, RETRIED, Metrics
@@ -26,6 +26,7 @@ from bot.providers import PartnerProvider, ProviderError, Providers
 from bot.providers.portal import AwaitingAttestation
 from storage import requests
 from storage.db import Database
+from storage.directory import subscription_by_id
 from storage.models import ChangeRequest, OutboxMessage, RequestStatus, utcnow
 
 log = logging.getLogger("dpor.apply")
@@ -52,45 +53,50 @@ async def start_apply(
         req = await requests.get(session, request_id, lock=True)
         if req is None or req.status not in (RequestStatus.APPROVED, RequestStatus.APPLYING):
             return None
-        attempts = req.apply_attempts + 1
-        if awaiting:
-            rows = lifecycle.effects(req)
-            rows.thread(req.card_channel, req.id, "awaiting")
-            await lifecycle.record(
-                session,
-                req,
-                req.status,
-                RequestStatus.APPLYING,
-                event(req, SYSTEM_ACTOR, "apply.started", partner_id=req.partner_id, **awaiting)
-                if req.status == RequestStatus.APPROVED
-                else None,  # a retry's apply.started is the owner's click
-                rows,
-                apply_attempts=attempts,
-                result=awaiting,
-                reminded_at=None,
-            )
-        elif req.status == RequestStatus.APPROVED:
-            entry = event(req, SYSTEM_ACTOR, "apply.started", partner_id=req.partner_id)
-            await lifecycle.record(
-                session,
-                req,
-                RequestStatus.APPROVED,
-                RequestStatus.APPLYING,
-                entry,
-                lifecycle.effects(req),
-                apply_attempts=attempts,
-            )
-        else:
-            await lifecycle.record(
-                session,
-                req,
-                RequestStatus.APPLYING,
-                RequestStatus.APPLYING,
-                None,
-                Outbox(),
-                apply_attempts=attempts,
-            )
+        await _start_locked(session, req, awaiting)
         return req
+
+
+async def _start_locked(session: AsyncSession, req: ChangeRequest, awaiting: dict[str, Any] | None) -> None:
+    """start_apply inside the caller's transaction, on a request it locked, approved or applying."""
+    attempts = req.apply_attempts + 1
+    if awaiting:
+        rows = lifecycle.effects(req)
+        rows.thread(req.card_channel, req.id, "awaiting")
+        await lifecycle.record(
+            session,
+            req,
+            req.status,
+            RequestStatus.APPLYING,
+            event(req, SYSTEM_ACTOR, "apply.started", partner_id=req.partner_id, **awaiting)
+            if req.status == RequestStatus.APPROVED
+            else None,  # a retry's apply.started is the owner's click
+            rows,
+            apply_attempts=attempts,
+            result=awaiting,
+            reminded_at=None,
+        )
+    elif req.status == RequestStatus.APPROVED:
+        entry = event(req, SYSTEM_ACTOR, "apply.started", partner_id=req.partner_id)
+        await lifecycle.record(
+            session,
+            req,
+            RequestStatus.APPROVED,
+            RequestStatus.APPLYING,
+            entry,
+            lifecycle.effects(req),
+            apply_attempts=attempts,
+        )
+    else:
+        await lifecycle.record(
+            session,
+            req,
+            RequestStatus.APPLYING,
+            RequestStatus.APPLYING,
+            None,
+            Outbox(),
+            apply_attempts=attempts,
+        )
 
 
 async def finish_apply(db: Database, pol: Policy, request_id: int, outcome: ApplyOutcome) -> ChangeRequest:
@@ -242,16 +248,27 @@ class Applier:
         else:
             log.warning("request %s failed to apply (%s provider): %s", req.id, provider, outcome.error)
 
-    async def give_up(self, row: OutboxMessage, error: str) -> None:
-        """An apply row that died fails its request, so the card offers Retry instead of staying open."""
+    def dead(self, row: OutboxMessage, error: str) -> Recorder:
+        """An apply row that died fails its request, so the card offers Retry instead of staying open: in
+        the transaction that marks the row dead, so no process that stops in between leaves the request
+        applying (and its subscription blocked) behind a dead row."""
         request_id = row.payload["request_id"]
-        try:
-            req = await start_apply(self.db, request_id)
-            if req is not None:
-                outcome = ApplyOutcome(ok=False, error=f"could not be applied: {error}")
-                await finish_apply(self.db, self.policy, request_id, outcome)
-                provider = await self.providers.for_subscription(req.subscription_id)
-                with bound(request_id=request_id, subscription=req.subscription_id):
-                    self._finished(req, provider.name, outcome)
-        except Refusal as exc:
-            log.info("request %s was decided meanwhile: %s", request_id, exc.message)
+
+        async def record(session: AsyncSession) -> AfterCommit | None:
+            req = await requests.get(session, request_id, lock=True)
+            if req is None or req.status not in (RequestStatus.APPROVED, RequestStatus.APPLYING):
+                return None  # decided meanwhile (or gone): nothing to fail
+            sub = await subscription_by_id(session, req.subscription_id)
+            if req.status == RequestStatus.APPROVED:
+                await _start_locked(session, req, None)  # approved -> applying (apply.started): then failed
+            outcome = ApplyOutcome(ok=False, error=f"could not be applied: {error}")
+            await finish(session, self.policy, req, outcome)
+            provider = self.providers.of(sub).name
+
+            def committed() -> None:
+                with bound(request_id=req.id, subscription=req.subscription_id):
+                    self._finished(req, provider, outcome)
+
+            return committed
+
+        return record

@@ -43,8 +43,9 @@ T = TypeVar("T")
 CLAIM: ContextVar[int | None] = ContextVar("dpor_outbox_claim", default=None)
 
 Deliver = Callable[[OutboxMessage], Awaitable[Recorder | None]]
-Bury = Callable[[OutboxMessage, str], Awaitable[None]]
-"""What follows a dead row of a kind (a dead apply fails its request), after the row is marked dead."""
+DeadRecorder = Callable[[OutboxMessage, str], Recorder]
+"""What a dead row of a kind records (a dead apply fails its request), given the row and its last error:
+written in the transaction that marks the row dead."""
 
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
@@ -58,8 +59,7 @@ class OutboxWorker:
         db: Database,
         deliverers: Mapping[str, Deliver],
         *,
-        buriers: Mapping[str, Bury] | None = None,
-        dead_recorders: Mapping[str, Callable[[OutboxMessage], Recorder]] | None = None,
+        dead_recorders: Mapping[str, DeadRecorder] | None = None,
         sweep: Callable[[], Awaitable[None]] | None = None,
         name: str | None = None,
         poll_interval: float = 1.0,
@@ -71,7 +71,6 @@ class OutboxWorker:
     ) -> None:
         self.db = db
         self.deliverers = deliverers
-        self.buriers = buriers or {}
         self.dead_recorders = dead_recorders or {}
         self.sweep = sweep
         # Unique per process start, so a restarted process never passes for the one that died.
@@ -310,11 +309,8 @@ class OutboxWorker:
             )
             dead = self.dead_recorders.get(row.kind)
             await self._settle(
-                row, table.DEAD, dead(row) if dead else None, last_error=error, attempts=attempts
+                row, table.DEAD, dead(row, error) if dead else None, last_error=error, attempts=attempts
             )
-            bury = self.buriers.get(row.kind)
-            if bury is not None:
-                await bury(row, error)
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         until = utcnow() + timedelta(seconds=delay)

@@ -28,6 +28,7 @@ TABLES = (
     "approvals",
     "change_requests",
     "audit_events",
+    "audit_pending",
     "outbox",
     "channel_watches",
     "role_assignments",

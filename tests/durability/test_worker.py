@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import apply as apply_module
 from bot import audit, clicks, lifecycle
 from bot import outbox as outbox_rows
 from bot.app import outbox_worker
@@ -734,3 +735,56 @@ async def test_with_its_listen_connection_down_a_process_still_wakes_its_worker(
 
     monkeypatch.setattr(notify, "_listen_once", cannot_listen)
     await _a_row_written_is_delivered_at_once(db)
+
+
+@pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])
+async def test_a_dead_apply_row_fails_its_request_in_the_same_transaction(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply row abandoned by crashed processes goes dead, and its request fails (the card offers
+    Retry) in the same transaction: when that write breaks (the database dropped the connection), neither
+    happens and the row is tried again, so no moment shows a dead apply row beside a request still
+    approved or applying, which would block its subscription with nothing left to finish it."""
+    h = harness_any_db
+    bot = h.bot
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    await until("the card posted", lambda: card_posted(h, rid))
+    assert bot.worker is not None
+    await bot.worker.stop()
+    assert (await h.click("dpor_approve", rid, OWNER))[0] == 200
+    async with bot.db.write(serial=False) as session:  # every claim so far ended with its process
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.kind == "apply")
+            .values(attempts=bot.worker.max_attempts)
+        )
+    finish, broke = apply_module.finish, []
+
+    async def breaks_once(*args: Any, **kw: Any) -> Any:
+        if not broke:
+            broke.append(True)
+            raise RuntimeError("the connection dropped")
+        return await finish(*args, **kw)
+
+    monkeypatch.setattr(apply_module, "finish", breaks_once)
+    seen: list[tuple[str, str]] = []
+
+    async def failed() -> bool:
+        async with bot.db.read() as session:
+            req = await session.get(ChangeRequest, rid)
+            (row,) = (await session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "apply"))).all()
+        assert req is not None
+        seen.append((row.status, req.status))
+        return req.status == "failed"
+
+    worker = outbox_worker(
+        bot.ctx, bot.providers, bot.worker_client, poll_interval=0.05, lease=timedelta(seconds=1)
+    )
+    worker.start()
+    try:
+        await until("the request failed", failed)
+    finally:
+        await worker.stop()
+    assert broke and seen[-1] == ("dead", "failed"), seen
+    assert not [s for s in seen if s[0] == "dead" and s[1] in ("approved", "applying")], seen
+    assert "Retry" in json.dumps(h.slack.message(APPROVALS, (await h.request(rid)).card_ts).blocks)
