@@ -23,7 +23,8 @@ USAGE = {
     "unsubscribe": ("/dpor unsubscribe [SUBSCRIPTION|all]", "/dpor unsubscribe prod-eu"),
     "help": ("/dpor help", "/dpor help"),
 }
-SLACK_USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,}))$")
+# A user ID: U or W and up to 31 more (what the database keeps: 32 characters; Slack's are 9 to 11).
+SLACK_USER = re.compile(r"^(?:<@([UW][A-Z0-9]{2,31})(?:\|[^>]*)?>|([UW][A-Z0-9]{2,31}))$")
 # Slack's markup in the text it sends: <@U1|name>, <#C1|name>, <!here>, <!subteam^S1|@team>, <http://x|y>.
 _MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
 

@@ -115,6 +115,16 @@ async def test_role_grant_and_revoke_from_slack(harness: Harness) -> None:
     assert (await harness.audit_actions()).count("role.revoked") == 1
 
 
+async def test_a_user_id_longer_than_slack_makes_them_is_a_usage_answer(harness_any_db: Harness) -> None:
+    """A "user" of 41 characters is no Slack user (the database keeps 32; on PostgreSQL the grant used to
+    fail inside the bot): the usage answer, nothing granted."""
+    before = await harness_any_db.audit_actions()
+    for text in ("role grant U" + "A" * 40 + " owner prod", "role grant <@U" + "A" * 40 + "> owner prod"):
+        status, body = await harness_any_db.command(text, OWNER)
+        assert status == 200 and "is not a Slack user" in body["text"], body
+    assert await harness_any_db.audit_actions() == before
+
+
 async def test_subscribed_channel_gets_notifications(harness: Harness) -> None:
     _, body = await harness.command("subscribe prod", OWNER, channel_id="C0WATCHERS")
     assert "will now get" in body["text"]
