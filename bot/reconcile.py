@@ -23,7 +23,7 @@ from bot.providers import CannotRead, PartnerState, ProviderError, Providers
 from storage import audit as chain
 from storage import directory, queries, requests
 from storage.db import Database
-from storage.models import Subscription, utcnow
+from storage.models import RequestStatus, Subscription, utcnow
 
 log = logging.getLogger("dpor.reconcile")
 
@@ -51,6 +51,9 @@ class Finding:
     announced: bool = False
     # Every partner the target credits when it credits several (azure-rbac): a drift even if one is recorded.
     credited: tuple[str, ...] = ()
+
+
+IN_FLIGHT = (RequestStatus.APPROVED, RequestStatus.APPLYING)
 
 
 async def reconcile(
@@ -112,6 +115,11 @@ async def _record(db: Database, policy: Policy, found: Finding, state: PartnerSt
         sub = await requests.subscription(session, found.subscription_id)
         if sub is None or sub.partner_id != found.recorded:
             return replace(found, status=BUSY, message="the record changed while it was checked")
+        # Approved since the run's first read (and perhaps at the provider already): the bot's own change
+        # under way, not drift. Read again here, where the drift would be recorded.
+        now_open = await requests.open_for(session, sub.id)
+        if now_open is not None and now_open.status in IN_FLIGHT:
+            return replace(found, status=BUSY, message=f"request #{now_open.id} is being applied")
         names = await directory.partner_names(session, [found.recorded, found.observed, *found.credited])
         several = [{"id": pid, "name": names.get(pid)} for pid in found.credited]
         if several:

@@ -17,6 +17,7 @@ from bot.errors import SYSTEM_ACTOR
 from bot.providers import NAMES as PROVIDER_NAMES
 from bot.providers import OLD_NAMES
 from handlers.messages import drift_text
+from storage import requests
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Subscription
 from tests.bot.providers.conftest import (
@@ -144,6 +145,25 @@ async def test_a_subscription_being_applied_is_not_read(sqlite_world: World) -> 
     busy = next(f for f in findings if f.subscription_id == SUB)
     assert busy.status == "busy" and f"#{rid}" in (busy.message or "")
     assert replay.arm == [] and await sqlite_world.events("partner.drift") == []
+
+
+async def test_a_change_approved_during_the_run_is_busy_not_drift(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run reads which subscriptions are being applied once, first; a request approved after that read
+    and already at the provider when its target is read (the target shows the new partner, the record
+    the old one) is the bot's own change under way: busy, with no `partner.drift` and no notice."""
+    azure(world, Replay(ok(NEW, "Contoso MSP Ltd")))
+    rid = await world.approved()
+    monkeypatch.setattr(requests, "in_flight", _nothing_in_flight)  # as read before the approval
+    findings = await reconcile.reconcile(world.db, world.providers, world.policy)
+    busy = next(f for f in findings if f.subscription_id == SUB)
+    assert busy.status == "busy" and f"#{rid}" in (busy.message or ""), busy
+    assert await world.events("partner.drift") == [] and await notices(world.db) == []
+
+
+async def _nothing_in_flight(session: object) -> dict[str, int]:
+    return {}
 
 
 async def test_a_target_that_cannot_be_read_is_an_error_not_drift(sqlite_world: World) -> None:
