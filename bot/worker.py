@@ -48,6 +48,11 @@ DeadRecorder = Callable[[OutboxMessage, str], Recorder]
 written in the transaction that marks the row dead."""
 
 
+# How many more claims a row gets, after its last attempt, for what its death records (a dead recorder,
+# written with the row's death) before it is buried without it.
+DEAD_RECORDER_TRIES = 3
+
+
 def backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
     """Exponential backoff with jitter: attempt 1 waits 1-2 s, attempt 8 between 128 and 256 s."""
     return random.uniform(0.5, 1.0) * min(cap, base**attempt)
@@ -308,9 +313,21 @@ class OutboxWorker:
                 row.id,
             )
             dead = self.dead_recorders.get(row.kind)
-            await self._settle(
-                row, table.DEAD, dead(row, error) if dead else None, last_error=error, attempts=attempts
-            )
+            record = dead(row, error) if dead else None
+            if record is not None and row.attempts > self.max_attempts + DEAD_RECORDER_TRIES:
+                # What its death records failed each time (it rolls the row's death back with it): the
+                # row is buried without it rather than tried for ever.
+                log.error(
+                    "outbox row %s (%s): what its death records could not be written in %d tries; it is "
+                    "marked dead without it (an apply row leaves its request as it is: `dpor-bot outbox "
+                    "retry %s` tries the apply again)",
+                    row.id,
+                    row.kind,
+                    DEAD_RECORDER_TRIES,
+                    row.id,
+                )
+                record = None
+            await self._settle(row, table.DEAD, record, last_error=error, attempts=attempts)
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         until = utcnow() + timedelta(seconds=delay)

@@ -313,7 +313,8 @@ async def not_ours(session: AsyncSession, key: bytes) -> list[int]:
 async def sign_pending(session: AsyncSession, ids: Collection[int], key: bytes) -> list[int]:
     """Sign these waiting rows as they are now, for the sealer to chain (an operator who checked them:
     `dpor-bot audit accept`); returns the ids found waiting."""
-    query = select(_PENDING).where(_PENDING.c.id.in_(list(ids))).order_by(_PENDING.c.id)
+    # Locked: a row edited (or chained) between this read and the signature would be reported accepted.
+    query = select(_PENDING).where(_PENDING.c.id.in_(list(ids))).order_by(_PENDING.c.id).with_for_update()
     rows = (await session.execute(query)).all()
     for r in rows:
         mac = pending_mac(key, r.at, r.actor, r.action, r.request_id, r.subscription_id, r.data or {})

@@ -19,7 +19,7 @@ from bot import audit, clicks, lifecycle
 from bot import outbox as outbox_rows
 from bot.app import outbox_worker
 from bot.errors import Refusal
-from bot.worker import OutboxWorker
+from bot.worker import DEAD_RECORDER_TRIES, OutboxWorker
 from storage import directory
 from storage import outbox as outbox_table
 from storage.db import Database
@@ -780,11 +780,64 @@ async def test_a_dead_apply_row_fails_its_request_in_the_same_transaction(
     worker = outbox_worker(
         bot.ctx, bot.providers, bot.worker_client, poll_interval=0.05, lease=timedelta(seconds=1)
     )
+    card_ts = (await h.request(rid)).card_ts
+
+    async def retry_offered() -> bool:
+        return "Retry" in json.dumps(h.slack.message(APPROVALS, card_ts).blocks)
+
     worker.start()
     try:
         await until("the request failed", failed)
+        await until("the card offering Retry", retry_offered)
     finally:
         await worker.stop()
     assert broke and seen[-1] == ("dead", "failed"), seen
     assert not [s for s in seen if s[0] == "dead" and s[1] in ("approved", "applying")], seen
-    assert "Retry" in json.dumps(h.slack.message(APPROVALS, (await h.request(rid)).card_ts).blocks)
+
+
+@pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])
+async def test_a_dead_recorder_that_always_fails_buries_the_row_without_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When what a dead apply row records (its request's failure) cannot be written however often it is
+    tried, the row is buried without it after a few more claims, with an error saying how to try the
+    apply again, rather than claimed for ever."""
+    h = harness
+    bot = h.bot
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    await until("the card posted", lambda: card_posted(h, rid))
+    assert bot.worker is not None
+    await bot.worker.stop()
+    assert (await h.click("dpor_approve", rid, OWNER))[0] == 200
+    async with bot.db.write(serial=False) as session:
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.kind == "apply")
+            .values(attempts=bot.worker.max_attempts)
+        )
+
+    async def always_breaks(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("the recorder is broken")
+
+    monkeypatch.setattr(apply_module, "finish", always_breaks)
+
+    async def apply_row() -> OutboxMessage:
+        (row,) = [r for r in await rows(h) if r.kind == "apply"]
+        return row
+
+    async def dead() -> bool:
+        return (await apply_row()).status == "dead"
+
+    worker = outbox_worker(
+        bot.ctx, bot.providers, bot.worker_client, poll_interval=0.05, lease=timedelta(seconds=0.5)
+    )
+    with caplog.at_level(logging.ERROR, logger="dpor"):
+        worker.start()
+        try:
+            await until("the row dead", dead)
+        finally:
+            await worker.stop()
+    row = await apply_row()
+    assert row.attempts == bot.worker.max_attempts + DEAD_RECORDER_TRIES + 1, row.attempts
+    assert any("marked dead without it" in r.getMessage() for r in caplog.records)
+    assert (await h.request(rid)).status in ("approved", "applying")  # left as it was: retry tries again
