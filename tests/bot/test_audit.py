@@ -60,8 +60,9 @@ def test_the_actions_are_those_of_the_design() -> None:
     # partner.drift (reconcile found a target that disagrees with the record), the channel watches
     # (subscribe, unsubscribe) and the re-keying of a chain written before keys (audit.rekeyed) extend
     # the design's list, as do the people links of the Azure role source (person.linked, person.unlinked)
-    # and a partner's PAL principals (partner.principal_added); the README lists them.
-    added = {"partner.drift", "channel.subscribed", "channel.unsubscribed", "audit.rekeyed"}
+    # and a partner's PAL principals (partner.principal_added), and the waiting events an operator
+    # vouched for (audit.accepted); the README lists them.
+    added = {"partner.drift", "channel.subscribed", "channel.unsubscribed", "audit.rekeyed", "audit.accepted"}
     added |= {"person.linked", "person.unlinked", "partner.principal_added"}
     assert audit.ACTIONS - added == DESIGN_ACTIONS and added <= audit.ACTIONS
 
