@@ -341,14 +341,10 @@ async def change_role(
     authorise: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
 ) -> RoleChange:
     """Grant or revoke a role on a subscription, or on every one (None, `*`, `all`); audited if it changed,
-    and announced to `notify` (DPOR_NOTIFY_CHANNELS) and the channels watching the scope.
-
-    Revoking an owner role that would leave a subscription with no owner is refused (LastOwner), writing
-    nothing, unless `force` (the operator's CLI), which the audit event records. `authorise(session,
-    scope)`: a check of the actor's own right, run in the same transaction before anything is written (a
-    person in Slack; the operator's CLI has none), so a right revoked while this waited for its turn to
-    write is seen; it refuses by raising.
-    """
+    and announced to `notify` (DPOR_NOTIFY_CHANNELS) and the channels watching the scope. Revoking a
+    subscription's last owner is refused (LastOwner) unless `force` (the CLI; the event records it).
+    `authorise(session, scope)`: the actor's own right, checked in this transaction before any write (a
+    right revoked while this waited to write is seen); it refuses by raising."""
     role = _role(role)
     async with db.write() as session:
         scope = await resolve_scope(session, subscription)
@@ -393,8 +389,7 @@ async def grant_role(db: Database, user_id: str, role: str, scope: str | None, *
 
 
 async def revoke_role(db: Database, user_id: str, role: str, scope: str | None, **options: Any) -> bool:
-    """`change_role` revoking (LastOwner refuses a subscription's last owner); `options`: actor, notify,
-    authorise."""
+    """`change_role` revoking; `options`: actor, notify, authorise."""
     return (await change_role(db, user_id, role, scope, grant=False, **options)).changed
 
 

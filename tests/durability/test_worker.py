@@ -737,6 +737,22 @@ async def test_with_its_listen_connection_down_a_process_still_wakes_its_worker(
     await _a_row_written_is_delivered_at_once(db)
 
 
+async def _approved_with_its_apply_at_the_last_attempt(h: Harness) -> int:
+    """A request approved while the worker is stopped, its apply row claimed by processes that all died
+    (every attempt used): the next claim buries it. Returns the request's id."""
+    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
+    await until("the card posted", lambda: card_posted(h, rid))
+    worker = h.bot.worker
+    assert worker is not None
+    await worker.stop()
+    assert (await h.click("dpor_approve", rid, OWNER))[0] == 200
+    async with h.bot.db.write(serial=False) as session:
+        await session.execute(
+            update(OutboxMessage).where(OutboxMessage.kind == "apply").values(attempts=worker.max_attempts)
+        )
+    return rid
+
+
 @pytest.mark.parametrize("bot_env", [{"DPOR_DM_APPROVERS_MAX": "0"}])
 async def test_a_dead_apply_row_fails_its_request_in_the_same_transaction(
     harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
@@ -747,17 +763,7 @@ async def test_a_dead_apply_row_fails_its_request_in_the_same_transaction(
     approved or applying, which would block its subscription with nothing left to finish it."""
     h = harness_any_db
     bot = h.bot
-    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
-    await until("the card posted", lambda: card_posted(h, rid))
-    assert bot.worker is not None
-    await bot.worker.stop()
-    assert (await h.click("dpor_approve", rid, OWNER))[0] == 200
-    async with bot.db.write(serial=False) as session:  # every claim so far ended with its process
-        await session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.kind == "apply")
-            .values(attempts=bot.worker.max_attempts)
-        )
+    rid = await _approved_with_its_apply_at_the_last_attempt(h)
     finish, broke = apply_module.finish, []
 
     async def breaks_once(*args: Any, **kw: Any) -> Any:
@@ -804,17 +810,7 @@ async def test_a_dead_recorder_that_always_fails_buries_the_row_without_it(
     apply again, rather than claimed for ever."""
     h = harness
     bot = h.bot
-    rid = await new_request(h, f"set prod {NEW_PARTNER}", ADMIN)
-    await until("the card posted", lambda: card_posted(h, rid))
-    assert bot.worker is not None
-    await bot.worker.stop()
-    assert (await h.click("dpor_approve", rid, OWNER))[0] == 200
-    async with bot.db.write(serial=False) as session:
-        await session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.kind == "apply")
-            .values(attempts=bot.worker.max_attempts)
-        )
+    rid = await _approved_with_its_apply_at_the_last_attempt(h)
 
     async def always_breaks(*args: Any, **kw: Any) -> Any:
         raise RuntimeError("the recorder is broken")
