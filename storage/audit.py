@@ -105,30 +105,27 @@ def event_hash(event: AuditEvent, prev_hash: str, key: bytes | None = None) -> s
     return chain_hash(prev_hash, body, key)
 
 
-def pending_mac(
-    key: bytes,
-    at: datetime,
-    actor: str,
-    action: str,
-    request_id: int | None,
-    subscription_id: str | None,
-    data: dict[str, Any],
-) -> str:
+# An event before it has a position: (at, actor, action, request_id, subscription_id, data).
+Unplaced = tuple[datetime, str, str, int | None, str | None, dict[str, Any]]
+_UNPLACED = ("at", "actor", "action", "request_id", "subscription_id", "data")
+
+
+def _unplaced(row: Any) -> Unplaced:
+    """A row of audit_pending (or a NewEvent with its time) as the event it stands for."""
+    return (row.at, row.actor, row.action, row.request_id, row.subscription_id, row.data or {})
+
+
+def pending_mac(key: bytes, event: Unplaced) -> str:
     """The writer's proof that a pending event (PostgreSQL) is the bot's, as written: HMAC-SHA256 under the
     audit key over the event's canonical form before it has a position (its own prefix: never a chain
     hash). Whoever can only write the database cannot make one for a row of their own or an edited one."""
-    body = canonical(0, at, actor, action, request_id, subscription_id, data)
+    body = canonical(0, *event)
     return hmac.new(key, b"dpor-bot audit pending\n" + body.encode(), hashlib.sha256).hexdigest()
 
 
 def _is_ours(row: Any, key: bytes) -> bool:
     """Whether a row of audit_pending carries the writer's proof, for its content as it is now."""
-    if row.mac is None:
-        return False
-    expected = pending_mac(
-        key, row.at, row.actor, row.action, row.request_id, row.subscription_id, row.data or {}
-    )
-    return hmac.compare_digest(row.mac, expected)
+    return row.mac is not None and hmac.compare_digest(row.mac, pending_mac(key, _unplaced(row)))
 
 
 @dataclass(frozen=True)
@@ -172,33 +169,18 @@ async def append(session: AsyncSession, events: Sequence[NewEvent], key: bytes) 
     if not events:
         return 0
     at = utcnow()
+    rows = [(at, e.actor, e.action, e.request_id, e.subscription_id, e.data or {}) for e in events]
     if is_postgresql(session):
-        written = await session.execute(
-            _INSERT_PENDING,
-            [
-                {
-                    "at": at,
-                    "actor": e.actor,
-                    "action": e.action,
-                    "request_id": e.request_id,
-                    "subscription_id": e.subscription_id,
-                    "data": e.data or {},
-                    "mac": pending_mac(
-                        key, at, e.actor, e.action, e.request_id, e.subscription_id, e.data or {}
-                    ),
-                }
-                for e in events
-            ],
-        )
+        pending = [{**dict(zip(_UNPLACED, row, strict=True)), "mac": pending_mac(key, row)} for row in rows]
+        written = await session.execute(_INSERT_PENDING, pending)
         session.info.setdefault(UNSEALED, []).extend(written.scalars())
         return len(events)
-    rows = [(at, e.actor, e.action, e.request_id, e.subscription_id, e.data or {}) for e in events]
     await _chain(session, rows, key)
     return len(events)
 
 
-async def _chain(session: AsyncSession, events: Sequence[tuple[Any, ...]], key: bytes) -> None:
-    """Chain (at, actor, action, request_id, subscription_id, data) events after the tip, in order."""
+async def _chain(session: AsyncSession, events: Sequence[Unplaced], key: bytes) -> None:
+    """Chain events after the tip, in order."""
     head = await tip(session)
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     kid = key_id(key)
@@ -273,8 +255,7 @@ async def _seal_locked(session: AsyncSession, key: bytes) -> int:
         if len(ours) < len(rows):
             _refused(session, {r.id for r in rows} - {r.id for r in ours})
         if ours:
-            events = [(r.at, r.actor, r.action, r.request_id, r.subscription_id, r.data or {}) for r in ours]
-            await _chain(session, events, key)
+            await _chain(session, [_unplaced(r) for r in ours], key)
             await session.execute(delete(_PENDING).where(_PENDING.c.id.in_([r.id for r in ours])))
             sealed += len(ours)
         session.info.pop(UNSEALED, None)
@@ -317,7 +298,7 @@ async def sign_pending(session: AsyncSession, ids: Collection[int], key: bytes) 
     query = select(_PENDING).where(_PENDING.c.id.in_(list(ids))).order_by(_PENDING.c.id).with_for_update()
     rows = (await session.execute(query)).all()
     for r in rows:
-        mac = pending_mac(key, r.at, r.actor, r.action, r.request_id, r.subscription_id, r.data or {})
+        mac = pending_mac(key, _unplaced(r))
         await session.execute(update(_PENDING).where(_PENDING.c.id == r.id).values(mac=mac))
     return [r.id for r in rows]
 
