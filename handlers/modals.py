@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import clicks, lifecycle, search
@@ -21,7 +21,7 @@ from bot.metrics import ERROR, OK, REFUSED
 from bot.text import clean
 from handlers import forms
 from handlers.actions import Click
-from handlers.commands import request_opened
+from handlers.commands import FORM_UNOPENED, request_opened
 from handlers.forms import PARTNER, REASON, REJECT_FORM, SET_FORM, SUBSCRIPTION
 from handlers.home import publish_home
 from handlers.messages import REJECT
@@ -38,6 +38,9 @@ MISSING = {
 }
 FOREIGN = "dpor-bot serves another Slack workspace; nothing was done."
 FAILED = "Something went wrong (ref {ref}); the operator can find it in the bot's log."
+# Slack opens a form only on a trigger under 3 s old (`expired_trigger_id`): without a word the click or
+# the shortcut would seem to do nothing at all.
+UNOPENED = "Slack did not open the form (it allows 3 seconds); nothing was done. Click {button} again."
 NO_CHANNEL = (
     "dpor-bot has no approval channel (DPOR_APPROVAL_CHANNEL), so nobody could approve this. "
     "Use /dpor set in a channel the bot is in, or ask an operator to set one."
@@ -117,7 +120,9 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     @app.shortcut(SET_FORM)
     async def set_shortcut(ack: AsyncAck, body: Body, client: AsyncWebClient) -> None:
         await ack()
-        await forms.open_form(client, body.get("trigger_id", ""), forms.set_form(None))
+        if not await forms.open_form(client, body.get("trigger_id", ""), forms.set_form(None)):
+            # A shortcut has no channel and no response URL: the person hears it in a DM.
+            _after_ack(_tell(client, body["user"]["id"], None, f":no_entry: {FORM_UNOPENED}"))
 
     @app.options(SUBSCRIPTION)
     async def subscription_options(ack: AsyncAck, body: Body, context: AsyncBoltContext) -> None:
@@ -162,13 +167,16 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             _after_ack(_tell(client, user_id, _channel(view), request_opened(req)))
 
     @app.action(REJECT)
-    async def reject_clicked(ack: AsyncAck, body: Body, client: AsyncWebClient) -> None:
+    async def reject_clicked(
+        ack: AsyncAck, body: Body, client: AsyncWebClient, respond: AsyncRespond
+    ) -> None:
         """Reject asks why first: nothing is written until the form is submitted."""
         await ack()
         click = Click.parse(REJECT, body)
         form = forms.reject_form(click.value, from_home=click.from_home)
         if not await forms.open_form(client, body.get("trigger_id", ""), form):
             log.info("the reject form for request %s did not open", click.value[:20])
+            await unopened(ctx, client, click, respond, "Reject")
 
     @app.view(REJECT_FORM)
     async def reject_submitted(
@@ -209,6 +217,18 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                 await ack()
                 if forms.metadata(view).get("home") is True:  # the Home it came from shows the new state
                     await publish_home(ctx, client, user_id, team_id=_team(body) or None)
+
+
+async def unopened(
+    ctx: BotContext, client: AsyncWebClient, click: Click, respond: AsyncRespond, button: str
+) -> None:
+    """Tell whoever clicked `button` that its form did not open: privately under the card, or on top of
+    the Home (a click there has no channel)."""
+    text = UNOPENED.format(button=button)
+    if click.from_home:
+        await publish_home(ctx, client, click.user_id, text, team_id=click.team_id or None)
+    else:
+        await respond(text=f":no_entry: {text}", response_type="ephemeral", replace_original=False)
 
 
 _AFTER_ACK: set[asyncio.Task[None]] = set()  # held until done, so none is collected half-way

@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement, MarkdownTextObject, SectionBlock
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -32,7 +32,7 @@ from handlers.actions import Click
 from handlers.forms import REASON
 from handlers.home import publish_home
 from handlers.messages import clip, escape, user
-from handlers.modals import FAILED, FOREIGN, _errors, _foreign, _team
+from handlers.modals import FAILED, FOREIGN, _errors, _foreign, _team, unopened
 
 log = logging.getLogger("dpor.portal")
 
@@ -159,13 +159,15 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     ctx.metrics.expect([attest.DONE, attest.FAILED])
 
     def opener(action_id: str):
-        async def clicked(ack: AsyncAck, body: Body, client: AsyncWebClient) -> None:
+        async def clicked(ack: AsyncAck, body: Body, client: AsyncWebClient, respond: AsyncRespond) -> None:
             """Ask first: nothing is written until the form is submitted (roles are checked then)."""
             await ack()
             click = Click.parse(action_id, body)
             form = _form(action_id, click.value, click.from_home)
             if not await forms.open_form(client, body.get("trigger_id", ""), form):
                 log.info("the %s form for request %s did not open", action_id, click.value[:20])
+                button = "Done in the portal" if action_id == PORTAL_DONE else "Could not"
+                await unopened(ctx, client, click, respond, button)
 
         return clicked
 

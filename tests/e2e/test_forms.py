@@ -79,6 +79,23 @@ async def test_the_shortcut_opens_the_form(harness: Harness) -> None:
     assert await harness.counts() == before
 
 
+async def test_a_form_slack_did_not_open_is_said(harness: Harness) -> None:
+    """A trigger lives 3 s and opens one view: when Slack refuses it, the person hears so (a shortcut has
+    no channel: in a DM), rather than nothing at all."""
+    h = harness
+    h.slack.fail("views.open", status=200, error="expired_trigger_id")
+    assert (await h.shortcut("dpor_set", ADMIN))[0] == 200
+    assert h.surfaces.modal(ADMIN) is None
+
+    def told() -> list[str]:
+        return [m.text for m in h.slack.messages(h.slack.dm_channel(ADMIN))]
+
+    await eventually(lambda: any("did not open" in t for t in told()))
+    h.slack.fail("views.open", status=200, error="expired_trigger_id")
+    _, answer = await h.command("set", ADMIN)  # the typed command answers in its own words
+    assert "did not open" in answer["text"] and "/dpor set SUBSCRIPTION PARTNER_ID" in answer["text"]
+
+
 async def test_set_without_arguments_opens_the_form_and_says_nothing(harness: Harness) -> None:
     before = await harness.counts()
     status, answer = await harness.command("set", ADMIN)

@@ -184,6 +184,19 @@ async def test_could_not_fails_it_and_retry_shows_the_steps_again(harness: Harne
     assert [e.action for e in await events(h, "apply.succeeded")] == ["apply.succeeded"]
 
 
+async def test_a_portal_form_slack_did_not_open_is_said(harness: Harness) -> None:
+    h = harness
+    rid = await approved(h)
+    before = await h.counts()
+    h.slack.fail("views.open", status=200, error="expired_trigger_id")  # the trigger is over 3 s old
+    assert (await h.click("dpor_portal_done", rid, OWNER2))[0] == 200
+    (told,) = [e.text for e in h.slack.ephemerals(OWNER2)]
+    assert "did not open" in told and "Click Done in the portal again" in told
+    await h.settle()
+    assert await h.counts() == before
+    assert (await h.request(rid)).status == "applying"
+
+
 @pytest.mark.parametrize(
     "bot_env",
     [{"DPOR_PROVIDER": "portal", "DPOR_REMIND_AFTER": "1.5", "DPOR_SWEEP_INTERVAL": "0.1"}],

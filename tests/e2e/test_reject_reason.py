@@ -41,6 +41,28 @@ async def test_reject_opens_a_form_and_writes_nothing(harness: Harness) -> None:
     assert (await harness.request(rid)).status == "pending"
 
 
+async def test_a_reject_form_slack_did_not_open_is_said_where_it_was_clicked(harness: Harness) -> None:
+    h = harness
+    rid = await open_request(h)
+    before = await h.counts()
+    # Slack refuses the trigger (it opens one view, within 3 s of the click): on the card, the clicker is
+    # told privately that nothing happened...
+    h.slack.fail("views.open", status=200, error="expired_trigger_id")
+    assert (await h.click("dpor_reject", rid, OWNER))[0] == 200
+    assert h.surfaces.modal(OWNER) is None
+    (told,) = [e.text for e in h.slack.ephemerals(OWNER)]
+    assert "did not open" in told and "Click Reject again" in told
+    # ...and on the Home, on top of the Home, which still offers the request.
+    await h.home_opened(OWNER)
+    h.slack.fail("views.open", status=200, error="expired_trigger_id")
+    assert (await h.click_home("dpor_reject", rid, OWNER))[0] == 200
+    home = json.dumps(h.home(OWNER))
+    assert "did not open" in home and "dpor_reject" in home
+    await h.settle()
+    assert await h.counts() == before
+    assert (await h.request(rid)).status == "pending"
+
+
 async def test_the_reason_reaches_the_card_the_dm_the_notification_and_the_audit(
     harness_any_db: Harness,
 ) -> None:
