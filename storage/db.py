@@ -73,6 +73,10 @@ def _begin_immediate(conn: Any) -> None:
         sqlite.run(raw, f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
+def _lower(text: Any) -> Any:
+    return text.lower() if isinstance(text, str) else text
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -87,6 +91,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # SQLite's own lower() folds ASCII only, so the typeahead's case-blind search (storage.search)
+        # missed `Électricité` for `élec`; Python's, as PostgreSQL's in a UTF-8 locale, folds every letter.
+        dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -134,6 +134,21 @@ async def test_subscriptions_offered_are_those_the_user_may_request_for(harness_
     assert "Production EU" in label and "prod" in label and PROD in label
 
 
+async def test_typeahead_ignores_case_beyond_ascii(harness_any_db: Harness) -> None:
+    """`Électricité` is found by `élec` and `ÉLEC` on either database (SQLite folds ASCII only)."""
+    h = harness_any_db
+    sub = "aaaaaaaa-0000-4000-8000-000000000000"
+    await directory.upsert_subscriptions(
+        h.bot.db, [directory.SubscriptionRow(sub, "Électricité Öresund", "ÉDF")], actor="test"
+    )
+    await directory.add_partner(h.bot.db, "7777777", "Ørsted Énergie", actor="test")
+    await h.shortcut("dpor_set", OWNER2)
+    for typed in ("élec", "ÉLEC", "öresund", "ÖRESUND", "édf"):
+        assert [o["value"] for o in await options(h, OWNER2, "subscription", typed)] == [sub], typed
+    for typed in ("ørsted", "ØRSTED", "énergie", "ÉNERGIE"):
+        assert [o["value"] for o in await options(h, OWNER2, "partner", typed)] == ["7777777"], typed
+
+
 async def test_at_most_a_hundred_subscriptions_are_offered(harness: Harness) -> None:
     rows = [
         directory.SubscriptionRow(f"{n:08x}-0000-0000-0000-000000000000", f"Team {n:03} " + "w" * 80)
