@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,17 @@ from handlers.home import publish_home
 from handlers.messages import APPROVE, RETRY
 
 log = logging.getLogger("dpor.actions")
+
+_AFTER_ACK: set[asyncio.Task[None]] = set()  # held until done, so none is collected half-way
+
+
+def after_ack(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` once the listener has returned: over HTTP, Bolt answers Slack only then, and Slack gives
+    up after 3 s (a form shows an error and stays open, a button a warning) though the work was done."""
+    task = asyncio.get_running_loop().create_task(work)
+    _AFTER_ACK.add(task)
+    task.add_done_callback(_AFTER_ACK.discard)
+
 
 # Reject asks why first: its button opens a form (handlers/modals.py), decided at submission.
 ACTS = {APPROVE: clicks.APPROVE, RETRY: clicks.RETRY}
@@ -104,8 +117,10 @@ def _listener(ctx: BotContext, action_id: str):
         click = Click.parse(action_id, body)
         outcome = await decide(ctx, click)
         if click.from_home:
-            # The Home shows the new state; a refusal or failure goes on top of it.
-            await publish_home(ctx, client, click.user_id, outcome.notice, team_id=click.team_id or None)
+            # The Home shows the new state; a refusal or failure goes on top of it. Published after the
+            # answer: a slow views.publish (a 429's Retry-After, Azure's roles for every subscription)
+            # must not hold up the answer to a click already decided.
+            after_ack(publish_home(ctx, client, click.user_id, outcome.notice, team_id=click.team_id or None))
         elif outcome.ref is not None:
             await respond(
                 text=went_wrong(outcome.ref),

@@ -4,10 +4,9 @@ click; a refusal comes back inline on its field (`response_action: errors`) and 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
@@ -20,7 +19,7 @@ from bot.logs import bound
 from bot.metrics import ERROR, OK, REFUSED
 from bot.text import clean
 from handlers import forms
-from handlers.actions import Click
+from handlers.actions import Click, after_ack
 from handlers.commands import FORM_UNOPENED, request_opened
 from handlers.forms import PARTNER, REASON, REJECT_FORM, SET_FORM, SUBSCRIPTION
 from handlers.home import publish_home
@@ -122,7 +121,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         await ack()
         if not await forms.open_form(client, body.get("trigger_id", ""), forms.set_form(None)):
             # A shortcut has no channel and no response URL: the person hears it in a DM.
-            _after_ack(_tell(client, body["user"]["id"], None, f":no_entry: {FORM_UNOPENED}"))
+            after_ack(_tell(client, body["user"]["id"], None, f":no_entry: {FORM_UNOPENED}"))
 
     @app.options(SUBSCRIPTION)
     async def subscription_options(ack: AsyncAck, body: Body, context: AsyncBoltContext) -> None:
@@ -164,7 +163,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                 return
             await ack()
             # After the answer: Slack closes the form without waiting for the private answer's calls.
-            _after_ack(_tell(client, user_id, _channel(view), request_opened(req)))
+            after_ack(_tell(client, user_id, _channel(view), request_opened(req)))
 
     @app.action(REJECT)
     async def reject_clicked(
@@ -216,7 +215,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                 ctx.metrics.request(clicks.REJECT, OK)
                 await ack()
                 if forms.metadata(view).get("home") is True:  # the Home it came from shows the new state
-                    await publish_home(ctx, client, user_id, team_id=_team(body) or None)
+                    after_ack(publish_home(ctx, client, user_id, team_id=_team(body) or None))
 
 
 async def unopened(
@@ -226,19 +225,9 @@ async def unopened(
     the Home (a click there has no channel)."""
     text = UNOPENED.format(button=button)
     if click.from_home:
-        await publish_home(ctx, client, click.user_id, text, team_id=click.team_id or None)
+        after_ack(publish_home(ctx, client, click.user_id, text, team_id=click.team_id or None))
     else:
         await respond(text=f":no_entry: {text}", response_type="ephemeral", replace_original=False)
-
-
-_AFTER_ACK: set[asyncio.Task[None]] = set()  # held until done, so none is collected half-way
-
-
-def _after_ack(work: Coroutine[Any, Any, None]) -> None:
-    """Run `work` once the listener has returned: over HTTP, Bolt answers Slack only then."""
-    task = asyncio.get_running_loop().create_task(work)
-    _AFTER_ACK.add(task)
-    task.add_done_callback(_AFTER_ACK.discard)
 
 
 async def _quietly(what: str, found: Awaitable[list[Any]]) -> list[Any]:

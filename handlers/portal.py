@@ -28,7 +28,7 @@ from bot.metrics import FAILED as FAILED_APPLY
 from bot.text import clean
 from bot.views import CardView
 from handlers import forms
-from handlers.actions import Click
+from handlers.actions import Click, after_ack
 from handlers.forms import REASON
 from handlers.home import publish_home
 from handlers.messages import clip, escape, user
@@ -151,8 +151,8 @@ async def _submitted(
             ctx.metrics.request(act, OK)
             ctx.metrics.apply("portal", APPLIED if act == attest.DONE else FAILED_APPLY)
             await ack()
-            if forms.metadata(view).get("home") is True:
-                await publish_home(ctx, client, user_id, team_id=_team(body) or None)
+            if forms.metadata(view).get("home") is True:  # after the answer, as the reject form's
+                after_ack(publish_home(ctx, client, user_id, team_id=_team(body) or None))
 
 
 def register(app: AsyncApp, ctx: BotContext) -> None:

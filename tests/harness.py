@@ -89,6 +89,15 @@ class Harness:
         """`user_id` opens the app's Home tab (Slack's app_home_opened event)."""
         return await self.client.event(self.url, home_opened_event(user_id, self.home(user_id)), team_id=TEAM)
 
+    def published(self) -> int:
+        """How many Homes the bot has published so far (views.publish calls Slack accepted)."""
+        return len([c for c in self.slack.calls_to("views.publish") if c.ok])
+
+    async def republished(self, published: int) -> None:
+        """Wait for the Home the bot publishes after answering a Home click or a form from the Home (it
+        publishes once Slack has its answer): one more than `published`."""
+        await self.slack.wait_for("views.publish", published + 1)
+
     async def click_home(self, action_id: str, request_id: int | str, user_id: str) -> tuple[int, Any]:
         """Click button `action_id` for request `request_id` on `user_id`'s Home tab."""
         view = self.home(user_id)

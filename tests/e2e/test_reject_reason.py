@@ -4,6 +4,7 @@ audit data, escaped wherever Slack shows it; the click-time checks run again and
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from sqlalchemy import select
@@ -55,7 +56,9 @@ async def test_a_reject_form_slack_did_not_open_is_said_where_it_was_clicked(har
     # ...and on the Home, on top of the Home, which still offers the request.
     await h.home_opened(OWNER)
     h.slack.fail("views.open", status=200, error="expired_trigger_id")
+    published = h.published()
     assert (await h.click_home("dpor_reject", rid, OWNER))[0] == 200
+    await h.republished(published)
     home = json.dumps(h.home(OWNER))
     assert "did not open" in home and "dpor_reject" in home
     await h.settle()
@@ -149,8 +152,29 @@ async def test_reject_on_the_home_asks_why_and_republishes_the_home(harness: Har
     assert json.loads(h.modal(OWNER)["private_metadata"]) == {"request": str(rid), "home": True}
     await h.settle()
     assert await h.counts() == before  # the click wrote nothing
+    published = h.published()
     status, answer = await h.submit(OWNER, why(REASON))
     assert status == 200 and not answer
     assert (await h.request(rid)).decision_note == REASON
+    await h.republished(published)
     home = json.dumps(h.home(OWNER))
     assert "dpor_reject" not in home and "dpor_approve" not in home  # nothing waits for OWNER any more
+
+
+async def test_a_slow_home_does_not_hold_up_the_forms_answer(harness: Harness) -> None:
+    """Slack waits 3 s for the answer to a submission, then shows an error and keeps the form open though
+    the request was rejected: the Home it came from is published after the answer, not before."""
+    h = harness
+    rid = await open_request(h)
+    await h.home_opened(OWNER)
+    await h.click_home("dpor_reject", rid, OWNER)
+    h.slack.hold("views.publish")  # Slack slow to publish (or a 429 whose Retry-After the client waits out)
+    try:
+        status, answer = await asyncio.wait_for(h.submit(OWNER, why("no")), 2)
+        assert status == 200 and not answer
+        assert (await h.request(rid)).status == "rejected"
+        await h.slack.wait_held("views.publish")
+    finally:
+        h.slack.release("views.publish")
+    await h.slack.wait_for("views.publish", 2)  # then the Home shows it decided
+    assert "dpor_reject" not in json.dumps(h.home(OWNER))
