@@ -5,8 +5,9 @@ PostgreSQL's LISTEN/NOTIFY on `dpor_outbox`.
 wakes this process's worker once the session has committed, `Database.on_outbox`) and, on PostgreSQL,
 NOTIFYs, which PostgreSQL delivers only when (and if) the transaction commits. `listen(db, callback)`
 calls `callback` after this process's commits and, on PostgreSQL, holds one connection of its own that
-LISTENs and calls `callback` on each notification; when that connection drops it reconnects with backoff
-and calls `callback` once more (notifications sent while it was away are lost, the rows are not).
+LISTENs and calls `callback` on each notification; when that connection drops (or stops answering: it is
+asked every PING_EVERY seconds) it reconnects with backoff and calls `callback` once more (notifications
+sent while it was away are lost, the rows are not).
 
 Once per commit: while its LISTEN connection is up, a process hears its own NOTIFY, and the Database
 leaves the wake to it. A delivery's own commits (`DELIVERING`: an apply's start and result, a card's
@@ -33,6 +34,11 @@ from storage.models import is_postgresql
 CHANNEL = "dpor_outbox"
 CONNECT_TIMEOUT = 10.0
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
+# A LISTEN connection cut without a word (a NAT or firewall that drops idle flows, Azure's after 4 minutes;
+# a failover that leaves the old address behind) never ends by itself: the listener asks the server this
+# often whether it is still there, which also keeps such a flow from looking idle, and takes a question
+# unanswered for PING_TIMEOUT as a lost connection.
+PING_EVERY, PING_TIMEOUT = 60.0, 10.0
 
 log = logging.getLogger("dpor.notify")
 
@@ -109,7 +115,17 @@ async def _listen_once(db: Database, callback: Callable[[], None]) -> None:
         db.listening += 1
         listening = True
         callback()  # rows committed while this process was not listening
-        await lost.wait()
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), PING_EVERY)
+                break
+            try:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_TIMEOUT)
+            except TimeoutError:
+                # Nothing comes back: nothing it sends would either, this process's NOTIFYs included.
+                log.warning("the connection listening for new outbox rows stopped answering")
+                conn.terminate()
+                return
     finally:
         if listening:
             db.listening -= 1

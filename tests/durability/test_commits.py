@@ -5,6 +5,7 @@ wakes none, and a listener whose connection is cut reconnects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from sqlalchemy import text
@@ -112,3 +113,89 @@ async def test_a_listener_whose_connection_is_cut_reconnects(database_url: str) 
     finally:
         await writer.dispose()
         await listener.dispose()
+
+
+class Blackhole:
+    """A TCP relay to PostgreSQL that can go silent: the connections through it stay open but nothing
+    passes any more, as when a NAT or firewall drops an idle flow, or a failover leaves the old address
+    behind. Neither end hears of it; connections made after `silence()` pass again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.silenced: list[asyncio.Event] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    def silence(self) -> None:
+        for silent in self.silenced:
+            silent.set()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
+        silent = asyncio.Event()
+        self.silenced.append(silent)
+        self.writers += [writer, upstream_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if not silent.is_set():
+                        dst.write(data)
+                        await dst.drain()
+
+        # Either end closing closes both (the other end is not told until then).
+        pipes = [
+            asyncio.ensure_future(pipe(reader, upstream_writer)),
+            asyncio.ensure_future(pipe(upstream_reader, writer)),
+        ]
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pipes:
+                task.cancel()
+            writer.close()
+            upstream_writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.sleep(0.1)  # the relays see their ends close
+
+
+async def test_a_listener_whose_connection_goes_silent_listens_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LISTEN connection is cut without a word (no FIN, no RST: an idle flow dropped by a NAT, a
+    failover): nothing tells the listener, so it must find out by asking. Once it has, it listens on a new
+    connection and wakes, and the next commit wakes it again."""
+    writer, listener = Database(database_url), Database(database_url)
+    if writer.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    url = listener.engine.url
+    hole = Blackhole(url.host or "127.0.0.1", url.port or 5432)
+    through = url.set(drivername="postgresql", port=await hole.start())
+    monkeypatch.setattr(notify, "_dsn", lambda _db: through.render_as_string(hide_password=False))
+    monkeypatch.setattr(notify, "PING_EVERY", 0.5, raising=False)
+    monkeypatch.setattr(notify, "PING_TIMEOUT", 0.5, raising=False)
+    wakes = Wakes()
+    try:
+        async with notify.listen(listener, wakes):
+            assert await wakes.next()
+            hole.silence()
+            async with writer.write(serial=False) as session:
+                await table.insert_rows(session, [ROW])
+            assert await wakes.next(5.0)  # found out, reconnected, and woke for the rows it missed
+            assert listener.listening == 1
+            async with writer.write(serial=False) as session:
+                await table.insert_rows(session, [ROW])
+            assert await wakes.next(1.0)
+    finally:
+        await writer.dispose()
+        await listener.dispose()
+        await hole.close()
