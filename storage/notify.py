@@ -58,9 +58,19 @@ async def notify_outbox(session: AsyncSession) -> None:
 _NOTIFY = text("SELECT pg_notify(:channel, '')")
 
 
-def _dsn(db: Database) -> str:
-    """The database's URL as asyncpg reads it (SQLAlchemy's driver name dropped)."""
-    return db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+# Arguments of the URL that SQLAlchemy's asyncpg dialect keeps for itself rather than hand to the driver.
+_DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn")
+
+
+def _connect_args(db: Database) -> dict[str, Any]:
+    """asyncpg.connect's arguments for the database, as the engine makes its own connections: the URL's
+    query holds the driver's arguments (`ssl=require`, `command_timeout`), which asyncpg would read in a
+    DSN as server settings, and the server refuses (`parameter "ssl" cannot be changed now`)."""
+    _, kwargs = db.engine.dialect.create_connect_args(db.engine.url)  # all by name
+    for name in _DIALECT_ONLY:
+        kwargs.pop(name, None)
+    kwargs.setdefault("timeout", CONNECT_TIMEOUT)
+    return kwargs
 
 
 @asynccontextmanager
@@ -106,7 +116,7 @@ async def _listen_once(db: Database, callback: Callable[[], None]) -> None:
     """LISTEN on one connection until it closes; meanwhile this process's commits wake it through it."""
     import asyncpg
 
-    conn: Any = await asyncpg.connect(_dsn(db), timeout=CONNECT_TIMEOUT)
+    conn: Any = await asyncpg.connect(**_connect_args(db))
     listening = False
     try:
         lost = asyncio.Event()

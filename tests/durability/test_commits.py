@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from storage import notify
 from storage import outbox as table
@@ -177,10 +178,10 @@ async def test_a_listener_whose_connection_goes_silent_listens_again(
     writer, listener = Database(database_url), Database(database_url)
     if writer.is_sqlite:
         pytest.skip("PostgreSQL only")
-    url = listener.engine.url
-    hole = Blackhole(url.host or "127.0.0.1", url.port or 5432)
-    through = url.set(drivername="postgresql", port=await hole.start())
-    monkeypatch.setattr(notify, "_dsn", lambda _db: through.render_as_string(hide_password=False))
+    direct = notify._connect_args(listener)
+    hole = Blackhole(direct["host"], direct["port"])
+    through = {**direct, "host": "127.0.0.1", "port": await hole.start()}
+    monkeypatch.setattr(notify, "_connect_args", lambda _db: through)
     monkeypatch.setattr(notify, "PING_EVERY", 0.5, raising=False)
     monkeypatch.setattr(notify, "PING_TIMEOUT", 0.5, raising=False)
     wakes = Wakes()
@@ -199,3 +200,25 @@ async def test_a_listener_whose_connection_goes_silent_listens_again(
         await writer.dispose()
         await listener.dispose()
         await hole.close()
+
+
+async def test_a_listener_connects_with_the_drivers_arguments_in_the_url(database_url: str) -> None:
+    """DATABASE_URL may carry the driver's own arguments: `?ssl=require` (how TLS is asked for: managed
+    PostgreSQL such as Azure's requires it), `prepared_statement_cache_size=0` (behind a pooler). The
+    LISTEN connection takes them as the engine does, rather than passing them to the server as settings,
+    which it refuses ("parameter "ssl" cannot be changed now"): then no process would ever listen."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only")
+    query = {"ssl": "prefer", "prepared_statement_cache_size": "0"}
+    url = make_url(database_url).update_query_dict(query).render_as_string(hide_password=False)
+    writer, listener = Database(url), Database(url)
+    wakes = Wakes()
+    try:
+        async with notify.listen(listener, wakes):
+            assert await wakes.next()  # connected
+            async with writer.write(serial=False) as session:
+                await table.insert_rows(session, [ROW])
+            assert await wakes.next(1.0)
+    finally:
+        await writer.dispose()
+        await listener.dispose()

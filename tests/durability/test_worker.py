@@ -694,7 +694,7 @@ async def test_on_postgresql_a_deliverys_own_rows_wake_no_other_process(db: Data
     from storage import notify
 
     heard: list[str] = []
-    listener = await asyncpg.connect(notify._dsn(db))
+    listener = await asyncpg.connect(**notify._connect_args(db))
     await listener.add_listener(notify.CHANNEL, lambda *_args: heard.append("notify"))
     delivered: list[str] = []
 
