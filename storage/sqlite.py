@@ -33,6 +33,8 @@ from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
 DRIVER = "sqlite+dpor"
+# Python's str.lower as an SQL function on every connection (storage.db): SQLite's lower() folds ASCII only.
+LOWER = "dpor_lower"
 
 
 class _Done:
