@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from bot.errors import Refusal
 from bot.policy import PERMISSIONS, allowed
 from bot.roles import LOCAL, LOCAL_ROLES, RoleSource
+from bot.text import clean
 from storage import search
 from storage.db import Database
 from storage.models import Subscription
@@ -35,8 +36,10 @@ class PartnerChoice:
 
 
 def fold(typed: str) -> str:
-    """What someone typed into a typeahead, as it is searched for: NFKC, trimmed, bounded."""
-    return unicodedata.normalize("NFKC", typed or "").strip()[:_NEEDLE_LIMIT]
+    """What someone typed into a typeahead, as it is searched for: cleaned as every typed text is (a NUL,
+    which PostgreSQL refuses in a query, and the other control and invisible characters dropped), NFKC,
+    trimmed, bounded."""
+    return unicodedata.normalize("NFKC", clean(typed or "")).strip()[:_NEEDLE_LIMIT]
 
 
 def typed_partner_id(typed: str) -> str | None:

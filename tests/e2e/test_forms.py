@@ -5,6 +5,7 @@ form opens the request the typed command would, through to an applied change."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -147,6 +148,21 @@ async def test_typeahead_ignores_case_beyond_ascii(harness_any_db: Harness) -> N
         assert [o["value"] for o in await options(h, OWNER2, "subscription", typed)] == [sub], typed
     for typed in ("ørsted", "ØRSTED", "énergie", "ÉNERGIE"):
         assert [o["value"] for o in await options(h, OWNER2, "partner", typed)] == ["7777777"], typed
+
+
+async def test_typeahead_drops_control_characters(
+    harness_any_db: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL or another control character typed (or pasted) into a typeahead is dropped, as from every other
+    text people type: PostgreSQL refuses NUL in a query, and each keystroke logged an error."""
+    h = harness_any_db
+    caplog.set_level(logging.WARNING)
+    await h.shortcut("dpor_set", OWNER2)
+    for typed in ("pro\x00d", "pr\x07od\x1b"):
+        assert [o["value"] for o in await options(h, OWNER2, "subscription", typed)] == [PROD], repr(typed)
+    assert [o["value"] for o in await options(h, OWNER2, "subscription", "\x00")] == [DEV, PROD]  # as ""
+    assert [o["value"] for o in await options(h, OWNER2, "partner", "Con\x00toso")] == [NEW_PARTNER]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_at_most_a_hundred_subscriptions_are_offered(harness: Harness) -> None:
