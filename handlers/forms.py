@@ -90,7 +90,7 @@ def set_form(channel_id: str | None) -> JSONDict:
                     "min_query_length": 0,
                     "placeholder": _text("Partner name or Partner ID"),
                 },
-                "Pick from the partner directory, or type the partner's 7-digit Partner ID.",
+                "Pick from the partner directory, or type the partner's Partner ID (6 or 7 digits).",
             ),
             _reason_input("Reason", "Why this partner? The approvers read it on the card."),
         ],

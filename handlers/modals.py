@@ -32,7 +32,7 @@ SET = "set"  # the form counts as the command it stands for (GET /metrics)
 
 MISSING = {
     SUBSCRIPTION: "Pick a subscription.",
-    PARTNER: "Pick a partner, or type the partner's 7-digit Partner ID and pick it.",
+    PARTNER: "Pick a partner, or type the partner's Partner ID (6 or 7 digits) and pick it.",
     REASON: "Say why: the approvers read it on the card.",
 }
 FOREIGN = "dpor-bot serves another Slack workspace; nothing was done."
