@@ -100,6 +100,9 @@ class Sandbox:
             DPOR_APPROVAL_CHANNEL=APPROVALS,
             DPOR_NOTIFY_CHANNELS=NOTIFICATIONS,
             DPOR_PROVIDER="ledger",
+            # The seed's roles are rows of the bot's own table: a host's DPOR_ROLE_SOURCE=azure (production's)
+            # would leave every made-up person "not linked", and ask Azure as the host's identity.
+            DPOR_ROLE_SOURCE="local",
             DPOR_AUDIT_KEY=AUDIT_KEY,
         )
         self.bot = Bot(settings)

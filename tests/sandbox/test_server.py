@@ -321,6 +321,20 @@ async def test_the_people_list_shows_roles_granted_while_it_runs(
     assert roles(await sandbox.page.view(BYSTANDER))[OWNER] == "owner of all"
 
 
+async def test_the_sandbox_keeps_its_own_roles_when_the_host_takes_them_from_azure(
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession
+) -> None:
+    """A host where production runs with DPOR_ROLE_SOURCE=azure: the sandbox's made-up people have their
+    seeded roles, not "not linked to an Azure identity" (and nothing asks Azure)."""
+    monkeypatch.setenv("DPOR_ROLE_SOURCE", "azure")
+    async with Sandbox(port=0) as sandbox:
+        assert sandbox.bot is not None and sandbox.bot.settings.role_source == "local"
+        _, answer = await api(http, sandbox, "/sandbox/command", user=ADMIN, channel=APPROVALS, text=SET)
+        assert answer["ok"]
+        (mine,) = [i for i in items(sandbox, APPROVALS, ADMIN) if i["kind"] == "command"]
+        assert "Request #1 is open" in text_of(mine["body"]), text_of(mine["body"])
+
+
 def test_the_shortcuts_menu_names_the_manifests_shortcuts() -> None:
     """The page's ⚡ menu offers the global shortcuts manifest.yaml gives Slack, by the same names."""
     import re
