@@ -25,3 +25,13 @@ def has_invisible(text: str) -> bool:
     return INVISIBLE.search(text) is not None or any(
         unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text
     )
+
+
+# What a command line becomes when its bytes are not UTF-8 (`Café` typed in a Latin-1 terminal): Python
+# keeps each such byte as a lone surrogate, which no database and no URL can encode.
+NOT_UTF8 = "holds bytes that are not UTF-8 text: set the terminal (or the script) to UTF-8 and type it again"
+
+
+def undecodable(text: str) -> bool:
+    """Whether the text holds a lone surrogate: a byte of a command line that was not UTF-8."""
+    return any("\ud800" <= c <= "\udfff" for c in text)

@@ -463,6 +463,30 @@ def test_reimport_without_the_alias_column_keeps_aliases(database_url: str, tmp_
     assert query(database_url, aliases) == [(SUB, "Prod EU", None), (OTHER_SUB, "Dev", None)]
 
 
+def test_text_typed_in_a_terminal_that_is_not_utf8_is_refused_in_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`Café` typed in a Latin-1 terminal arrives as bytes that are not UTF-8 (`Caf\\xe9`): refused with a
+    sentence saying so, nothing written, on SQLite as on PostgreSQL (it was a traceback, or a "database
+    error" naming the database)."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return dpor_bot(*args, url=database_url, cwd=tmp_path)
+
+    latin1 = os.fsdecode(b"Caf\xe9")  # what Python makes of those bytes in argv
+    for args in (
+        ("subscriptions", "add", SUB, "--name", latin1),
+        ("subscriptions", "add", SUB, "--name", "Prod", "--alias", latin1),
+        ("partners", "add", "4977985", "--name", latin1),
+        ("people", "link", "U0ALICE", latin1 + "@contoso.com"),
+        ("requests", "cancel", "1", "--reason", latin1),
+    ):
+        line = refused(run(*args))
+        assert "not UTF-8" in line, line
+    assert query(database_url, select(func.count()).select_from(AuditEvent)) == [(0,)]
+    assert query(database_url, select(func.count()).select_from(Subscription)) == [(0,)]
+
+
 def test_database_urls_are_never_shown_with_their_secrets(tmp_path: Path) -> None:
     # An unencoded `/` in the password: refused, naming the variable, saying what to do, masked.
     line = refused(
