@@ -23,8 +23,10 @@ from storage.db import Database
 from storage.models import Person
 
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# A user principal name: name@domain, as Entra ID allows it (no spaces, one @, a dotted domain).
-_UPN = re.compile(r"[^\s@/\\?#]{1,113}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+# A user principal name: name@domain, as Entra ID allows it (no spaces, one @, a dotted domain). `#` is
+# allowed: every B2B guest's UPN has one (`alice_fabrikam.com#EXT#@contoso.onmicrosoft.com`); the lookup
+# sends it percent-encoded, as Graph wants it.
+_UPN = re.compile(r"[^\s@/\\?]{1,113}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 # Microsoft Graph of each cloud DPOR_AZURE_CLOUD names.
 GRAPH = {
     "public": "https://graph.microsoft.com",

@@ -9,7 +9,7 @@ import functools
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from azure.core.pipeline.transport import AsyncHttpTransport
@@ -123,7 +123,7 @@ class FakeGraph(AsyncHttpTransport):
         )
         if self.answer is not None:
             return _Response(request, self.answer)
-        name = parts.path.rsplit("/", 1)[-1]
+        name = unquote(parts.path.rsplit("/", 1)[-1])  # as Graph reads it: `%23EXT%23` is `#EXT#`
         if name.lower() not in self.users:
             return _Response(
                 request,
@@ -180,6 +180,19 @@ def test_a_upn_is_looked_up_in_microsoft_graph(monkeypatch: pytest.MonkeyPatch, 
     assert auth == "Bearer replayed-arm-token"
     assert people_rows(sqlite_url) == [("U0ALICE", OID, "alice@contoso.com")]
     assert json.dumps(audited(sqlite_url)[0][1]).count("alice@contoso.com") == 1
+
+
+def test_a_guests_upn_is_looked_up_with_its_hash_signs_encoded(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """A B2B guest's UPN (`alice_fabrikam.com#EXT#@contoso.onmicrosoft.com`) is a UPN: Graph finds it when the
+    `#` is sent as %23 (a bare `#` would end the URL's path)."""
+    guest = "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com"
+    graph = FakeGraph({guest.lower(): OID})
+    result = link_by_upn(monkeypatch, sqlite_url, graph, guest)
+    assert result.exit_code == 0, result.output
+    assert graph.seen[0][1] == "/v1.0/users/alice_fabrikam.com%23EXT%23@contoso.onmicrosoft.com"
+    assert people_rows(sqlite_url) == [("U0ALICE", OID, guest)]
 
 
 @pytest.mark.parametrize(
