@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_DATABASE_URL = "sqlite:///dpor-bot.db"
+_SSLMODE = re.compile(r"(^|&)sslmode=")
 _DATABASE_URL_HELP = "sqlite:///path/to/file.db or postgresql://user:password@host:5432/database"
 AMBIGUOUS_USERINFO = (
     "a URL whose user name and password percent-encode `/` (%2F), `?` (%3F), `#` (%23) and `@` (%40): "
@@ -79,5 +82,10 @@ def normalise_database_url(url: str) -> str:
             raise ValueError(
                 "expected a postgresql:// URL with a host, such as postgresql://user@host:5432/db"
             )
+        # libpq's `sslmode=require` (the form hosts and Azure Database for PostgreSQL give) is asyncpg's
+        # `ssl=require`, with the same modes: passed on as written, asyncpg refuses the keyword.
+        where, query_mark, query = rest.partition("?")
+        if query_mark:
+            rest = where + "?" + _SSLMODE.sub(r"\1ssl=", query)
         return f"postgresql+asyncpg://{rest}"
     raise ValueError(f"expected {_DATABASE_URL_HELP}")

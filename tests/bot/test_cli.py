@@ -487,6 +487,13 @@ def test_text_typed_in_a_terminal_that_is_not_utf8_is_refused_in_one_line(
     assert query(database_url, select(func.count()).select_from(Subscription)) == [(0,)]
 
 
+def test_a_libpq_sslmode_in_database_url_is_understood(pg_url: str, tmp_path: Path) -> None:
+    """`?sslmode=require`, as Azure Database for PostgreSQL and most hosts write it: asyncpg calls it `ssl`
+    (it was a TypeError traceback from every command)."""
+    url = pg_url.replace("postgresql+asyncpg://", "postgresql://") + "?sslmode=disable"  # no TLS on CI's
+    assert "no subscriptions" in ok(dpor_bot("subscriptions", "list", url=url, cwd=tmp_path))
+
+
 def test_database_urls_are_never_shown_with_their_secrets(tmp_path: Path) -> None:
     # An unencoded `/` in the password: refused, naming the variable, saying what to do, masked.
     line = refused(

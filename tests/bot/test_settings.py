@@ -99,6 +99,11 @@ def test_bad_durations_are_refused(text: str) -> None:
         ("postgres://bot@db.internal/dpor", "postgresql+asyncpg://bot@db.internal/dpor"),
         ("postgresql://bot:pw@db:5432/dpor", "postgresql+asyncpg://bot:pw@db:5432/dpor"),
         ("postgresql+asyncpg://bot@db/dpor", "postgresql+asyncpg://bot@db/dpor"),
+        # libpq's sslmode is asyncpg's ssl (tests/bot/test_cli.py connects with it).
+        (
+            "postgresql://bot@db/dpor?application_name=dpor&sslmode=require",
+            "postgresql+asyncpg://bot@db/dpor?application_name=dpor&ssl=require",
+        ),
         ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
         ("sqlite:////var/lib/dpor/x.db", "sqlite+aiosqlite:////var/lib/dpor/x.db"),
     ],
