@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy.engine import make_url
+
 DEFAULT_DATABASE_URL = "sqlite:///dpor-bot.db"
 _SSLMODE = re.compile(r"(^|&)sslmode=")
 _DATABASE_URL_HELP = "sqlite:///path/to/file.db or postgresql://user:password@host:5432/database"
@@ -81,6 +83,17 @@ def normalise_database_url(url: str) -> str:
         if not host or host.startswith("/"):
             raise ValueError(
                 "expected a postgresql:// URL with a host, such as postgresql://user@host:5432/db"
+            )
+        try:
+            port = make_url(f"postgresql://{rest}").port  # read as the engine will read it, at connection
+        except ValueError:
+            bad = True
+        else:
+            bad = port is not None and not 0 < port < 65536
+        if bad:
+            raise ValueError(
+                "expected a postgresql:// URL whose host is followed by nothing or by `:` and a port number, "
+                "such as postgresql://user@host:5432/db"
             )
         # libpq's `sslmode=require` (the form hosts and Azure Database for PostgreSQL give) is asyncpg's
         # `ssl=require`, with the same modes: passed on as written, asyncpg refuses the keyword.

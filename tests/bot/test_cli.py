@@ -494,6 +494,21 @@ def test_a_libpq_sslmode_in_database_url_is_understood(pg_url: str, tmp_path: Pa
     assert "no subscriptions" in ok(dpor_bot("subscriptions", "list", url=url, cwd=tmp_path))
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bot:pw-secret@db.internal:5432x/dpor",
+        "postgresql://bot:pw-secret@db.internal:/dpor",
+        "postgresql://bot:pw-secret@[::1/dpor",
+    ],
+)
+def test_a_database_url_whose_port_is_not_a_number_is_one_line(url: str, tmp_path: Path) -> None:
+    """It was a ValueError traceback from every command (SQLAlchemy's parser, at the first connection)."""
+    line = refused(dpor_bot("subscriptions", "list", url=url, cwd=tmp_path))
+    assert line.startswith("error: DATABASE_URL: expected ") and "port" in line, line
+    assert "pw-secret" not in line
+
+
 def test_database_urls_are_never_shown_with_their_secrets(tmp_path: Path) -> None:
     # An unencoded `/` in the password: refused, naming the variable, saying what to do, masked.
     line = refused(
