@@ -67,6 +67,49 @@ def _split_query(text: str) -> tuple[str, str]:
     return text[:cut], f"{text[cut]}***"
 
 
+# The query of a PostgreSQL URL is handed to the driver (asyncpg.connect) as keyword arguments, each a
+# string: those it takes as one, and SQLAlchemy's own. Anything else (libpq's `application_name`,
+# `connect_timeout`, `sslrootcert`; a number asyncpg compares as one) was a TypeError traceback from every
+# command at its first connection: refused here in one line instead.
+DRIVER_ARGUMENTS = (
+    "ssl",
+    "command_timeout",
+    "prepared_statement_cache_size",
+    "target_session_attrs",
+    "user",
+    "password",
+    "host",
+    "database",
+    "passfile",
+)
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_driver_arguments(rest: str) -> None:
+    expected = "expected a postgresql:// URL"
+    for name, value in make_url(f"postgresql://{rest}").query.items():
+        if name not in DRIVER_ARGUMENTS:
+            raise ValueError(
+                f"{expected} whose query holds only {', '.join(DRIVER_ARGUMENTS)} (or libpq's sslmode): "
+                f"asyncpg, dpor-bot's driver, takes no `{name}`"
+            )
+        if not isinstance(value, str):
+            raise ValueError(f"{expected} that gives `{name}` once")
+        if name == "ssl" and value not in SSL_MODES:
+            raise ValueError(f"{expected} whose ssl (or sslmode) is one of {', '.join(SSL_MODES)}")
+        if name == "command_timeout" and not _positive(value):
+            raise ValueError(f"{expected} whose command_timeout is a number of seconds over 0")
+        if name == "prepared_statement_cache_size" and not (value.isascii() and value.isdigit()):
+            raise ValueError(f"{expected} whose prepared_statement_cache_size is a whole number")
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
 def normalise_database_url(url: str) -> str:
     """Map the URLs operators write (sqlite:///x.db, postgres://, postgresql://) to async drivers."""
     url = url.strip()
@@ -100,5 +143,6 @@ def normalise_database_url(url: str) -> str:
         where, query_mark, query = rest.partition("?")
         if query_mark:
             rest = where + "?" + _SSLMODE.sub(r"\1ssl=", query)
+            _check_driver_arguments(rest)
         return f"postgresql+asyncpg://{rest}"
     raise ValueError(f"expected {_DATABASE_URL_HELP}")

@@ -101,8 +101,12 @@ def test_bad_durations_are_refused(text: str) -> None:
         ("postgresql+asyncpg://bot@db/dpor", "postgresql+asyncpg://bot@db/dpor"),
         # libpq's sslmode is asyncpg's ssl (tests/bot/test_cli.py connects with it).
         (
-            "postgresql://bot@db/dpor?application_name=dpor&sslmode=require",
-            "postgresql+asyncpg://bot@db/dpor?application_name=dpor&ssl=require",
+            "postgresql://bot@db/dpor?command_timeout=30&sslmode=require",
+            "postgresql+asyncpg://bot@db/dpor?command_timeout=30&ssl=require",
+        ),
+        (
+            "postgresql://bot@db/dpor?ssl=verify-full&prepared_statement_cache_size=0",
+            "postgresql+asyncpg://bot@db/dpor?ssl=verify-full&prepared_statement_cache_size=0",
         ),
         ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
         ("sqlite:////var/lib/dpor/x.db", "sqlite+aiosqlite:////var/lib/dpor/x.db"),
@@ -114,6 +118,32 @@ def test_database_urls_normalise_to_async_drivers(
     assert normalise_database_url(url) == normalised
     monkeypatch.setenv("DATABASE_URL", url)
     assert load_settings().database_url == normalised
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("application_name=dpor", "takes no `application_name`"),
+        ("sslmode=require&connect_timeout=10", "takes no `connect_timeout`"),
+        ("sslrootcert=/etc/ca.pem&sslmode=verify-full", "takes no `sslrootcert`"),
+        ("statement_cache_size=0", "takes no `statement_cache_size`"),
+        ("sslmode=yes-please", "ssl (or sslmode) is one of disable, allow, prefer, require"),
+        ("command_timeout=soon", "command_timeout is a number of seconds over 0"),
+        ("prepared_statement_cache_size=-1", "prepared_statement_cache_size is a whole number"),
+        ("ssl=require&ssl=disable", "gives `ssl` once"),
+    ],
+)
+def test_a_database_url_with_an_argument_the_driver_does_not_take_is_refused(
+    monkeypatch: pytest.MonkeyPatch, query: str, said: str
+) -> None:
+    """The query goes to asyncpg as keyword arguments: anything else was a TypeError traceback from every
+    command at its first connection (tests/bot/test_cli.py shows the one line a command prints)."""
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://bot:pw-secret@db.internal/dpor?{query}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("DATABASE_URL: expected a postgresql:// URL") and said in message, message
+    assert "pw-secret" not in message
 
 
 def test_lists_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
