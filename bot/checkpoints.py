@@ -111,7 +111,7 @@ def read(lines: Iterable[str], name: str) -> list[Checkpoint]:
     found: list[Checkpoint] = []
     for number, line in enumerate(lines, 1):
         text = line.strip()
-        if text.startswith("{"):
+        if text.startswith("{") and _exported(text):
             try:
                 row = json.loads(text)
                 point = Checkpoint(int(row["seq"]), str(row["hash"]).lower(), str(row.get("at", "")))
@@ -127,3 +127,15 @@ def read(lines: Iterable[str], name: str) -> list[Checkpoint]:
     if not found:
         raise BadInput(f"{name} holds no checkpoints (JSON lines of seq, hash, at, or `seq=N hash=H at=T`)")
     return found
+
+
+def _exported(text: str) -> bool:
+    """Whether a line that opens a JSON object is an exported checkpoint, read strictly (one cut or edited
+    is refused, never skipped). Other JSON, such as the log's lines with DPOR_LOG_FORMAT=json (the
+    checkpoint in their `message`) or a Slack export's pretty-printed `{`, is searched for
+    `seq=N hash=H at=T` as any other line is."""
+    try:
+        row = json.loads(text)
+    except ValueError:
+        return '"seq"' in text  # an exported line cut short
+    return not isinstance(row, dict) or "seq" in row or "hash" in row

@@ -17,7 +17,9 @@ from sqlalchemy import delete, insert, select, update
 from bot import audit, audit_keys, checkpoints
 from bot.audit import Checkpoint, Entry
 from bot.errors import BadInput, Refusal
+from bot.logs import JsonFormatter
 from bot.settings import ConfigError, Settings, load_settings
+from handlers.messages import checkpoint_text
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import AuditCheckpoint, AuditEvent, OutboxMessage, utcnow
@@ -151,6 +153,31 @@ async def test_checkpoints_read_from_the_log_and_the_channel(db: Database) -> No
         checkpoints.read(["nothing here"], "empty.txt")
     with pytest.raises(BadInput, match=r"bad.jsonl, line 1: not a checkpoint"):
         checkpoints.read(['{"seq": "x"}'], "bad.jsonl")
+
+
+async def test_checkpoints_read_from_a_json_log_and_a_slack_export(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log with DPOR_LOG_FORMAT=json and the channel's Slack export are JSON, line by line or pretty
+    printed: their lines that are no exported checkpoint are read for `seq=N hash=H at=T` like any other."""
+    await chain_of_six(db)
+    caplog.set_level(logging.INFO, logger="dpor.audit")
+    async with db.write() as session:
+        point = await checkpoints.take(session, AUDIT_CHANNEL, checkpoints.CLI)
+    checkpoints.published(point)  # the log line, as `serve` writes it
+    assert point is not None
+    as_json = JsonFormatter()
+    log_lines = [as_json.format(r) for r in caplog.records if r.name == "dpor.audit"]
+    log_lines.insert(0, as_json.format(logging.makeLogRecord({"name": "dpor", "msg": "something else"})))
+    assert checkpoints.read(log_lines, "dpor.log") == [point]
+    slack_export = json.dumps(
+        [{"type": "message", "text": checkpoint_text(point.seq, point.hash, point.at), "ts": "1.2"}], indent=4
+    )
+    assert checkpoints.read(slack_export.splitlines(), "C0AUDIT/2026-12-04.json") == [point]
+    assert (await audit.verify(db, checkpoints=checkpoints.read(log_lines, "dpor.log"))).ok
+    # An exported checkpoint's line is still read strictly: a cut one is refused, never skipped.
+    with pytest.raises(BadInput, match=r"cut.jsonl, line 1: not a checkpoint"):
+        checkpoints.read(['{"seq": 6, "hash": "ab'], "cut.jsonl")
 
 
 async def test_a_daily_checkpoint_once_a_day(db: Database) -> None:
