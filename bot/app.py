@@ -22,7 +22,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import audit_keys, checkpoints, lifecycle, outbox, reconcile
+from bot import audit_keys, checkpoints, lifecycle, outbox, reconcile, watches
 from bot.apply import Applier
 from bot.azure_roles import AzureRoles, role_source
 from bot.context import BotContext
@@ -34,7 +34,7 @@ from bot.providers import Providers
 from bot.settings import ConfigError, Settings
 from bot.worker import OutboxWorker
 from handlers import register_listeners
-from handlers.deliver import SlackDeliverer
+from handlers.deliver import SlackDeliverer, archived
 from storage import replay
 from storage.db import Database
 from storage.migrate import is_current, upgrade
@@ -220,6 +220,8 @@ def outbox_worker(
                 lifecycle.card_unposted, request_id=row.payload["request_id"]
             ),
             outbox.APPLY: applier.dead,
+            outbox.NOTIFY: _archived_channel,
+            outbox.NOTICE: _archived_channel,
         },
         sweep=checkpoints.with_daily(
             lambda: lifecycle.sweep(ctx.db, settings.remind_after, metrics=ctx.metrics, pol=ctx.policy),
@@ -228,6 +230,15 @@ def outbox_worker(
         ),
         **options,
     )
+
+
+def _archived_channel(row: outbox.OutboxMessage, error: str) -> outbox.Recorder | None:
+    """A notification Slack refused because its channel is archived: nobody can type `/dpor unsubscribe`
+    there any more, so the channel's watches go with the row's death; else each later change would leave
+    one more dead row for it, for ever."""
+    if not archived(error):
+        return None
+    return partial(watches.channel_archived, channel_id=row.payload["channel"])
 
 
 async def _until_signalled() -> None:

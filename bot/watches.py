@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import audit, policy
 from bot.directory import resolve_scope
-from bot.errors import NotAuthorised
+from bot.errors import SYSTEM_ACTOR, NotAuthorised
 from bot.roles import LOCAL_ROLES, RoleSource
 from storage import directory as store
 from storage.db import Database
@@ -25,12 +25,12 @@ async def _scope_subject(session: AsyncSession, scope: str) -> Subscription | No
     return None if scope == ALL_SUBSCRIPTIONS else await store.subscription_by_id(session, scope)
 
 
-def _entry(action: str, user_id: str, channel_id: str, scope: str) -> audit.Entry:
+def _entry(action: str, user_id: str, channel_id: str, scope: str, **why: str) -> audit.Entry:
     return audit.Entry(
         actor=user_id,
         action=action,
         subscription_id=None if scope == ALL_SUBSCRIPTIONS else scope,
-        data={"channel_id": channel_id, "scope": scope},
+        data={"channel_id": channel_id, "scope": scope, **why},
     )
 
 
@@ -93,3 +93,12 @@ async def unwatch(
                 removed.append(scope)
                 await audit.append(session, _entry("channel.unsubscribed", user_id, channel_id, scope))
     return Unwatched(removed, kept)
+
+
+async def channel_archived(session: AsyncSession, channel_id: str) -> None:
+    """Slack refused a notification for good because the channel is archived (a dead row's recorder, in
+    its transaction): every watch of the channel goes, audited as the bot's. Archived, the channel cannot
+    run `/dpor unsubscribe`; unarchived, it subscribes again."""
+    for scope in await store.delete_watches_in(session, channel_id):
+        entry = _entry("channel.unsubscribed", SYSTEM_ACTOR, channel_id, scope, reason="channel_archived")
+        await audit.append(session, entry)

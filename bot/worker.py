@@ -43,7 +43,7 @@ T = TypeVar("T")
 CLAIM: ContextVar[int | None] = ContextVar("dpor_outbox_claim", default=None)
 
 Deliver = Callable[[OutboxMessage], Awaitable[Recorder | None]]
-DeadRecorder = Callable[[OutboxMessage, str], Recorder]
+DeadRecorder = Callable[[OutboxMessage, str], Recorder | None]  # None: nothing to record
 """What a dead row of a kind records (a dead apply fails its request), given the row and its last error:
 written in the transaction that marks the row dead."""
 

@@ -349,6 +349,11 @@ def _found(row: OutboxMessage, view: CardView | None) -> CardView:
     return view
 
 
+def archived(error: str) -> bool:
+    """Whether a dead row's error is Slack's refusal to post in an archived channel (`slack_failure`)."""
+    return error == "Slack answered is_archived"
+
+
 def slack_failure(exc: SlackApiError, channel: str | None) -> Undeliverable:
     response = exc.response
     error = str(response.get("error", "unknown_error")) if response is not None else "unknown_error"

@@ -170,6 +170,10 @@ class SlackStandin:
         """The bot is no longer a member of `channel`: conversations.info says so, chat.postMessage fails."""
         self.workspace.outside.add(channel)
 
+    def archive(self, channel: str) -> None:
+        """`channel` is archived: conversations.info says so, chat.postMessage fails with is_archived."""
+        self.workspace.archived.add(channel)
+
     def response_url(
         self,
         token: str,

@@ -84,6 +84,7 @@ class Workspace:
         self.users: dict[str, User] = {bot_user_id: User(bot_user_id, "dpor", "DPOR", is_bot=True)}
         # Channels the bot is not a member of (every other channel has it): it cannot post there.
         self.outside: set[str] = set()
+        self.archived: set[str] = set()  # channels archived: read only, for the bot too
         self._last_ts_us = 0
         self.methods: dict[str, Callable[[JSONDict], JSONDict]] = {
             "auth.test": self._auth_test,
@@ -149,6 +150,8 @@ class Workspace:
 
     def _post_message(self, params: JSONDict) -> JSONDict:
         channel = self._channel(params)
+        if channel in self.archived:
+            raise SlackError("is_archived")
         if channel in self.outside:
             raise SlackError("not_in_channel")
         text, blocks = str(params.get("text") or ""), params.get("blocks") or []
@@ -192,7 +195,7 @@ class Workspace:
                 "name": channel.lower(),
                 "is_channel": channel.startswith("C"),
                 "is_private": channel.startswith("G"),
-                "is_archived": False,
+                "is_archived": channel in self.archived,
                 "is_member": channel not in self.outside,
             }
         }

@@ -248,6 +248,14 @@ async def delete_watches_of(session: AsyncSession, scope: str) -> list[str]:
     return sorted(rows.all())
 
 
+async def delete_watches_in(session: AsyncSession, channel_id: str) -> list[str]:
+    """Stop one channel watching anything; returns the scopes it watched."""
+    rows = await session.scalars(
+        delete(ChannelWatch).where(ChannelWatch.channel_id == channel_id).returning(ChannelWatch.scope)
+    )
+    return sorted(rows.all())
+
+
 async def watch_channels(session: AsyncSession) -> list[str]:
     """Every channel that watches a subscription or all of them, each once."""
     rows = await session.scalars(select(ChannelWatch.channel_id).distinct().order_by(ChannelWatch.channel_id))

@@ -6,10 +6,13 @@ import json
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from bot import directory
 from storage.db import Database
-from tests.harness import ADMIN, BYSTANDER, NEW_PARTNER, NOTIFY, OWNER, OWNER2, PROD, Harness
+from storage.directory import watching_channels
+from storage.models import AuditEvent, OutboxMessage
+from tests.harness import ADMIN, BYSTANDER, NEW_PARTNER, NOTIFY, OLD_PARTNER, OWNER, OWNER2, PROD, Harness
 
 WRONG = [
     "frobnicate",
@@ -136,6 +139,43 @@ async def test_subscribed_channel_gets_notifications(harness: Harness) -> None:
     assert len(harness.slack.messages(NOTIFY)) == 1
     _, body = await harness.command("unsubscribe", OWNER, channel_id="C0WATCHERS")
     assert "no longer" in body["text"]
+
+
+async def test_an_archived_channel_stops_watching(harness_any_db: Harness) -> None:
+    """Nobody can type `/dpor unsubscribe` in an archived channel: the first notification Slack refuses
+    there with is_archived removes its watches (audited as dpor-bot), so later changes do not leave a dead
+    row each for it, for ever."""
+    h = harness_any_db
+    await h.command("subscribe prod", OWNER, channel_id="C0WATCHERS")
+    h.slack.archive("C0WATCHERS")
+    await h.command(f"set prod {NEW_PARTNER} first", ADMIN)
+    await h.click("dpor_approve", 1, OWNER2)
+    for _ in range(3):  # the apply, then the rows it queued
+        await h.settle()
+    assert (await h.request(1)).status == "applied"
+    await h.command(f"set prod {OLD_PARTNER} second", ADMIN)
+    await h.click("dpor_approve", 2, OWNER2)
+    for _ in range(3):
+        await h.settle()
+    assert (await h.request(2)).status == "applied"
+    assert len(h.slack.messages(NOTIFY)) == 2  # the other channels hear of both
+    async with h.bot.db.read() as session:
+        dead = (
+            await session.scalars(
+                select(OutboxMessage.last_error).where(
+                    OutboxMessage.status == "dead", OutboxMessage.key == "channel:C0WATCHERS"
+                )
+            )
+        ).all()
+        watching = await watching_channels(session, PROD)
+        dropped = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.action == "channel.unsubscribed"))
+        ).all()
+    assert dead == ["Slack answered is_archived"]  # the first change's only
+    assert "C0WATCHERS" not in watching
+    assert [(e.actor, e.subscription_id, e.data) for e in dropped] == [
+        ("dpor-bot", PROD, {"channel_id": "C0WATCHERS", "scope": PROD, "reason": "channel_archived"})
+    ]
 
 
 # As Slack sends them: mentions and links as markup, characters typed literally as entities.
