@@ -42,6 +42,7 @@ READ_TIMEOUT = 10.0
 # copy again changes nothing.
 READ_ONLY_PAYLOADS = frozenset({"block_suggestion"})
 HEALTH_TIMEOUT = 5.0
+MAX_BODY = 1024**2  # bytes: Slack's requests are far smaller; a bigger body is refused (413)
 
 
 class HttpEdge:
@@ -65,6 +66,11 @@ class HttpEdge:
         except TimeoutError:
             log.warning("refused a request whose body did not arrive within %.0f s (408)", READ_TIMEOUT)
             return web.Response(status=408, headers={"Connection": "close"})
+        except web.HTTPRequestEntityTooLarge:
+            # Answered here, not raised: a raised exception is counted as the bot's own failure (outcome
+            # "error", the internal-errors alert), and anyone can send a big body.
+            log.warning("refused a request whose body is over %d bytes (413)", MAX_BODY)
+            return web.Response(status=413, headers={"Connection": "close"})
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
         signature = request.headers.get("X-Slack-Signature", "")
         if not _signed(self._signing_key, raw, timestamp, signature):
@@ -178,7 +184,7 @@ def _reparsed(request: AsyncBoltRequest) -> AsyncBoltRequest:
 
 def web_app(bot: Bot) -> web.Application:
     """The HTTP surface: Slack's events endpoint, a health check and the metrics; starts and stops the bot."""
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/slack/events", bot.metrics.timed(bot.slack_events))
     app.router.add_get("/healthz", bot.healthz)
     app.router.add_get("/metrics", bot.prometheus)

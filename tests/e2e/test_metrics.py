@@ -208,3 +208,20 @@ async def test_each_bot_counts_in_a_registry_of_its_own(harness: Harness) -> Non
     started = time.perf_counter()
     assert b"dpor_requests_total" in await other.exposition(harness.bot.db)
     assert time.perf_counter() - started < 5
+
+
+async def test_an_oversized_body_is_counted_as_refused_not_as_an_internal_error(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can post 2 MB: it must not fire the internal-errors alert (outcome="error", README: Metrics),
+    whose lines the log would not explain."""
+    body = b"x" * 2_000_000
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(harness.url, data=body, headers={"Content-Type": FORM_CONTENT_TYPE}) as response,
+    ):
+        assert response.status == 413
+    found = await samples(harness)
+    assert requests(found, "unknown", "error") == 0
+    assert requests(found, "unknown", "refused") == 1
+    assert any("413" in r.getMessage() for r in caplog.records if r.name == "dpor")
