@@ -34,6 +34,9 @@ _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_EXAMPLES = "such as 72h, 30m, 2d, 1h30m or a number of seconds"
 _DURATION_HELP = f"a duration {_DURATION_EXAMPLES}"
+# Ten years: far beyond any sensible setting, and far below what a timedelta holds or what a date can be
+# moved by (`now + DPOR_REQUEST_TTL` past the year 9999 failed every request), so neither overflows.
+_DURATION_MAX = timedelta(days=3650)
 _DURATIONS = ("request_ttl", "provider_timeout", "outbox_poll_interval", "outbox_lease", "sweep_interval")
 _OPTIONAL_DURATIONS = ("remind_after", "reconcile_every")  # these also take off (or 0, or nothing)
 _OFF = ("", "0", "off")
@@ -61,6 +64,8 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
             raise ValueError(f"expected {_DURATION_HELP}")
     if seconds <= 0:
         raise ValueError(f"expected a duration above zero, {_DURATION_EXAMPLES}")
+    if seconds > _DURATION_MAX.total_seconds():  # before timedelta(), which overflows on huge ones
+        raise ValueError(f"expected a duration of at most {_DURATION_MAX.days}d, {_DURATION_EXAMPLES}")
     return timedelta(seconds=seconds)
 
 

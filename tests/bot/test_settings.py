@@ -217,6 +217,19 @@ def test_every_duration_is_read_alike(monkeypatch: pytest.MonkeyPatch, variable:
             load_settings()
 
 
+@pytest.mark.parametrize("variable", ["DPOR_REQUEST_TTL", "DPOR_OUTBOX_LEASE", "DPOR_AZURE_ROLE_CACHE"])
+@pytest.mark.parametrize("value", ["99999999999999999", "99999999999999d", "9" * 400, "9999999d"])
+def test_a_duration_too_long_is_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Too big for a timedelta (OverflowError), or for a date once added to now (every request failed)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"^{variable}: expected a duration of at most 3650d"):
+        load_settings()
+    monkeypatch.setenv(variable, "3650d")
+    assert timedelta(days=3650) in load_settings().model_dump().values()
+
+
 # --- URLs: credentials and query strings never shown; ambiguous credentials refused (issue 16, item 10) ---
 
 
