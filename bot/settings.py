@@ -239,6 +239,13 @@ class Settings(BaseSettings):
     @classmethod
     def _api_url(cls, value: str) -> str:
         value = _http_url(value, "https://slack.com/api/")
+        if "@" in re.split(r"[/?#]", value.partition("://")[2], maxsplit=1)[0]:
+            # slack_sdk sends the token in an Authorization header, and aiohttp refuses a request that
+            # has both (a ValueError at the first call: start-up's auth.test).
+            raise ValueError(
+                "expected an http(s) URL without a user name or password, such as https://slack.com/api/ "
+                "(the bot token is sent in the Authorization header, which cannot be combined with them)"
+            )
         return value if value.endswith("/") else value + "/"
 
     @field_validator("database_url")

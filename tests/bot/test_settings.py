@@ -255,6 +255,17 @@ def test_a_url_whose_credentials_are_ambiguous_is_refused(
     assert "ss-secret" not in message and ":***@" in message
 
 
+def test_a_slack_api_url_with_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """slack_sdk sends the token as an Authorization header, which aiohttp refuses to combine with a URL's
+    user and password: serve and doctor stopped at auth.test with a traceback (ValueError)."""
+    monkeypatch.setenv("SLACK_API_URL", "https://proxy:pw-secret@slack-proxy.internal/api/")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("SLACK_API_URL: expected an http(s) URL without a user name or password")
+    assert "pw-secret" not in message
+
+
 def test_percent_encoded_credentials_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://bot:pa%2Fss@db.internal/dpor")
     monkeypatch.setenv("DPOR_WEBHOOK_URL", "https://hook:pa%2Fss@hooks.example.com/dpor?access_token=t")
