@@ -85,7 +85,12 @@ class HttpEdge:
         except Exception as exc:  # whatever Bolt's parser trips on (not UTF-8, not JSON, not an object)
             log.warning("refused a signed request whose body is malformed (400): %s", type(exc).__name__)
             return web.Response(status=400)
-        if bolt_request.body.get("type") not in READ_ONLY_PAYLOADS:
+        kind = bolt_request.body.get("type")
+        if not isinstance(kind, str | None):
+            # A list or an object is no payload type, and cannot even be looked up below (TypeError: a 500).
+            log.warning("refused a signed request whose body is malformed (400): its type is not a string")
+            return web.Response(status=400)
+        if kind not in READ_ONLY_PAYLOADS:
             digest = hashlib.sha256(signature.encode()).hexdigest()
             try:
                 first = await self.sightings.first(digest, datetime.fromtimestamp(int(timestamp), UTC))

@@ -43,6 +43,8 @@ MALFORMED = [
     pytest.param(FORM_CONTENT_TYPE, b"payload=%7B%22type%22%3A%22block_act", id="broken-payload"),
     pytest.param(FORM_CONTENT_TYPE, b"text=\xff\xfe\xfa&command=%2Fdpor", id="not-utf8"),
     pytest.param(JSON, b"[1, 2, 3]", id="json-not-an-object"),
+    pytest.param(JSON, b'{"type": ["event_callback"]}', id="type-not-a-string"),
+    pytest.param(JSON, b'{"type": {"a": 1}}', id="type-an-object"),
 ]
 
 
