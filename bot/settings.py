@@ -361,6 +361,8 @@ class Settings(BaseSettings):
 
 _FIELD_HINTS = {
     "DPOR_REQUIRED_APPROVALS": "a whole number from 1 to 10",
+    "DPOR_DB_POOL_SIZE": "a whole number from 1 to 500",
+    "DPOR_DM_APPROVERS_MAX": "a whole number from 0 to 1000 (0: no DMs)",
     "DPOR_PROVIDER": "one of ledger, azure-rbac, azure-pal (old name: azure), webhook, portal",
     "DPOR_ALLOW_SELF_APPROVAL": "true or false",
     "DPOR_ROLE_SOURCE": "local or azure",

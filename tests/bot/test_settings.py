@@ -42,6 +42,10 @@ def test_defaults() -> None:
     [
         ("DPOR_REQUIRED_APPROVALS", "0", "a whole number from 1 to 10"),
         ("DPOR_REQUIRED_APPROVALS", "two", "a whole number from 1 to 10"),
+        ("DPOR_DB_POOL_SIZE", "lots", "a whole number from 1 to 500"),
+        ("DPOR_DB_POOL_SIZE", "0", "a whole number from 1 to 500"),
+        ("DPOR_DM_APPROVERS_MAX", "-1", "a whole number from 0 to 1000 (0: no DMs)"),
+        ("DPOR_DM_APPROVERS_MAX", "all", "a whole number from 0 to 1000 (0: no DMs)"),
         ("DPOR_REQUEST_TTL", "soon", "a duration such as 72h"),
         ("DPOR_REQUEST_TTL", "0", "a duration above zero"),
         ("DPOR_REQUEST_TTL", "72x", "a duration such as 72h"),
