@@ -33,7 +33,7 @@ from bot.policy import Policy
 from bot.providers import Providers
 from bot.settings import ConfigError, Settings
 from bot.worker import OutboxWorker
-from handlers import register_listeners
+from handlers import finish_after_ack, register_listeners
 from handlers.deliver import SlackDeliverer, archived
 from storage import replay
 from storage.db import Database
@@ -42,6 +42,8 @@ from storage.migrate import is_current, upgrade
 log = logging.getLogger("dpor")
 
 AUTH_TEST_TIMEOUT = 10.0  # start-up's one auth.test
+# At shutdown, what a listener began after its ack gets this long, alongside the worker's grace (5 s).
+AFTER_ACK_GRACE = 3.0
 
 
 def require(settings: Settings, *names: str) -> None:
@@ -189,8 +191,12 @@ class Bot(HttpEdge):
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reconciler
             self.reconciler = None
-        if self.worker is not None:
-            await self.worker.stop()
+        # The worker's deliveries and the work begun after an ack finish together, before the Slack
+        # session closes under them.
+        await asyncio.gather(
+            self.worker.stop() if self.worker is not None else asyncio.sleep(0),
+            finish_after_ack(AFTER_ACK_GRACE),
+        )
         if self.http is not None:
             await self.http.close()
         if isinstance(self.policy.roles, AzureRoles):

@@ -4,6 +4,9 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.context import BotContext
 from handlers import actions, commands, home, modals, portal
+from handlers.actions import finish_after_ack
+
+__all__ = ["finish_after_ack", "register_listeners"]
 
 
 def register_listeners(app: AsyncApp, ctx: BotContext) -> None:

@@ -33,6 +33,16 @@ def after_ack(work: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_AFTER_ACK.discard)
 
 
+async def finish_after_ack(grace: float) -> None:
+    """At shutdown, before the Slack session closes: the work begun after an ack (a form's private answer,
+    a Home published again) gets `grace` seconds to finish, then is cancelled. Slack was answered already
+    and asks for none of it again."""
+    if _AFTER_ACK:
+        _, late = await asyncio.wait(set(_AFTER_ACK), timeout=grace)
+        for task in late:
+            task.cancel()
+
+
 # Reject asks why first: its button opens a form (handlers/modals.py), decided at submission.
 ACTS = {APPROVE: clicks.APPROVE, RETRY: clicks.RETRY}
 

@@ -4,6 +4,7 @@ form opens the request the typed command would, through to an applied change."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -282,3 +283,19 @@ async def test_the_form_from_the_command_answers_as_the_command_does(harness: Ha
     # The same sentence as the typed command's answer, for this request.
     assert answer.text.split(" it expires")[0] == typed["text"].replace("#1", "#2").split(" it expires")[0]
     assert (await h.request(2)).reason == "from the form"
+
+
+async def test_the_forms_answer_in_flight_at_shutdown_is_still_delivered(harness: Harness) -> None:
+    """The private answer is sent after the ack (after_ack): on SIGTERM the bot closed its HTTP session under
+    it, so a requester whose form Slack had closed heard nothing of the request it opened."""
+    h = harness
+    await h.command("set", ADMIN)
+    h.slack.hold("chat.postEphemeral")
+    assert (await h.submit(ADMIN, values(reason="just before a deploy")))[0] == 200
+    await h.slack.wait_held("chat.postEphemeral")
+    stopping = asyncio.ensure_future(h.bot.stop())
+    await asyncio.sleep(0.2)  # the stop is under way, waiting for the answer
+    h.slack.release("chat.postEphemeral")
+    await stopping
+    (answer,) = [e for e in h.slack.ephemerals(ADMIN) if e.channel == APPROVALS]
+    assert answer.text.startswith(":inbox_tray: Request #1 is open")
