@@ -16,9 +16,11 @@ engine on the `sqlite+dpor` dialect registered here.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sqlite3
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy.dialects import registry
@@ -69,6 +71,10 @@ class _Connection:
     def run(self, sql: str) -> None:
         """A statement with no parameters and no rows (BEGIN, a PRAGMA) straight to the driver."""
         self._conn.execute(sql)
+
+    def commit(self) -> None:
+        """COMMIT on the driver, from whichever thread calls it (`commit` below)."""
+        self._conn.commit()
 
     async def create_function(self, *args: Any, **kw: Any) -> None:
         self._conn.create_function(*args, **kw)
@@ -128,7 +134,7 @@ class _Adapted(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         if self._connection._connection:
-            self._connection._conn.commit()
+            self._connection.commit()
 
     def rollback(self) -> None:
         if self._connection._connection:
@@ -145,6 +151,27 @@ class _DBAPI(AsyncAdapt_aiosqlite_dbapi):
         # The pool may close a connection from the garbage collector's thread; nothing else crosses.
         kw["check_same_thread"] = False
         return _Adapted(self, _Connection(sqlite3.connect(*arg, **kw)))
+
+
+# The thread COMMITs run in (`commit`): one, since a process has one writer at a time (storage.groups).
+_COMMITTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpor-sqlite-commit")
+
+
+def loop_busy() -> bool:
+    """Whether the running event loop has callbacks ready to run besides the caller (asyncio's own loop
+    keeps them in `_ready`; another loop: answered False, and COMMITs stay on the loop as before)."""
+    return bool(getattr(asyncio.get_running_loop(), "_ready", None))
+
+
+async def commit(raw: Any) -> None:
+    """COMMIT the transaction open on the driver connection `raw` (a `_Connection`) in a thread: the
+    driver releases the GIL while SQLite waits for the disk, so the event loop goes on meanwhile.
+    SQLAlchemy's own commit afterwards finds no transaction open and sends nothing. The caller must not
+    touch the connection before this returns, nor be cancelled halfway; errors come out as SQLAlchemy's."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(_COMMITTER, raw.commit)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance("COMMIT", None, exc, sqlite3.Error) from exc
 
 
 def run(raw: Any, sql: str) -> None:

@@ -1,6 +1,6 @@
 """Group commit on SQLite (storage/groups.py): transactions that arrive together share one COMMIT, a
-failing one rolls back alone, a failed COMMIT fails every member, and waiting for another process's
-write lock does not stop the event loop."""
+failing one rolls back alone, a failed COMMIT fails every member, and neither waiting for another
+process's write lock nor, while other work is ready, a COMMIT waiting for the disk stops the event loop."""
 
 from __future__ import annotations
 
@@ -213,5 +213,98 @@ async def test_a_group_handed_to_a_transaction_cancelled_at_the_gate_still_commi
         assert db.engine.pool.checkedout() == 0
         await add(db, "1000003")  # the gate works on
         assert await names(db) == {"1000001", "1000003"}
+    finally:
+        await db.dispose()
+
+
+class _Disk:
+    """A disk that takes `seconds` to sync each COMMIT (in whichever thread runs it), and the loop turns
+    counted meanwhile by `spin`, a callback that always has itself ready to run (requests waiting)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.turns = 0
+        self.turns_during: list[int] = []
+        self.threads: list[threading.Thread] = []
+        self.spinning = False
+        self._real = storage_sqlite._Connection.commit
+
+    def commit(self, conn: storage_sqlite._Connection) -> None:
+        if not conn._conn.in_transaction:  # SQLAlchemy's commit after a threaded one: nothing to sync
+            return
+        self.threads.append(threading.current_thread())
+        before = self.turns
+        time.sleep(self.seconds)  # the fsync: the GIL is free meanwhile, as the driver frees it
+        self.turns_during.append(self.turns - before)
+        self._real(conn)
+
+    def spin(self) -> None:
+        self.turns += 1
+        if self.spinning:
+            asyncio.get_running_loop().call_soon(self.spin)
+
+
+async def test_while_other_work_is_ready_a_commit_waits_for_the_disk_off_the_loop(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    disk = _Disk(0.3)
+    try:
+        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
+            disk.spinning = True
+            disk.spin()
+            started = time.monotonic()
+            await add(db, "1234567")
+            elapsed = time.monotonic() - started
+            disk.spinning = False
+        assert disk.threads and threading.main_thread() not in disk.threads
+        assert disk.turns_during[0] > 10  # the loop went on while the disk synced (0 on the loop's thread)
+        assert elapsed >= 0.3  # and write() returned only once the COMMIT was done
+        assert await names(db) == {"1234567"}
+        assert db.engine.pool.checkedout() == 0
+    finally:
+        await db.dispose()
+
+
+async def test_with_nothing_else_ready_a_commit_stays_on_the_loop(sqlite_url: str) -> None:
+    """Handing a COMMIT to a thread and back costs two thread wake-ups, more than an fsync here: one
+    request at a time, the COMMIT runs where the transaction ran."""
+    db = Database(sqlite_url)
+    disk = _Disk(0.01)
+    try:
+        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
+            await add(db, "1234567")
+        assert disk.threads == [threading.main_thread()]
+        assert await names(db) == {"1234567"}
+    finally:
+        await db.dispose()
+
+
+async def test_a_member_cancelled_during_a_threaded_commit_leaves_its_group_committed(
+    sqlite_url: str,
+) -> None:
+    """At shutdown a transaction may be cancelled while its group's COMMIT waits for the disk in a thread:
+    the COMMIT goes on, the other members learn it succeeded, and the connection goes back to the pool
+    only once the thread is done with it."""
+    db = Database(sqlite_url)
+    disk = _Disk(0.3)
+    try:
+        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
+            disk.spinning = True
+            disk.spin()
+            first = asyncio.create_task(add(db, "1000001"))
+            second = asyncio.create_task(add(db, "1000002"))
+            while not disk.threads:  # noqa: ASYNC110  polled: the COMMIT's start has no event of its own
+                await asyncio.sleep(0.01)
+            first.cancel()
+            await asyncio.wait_for(second, 5)
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            disk.spinning = False
+        assert len(disk.threads) == 1  # one COMMIT for both
+        assert await names(db) == {"1000001", "1000002"}
+        while db.groups is not None and db.groups._closers:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        assert db.engine.pool.checkedout() == 0
+        await add(db, "1000003")  # the gate works on
+        assert await names(db) == {"1000001", "1000002", "1000003"}
     finally:
         await db.dispose()
