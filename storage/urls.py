@@ -79,9 +79,16 @@ DRIVER_ARGUMENTS = (
     "user",
     "password",
     "host",
+    "port",
     "database",
     "passfile",
+    "krbsrvname",
+    "gsslib",
 )
+# SQLAlchemy reads these itself, and takes them more than once: a unix socket's directory
+# (`?host=/var/run/postgresql&port=5433`), or several servers (`?host=a:5432&host=b:5432`,
+# `?host=a,b&port=5432,5433`), tried in turn.
+_HOSTS = ("host", "port")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -93,14 +100,21 @@ def _check_driver_arguments(rest: str) -> None:
                 f"{expected} whose query holds only {', '.join(DRIVER_ARGUMENTS)} (or libpq's sslmode): "
                 f"asyncpg, dpor-bot's driver, takes no `{name}`"
             )
-        if not isinstance(value, str):
+        if not isinstance(value, str) and name not in _HOSTS:
             raise ValueError(f"{expected} that gives `{name}` once")
+        if name == "port" and not _numbers(value):
+            raise ValueError(f"{expected} whose port is a number (or numbers, separated by commas)")
         if name == "ssl" and value not in SSL_MODES:
             raise ValueError(f"{expected} whose ssl (or sslmode) is one of {', '.join(SSL_MODES)}")
         if name == "command_timeout" and not _positive(value):
             raise ValueError(f"{expected} whose command_timeout is a number of seconds over 0")
         if name == "prepared_statement_cache_size" and not (value.isascii() and value.isdigit()):
             raise ValueError(f"{expected} whose prepared_statement_cache_size is a whole number")
+
+
+def _numbers(value: str | tuple[str, ...]) -> bool:
+    parts = ",".join([value] if isinstance(value, str) else value).split(",")
+    return all(part.isascii() and part.isdigit() for part in parts if part)
 
 
 def _positive(text: str) -> bool:

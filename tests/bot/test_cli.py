@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import make_url
 
 from bot import cli
 from bot.cli.command import actor
@@ -492,6 +493,18 @@ def test_a_libpq_sslmode_in_database_url_is_understood(pg_url: str, tmp_path: Pa
     (it was a TypeError traceback from every command)."""
     url = pg_url.replace("postgresql+asyncpg://", "postgresql://") + "?sslmode=disable"  # no TLS on CI's
     assert "no subscriptions" in ok(dpor_bot("subscriptions", "list", url=url, cwd=tmp_path))
+
+
+def test_a_database_url_naming_its_servers_in_the_query_connects(pg_url: str, tmp_path: Path) -> None:
+    """SQLAlchemy reads `host` and `port` from the query, each possibly more than once (several servers,
+    tried in turn; a unix socket's directory): such URLs worked, and must not be refused as arguments
+    asyncpg does not take."""
+    parts = make_url(pg_url)
+    host, port = parts.host, parts.port or 5432
+    base = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    for servers in (f"host={host}:{port}&host={host}:{port}", f"host={host},{host}&port={port},{port}"):
+        url = f"{base}?{servers}"
+        assert "no subscriptions" in ok(dpor_bot("subscriptions", "list", url=url, cwd=tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,20 @@ def test_bad_durations_are_refused(text: str) -> None:
             "postgresql://bot@db/dpor?ssl=verify-full&prepared_statement_cache_size=0",
             "postgresql+asyncpg://bot@db/dpor?ssl=verify-full&prepared_statement_cache_size=0",
         ),
+        # The host and port SQLAlchemy reads from the query: a unix socket's directory, several servers
+        # (tests/bot/test_cli.py connects with them).
+        (
+            "postgresql://bot@localhost/dpor?host=/var/run/postgresql&port=5433",
+            "postgresql+asyncpg://bot@localhost/dpor?host=/var/run/postgresql&port=5433",
+        ),
+        (
+            "postgresql://bot@db/dpor?host=db1:5432&host=db2:5433&target_session_attrs=primary",
+            "postgresql+asyncpg://bot@db/dpor?host=db1:5432&host=db2:5433&target_session_attrs=primary",
+        ),
+        (
+            "postgresql://bot@db/dpor?host=db1,db2&port=5432,5433&krbsrvname=postgres&gsslib=gssapi",
+            "postgresql+asyncpg://bot@db/dpor?host=db1,db2&port=5432,5433&krbsrvname=postgres&gsslib=gssapi",
+        ),
         ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
         ("sqlite:////var/lib/dpor/x.db", "sqlite+aiosqlite:////var/lib/dpor/x.db"),
     ],
@@ -135,6 +149,7 @@ def test_database_urls_normalise_to_async_drivers(
         ("command_timeout=soon", "command_timeout is a number of seconds over 0"),
         ("prepared_statement_cache_size=-1", "prepared_statement_cache_size is a whole number"),
         ("ssl=require&ssl=disable", "gives `ssl` once"),
+        ("host=/var/run/postgresql&port=5432x", "port is a number"),
     ],
 )
 def test_a_database_url_with_an_argument_the_driver_does_not_take_is_refused(
