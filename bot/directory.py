@@ -151,6 +151,8 @@ async def resolve_subscription(session: AsyncSession, ref: str) -> Subscription:
                 "An operator adds it with `dpor-bot subscriptions add`."
             )
         return sub
+    if undecodable(ref):  # a lookup with it is a traceback on SQLite, a "database error" on PostgreSQL
+        raise UnknownSubscription(f"The subscription ID or alias {NOT_UTF8}.")
     sub = await store.subscription_by_alias(session, ref)
     if sub is not None:
         return sub

@@ -481,6 +481,8 @@ def test_text_typed_in_a_terminal_that_is_not_utf8_is_refused_in_one_line(
         ("partners", "add", "4977985", "--name", latin1),
         ("people", "link", "U0ALICE", latin1 + "@contoso.com"),
         ("requests", "cancel", "1", "--reason", latin1),
+        ("roles", "grant", "U0ALICE", "owner", "--subscription", latin1),
+        ("roles", "list", "--subscription", latin1),
     ):
         line = refused(run(*args))
         assert "not UTF-8" in line, line
