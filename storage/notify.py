@@ -136,6 +136,11 @@ async def _listen_once(db: Database, callback: Callable[[], None]) -> None:
                 log.warning("the connection listening for new outbox rows stopped answering")
                 conn.terminate()
                 return
+            except Exception as exc:
+                # Lost while asked (a NAT that forgot the flow answers with a reset), not between two
+                # questions: it was up all the same, so it is replaced at once, not after a backoff.
+                log.warning("the connection listening for new outbox rows was lost (%s)", type(exc).__name__)
+                return
     finally:
         if listening:
             db.listening -= 1

@@ -125,6 +125,7 @@ class Blackhole:
         self.host, self.port = host, port
         self.silenced: list[asyncio.Event] = []
         self.writers: list[asyncio.StreamWriter] = []
+        self.forgotten: list[asyncio.Event] = []
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -135,15 +136,26 @@ class Blackhole:
         for silent in self.silenced:
             silent.set()
 
+    def reset(self) -> None:
+        """The connections through it are forgotten, as a NAT forgets an idle flow: the next packet either
+        end sends is answered with a reset. Connections made after `reset()` pass."""
+        for forgotten in self.forgotten:
+            forgotten.set()
+
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
-        silent = asyncio.Event()
+        silent, forgotten = asyncio.Event(), asyncio.Event()
         self.silenced.append(silent)
+        self.forgotten.append(forgotten)
         self.writers += [writer, upstream_writer]
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await src.read(65536):
+                    if forgotten.is_set():
+                        for end in (writer, upstream_writer):
+                            end.transport.abort()  # SO_LINGER 0: a reset, not a close
+                        return
                     if not silent.is_set():
                         dst.write(data)
                         await dst.drain()
@@ -196,6 +208,39 @@ async def test_a_listener_whose_connection_goes_silent_listens_again(
             async with writer.write(serial=False) as session:
                 await table.insert_rows(session, [ROW])
             assert await wakes.next(1.0)
+    finally:
+        await writer.dispose()
+        await listener.dispose()
+        await hole.close()
+
+
+async def test_a_listener_whose_connection_is_reset_when_asked_listens_again_at_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NAT that forgot an idle flow answers the ping with a reset: the connection is lost during the
+    ping rather than between two. It was up, so the listener connects again at once, as when it closes
+    between pings, not after the backoff of the failures before it was up."""
+    writer, listener = Database(database_url), Database(database_url)
+    if writer.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    direct = notify._connect_args(listener)
+    hole = Blackhole(direct["host"], direct["port"])
+    through = {**direct, "host": "127.0.0.1", "port": await hole.start()}
+    failures = iter(range(4))  # the server is away at first: the backoff grows to 4 s
+
+    def connect_args(_db: Database) -> dict[str, object]:
+        return {**through, "port": 1} if next(failures, None) is not None else through
+
+    monkeypatch.setattr(notify, "_connect_args", connect_args)
+    monkeypatch.setattr(notify, "BACKOFF_FIRST", 0.25)
+    monkeypatch.setattr(notify, "PING_EVERY", 0.5)
+    wakes = Wakes()
+    try:
+        async with notify.listen(listener, wakes):
+            assert await wakes.next(10.0)  # connected at the fifth try
+            hole.reset()  # the next ping, within 0.5 s, is answered with a reset
+            assert await wakes.next(2.5)  # connected again, and woke for the rows it may have missed
+            assert listener.listening == 1
     finally:
         await writer.dispose()
         await listener.dispose()
