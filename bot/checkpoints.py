@@ -136,6 +136,6 @@ def _exported(text: str) -> bool:
     `seq=N hash=H at=T` as any other line is."""
     try:
         row = json.loads(text)
-    except ValueError:
-        return '"seq"' in text  # an exported line cut short
+    except ValueError:  # an exported line cut short, even before its "seq" (a lone `{` opens an object)
+        return '"seq"' in text or (text != "{" and '{"seq"'.startswith(text))
     return not isinstance(row, dict) or "seq" in row or "hash" in row

@@ -178,6 +178,10 @@ async def test_checkpoints_read_from_a_json_log_and_a_slack_export(
     # An exported checkpoint's line is still read strictly: a cut one is refused, never skipped.
     with pytest.raises(BadInput, match=r"cut.jsonl, line 1: not a checkpoint"):
         checkpoints.read(['{"seq": 6, "hash": "ab'], "cut.jsonl")
+    exported = json.dumps({"seq": point.seq, "hash": point.hash, "at": point.at})
+    for cut in ('{"', '{"se', '{"seq'):  # cut before its "seq": the newest checkpoint, gone unsaid
+        with pytest.raises(BadInput, match=r"cut.jsonl, line 2: not a checkpoint"):
+            checkpoints.read([exported, cut], "cut.jsonl")
 
 
 async def test_a_daily_checkpoint_once_a_day(db: Database) -> None:
