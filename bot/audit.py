@@ -54,6 +54,7 @@ ACTIONS = frozenset(
         "channel.unsubscribed",
         "audit.rekeyed",
         "audit.accepted",
+        "outbox.discarded",
         "person.linked",
         "person.unlinked",
     }

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import audit
 from bot.errors import Refusal
 from storage import outbox as table
 from storage import requests
@@ -137,6 +138,35 @@ async def undelivered(db: Database, *, dead_only: bool = False) -> list[OutboxMe
     statuses = (table.DEAD,) if dead_only else (table.PENDING, table.DEAD)
     async with db.read() as session:
         return await table.undelivered(session, statuses)
+
+
+async def discard(db: Database, ids: Sequence[int] | None, *, actor: str) -> list[int]:
+    """Set dead rows (these ids, or every dead row when `ids` is None) aside for good: a message that can
+    never be delivered (its card deleted, its person deactivated, its channel gone) would otherwise keep
+    the dead-rows alert firing. Each is audited (`outbox.discarded`: the row, its kind and key, its last
+    error). Refuses, writing nothing, when an id names no row or a row that is not dead."""
+    async with db.write(serial=False) as session:
+        found = await table.statuses_of(session, ids)
+        for row_id in ids or ():
+            if row_id not in found:
+                raise Refusal(f"there is no outbox row {row_id}; `dpor-bot outbox list` shows them")
+            if found[row_id] != table.DEAD:
+                raise Refusal(
+                    f"outbox row {row_id} is {found[row_id]}, not dead; only dead rows are discarded"
+                )
+        rows = await table.discard(session, list(found))
+        await audit.append_many(session, [_discarded(row, actor) for row in rows])
+        return [row.id for row in rows]
+
+
+def _discarded(row: OutboxMessage, actor: str) -> audit.Entry:
+    request_id = row.payload.get("request_id") if isinstance(row.payload, dict) else None
+    return audit.Entry(
+        actor=actor,
+        action="outbox.discarded",
+        request_id=request_id if isinstance(request_id, int) else None,
+        data={"row": row.id, "kind": row.kind, "key": row.key, "last_error": (row.last_error or "")[:500]},
+    )
 
 
 async def requeue(db: Database, ids: Sequence[int] | None = None) -> list[int]:

@@ -17,6 +17,9 @@ from storage.models import ChangeRequest, OutboxMessage, is_postgresql, utcnow
 from storage.notify import notify_outbox
 
 PENDING, DONE, DEAD = "pending", "done", "dead"
+# A dead row an operator gave up on for good (`dpor-bot outbox discard`): kept, with its last error, but no
+# longer counted dead (the gauge, the alert, the Home) nor retried.
+DISCARDED = "discarded"
 CARD = "card"  # bot.outbox.CARD: the row that posts or updates a request's approval card
 # Kinds of rows whose Slack channel is the request's card channel rather than a `channel` in the payload.
 CARD_CHANNEL_KINDS = (CARD, "remind")
@@ -254,6 +257,28 @@ async def revive(session: AsyncSession, ids: Sequence[int]) -> None:
     )
     if ids:
         await notify_outbox(session)
+
+
+async def discard(session: AsyncSession, ids: Sequence[int]) -> list[OutboxMessage]:
+    """Dead rows (of these ids) set aside for good; returns them as they were."""
+    rows = list(
+        (
+            await session.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.id.in_(list(ids)), OutboxMessage.status == DEAD)
+                .order_by(OutboxMessage.id)
+                .with_for_update()
+            )
+        ).all()
+    )
+    if rows:
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_([row.id for row in rows]), OutboxMessage.status == DEAD)
+            .values(status=DISCARDED, claimed_by=None, claimed_until=None)
+            .execution_options(synchronize_session=False)
+        )
+    return rows
 
 
 @dataclass(frozen=True)

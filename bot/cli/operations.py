@@ -174,3 +174,19 @@ def outbox_retry(row_id: int | None, all_dead: bool) -> None:
         click.echo("no dead outbox rows")
         return
     click.echo(f"requeued outbox row{'s' if len(requeued) > 1 else ''} {', '.join(map(str, requeued))}")
+
+
+@outbox_group.command("discard")
+@click.argument("row_id", metavar="ID", type=int, required=False)
+@click.option("--all-dead", is_flag=True, help="Every dead row.")
+def outbox_discard(row_id: int | None, all_dead: bool) -> None:
+    """Set a dead row (ID, or --all-dead) aside for good: it is no longer counted dead nor retried, and the
+    audit log records it (outbox.discarded). For a message that can never be delivered."""
+    if (row_id is None) != all_dead:
+        raise click.UsageError("give a dead row's ID, or --all-dead")
+    who = actor()
+    discarded = run(lambda database: outbox.discard(database, None if all_dead else [row_id], actor=who))
+    if not discarded:
+        click.echo("no dead outbox rows")
+        return
+    click.echo(f"discarded outbox row{'s' if len(discarded) > 1 else ''} {', '.join(map(str, discarded))}")

@@ -1,4 +1,5 @@
-"""`dpor-bot outbox list [--dead]` and `dpor-bot outbox retry ID|--all-dead`: see and requeue dead rows."""
+"""`dpor-bot outbox list [--dead]`, `dpor-bot outbox retry ID|--all-dead` and `dpor-bot outbox discard
+ID|--all-dead`: see dead rows, requeue them, or set aside for good those that can never be delivered."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from click.testing import CliRunner, Result
 from sqlalchemy import insert, select
 
 from bot import cli
+from storage import outbox as table
 from storage.db import Database
-from storage.models import OutboxMessage, utcnow
+from storage.models import AuditEvent, OutboxMessage, utcnow
 
 
 def dpor_bot(database_url: str, *args: str) -> Result:
@@ -109,7 +111,72 @@ def test_retry_refuses_what_is_not_a_dead_row(rows: str) -> None:
     assert [status for _, status, _ in outbox_rows(rows)] == ["done", "pending", "dead", "dead"]
 
 
+def audit_events(database_url: str) -> list[tuple[str, str, int | None, dict]]:
+    async def work() -> list[tuple[str, str, int | None, dict]]:
+        db = Database(database_url)
+        try:
+            async with db.read() as session:
+                query = select(AuditEvent.actor, AuditEvent.action, AuditEvent.request_id, AuditEvent.data)
+                return [tuple(r) for r in await session.execute(query.order_by(AuditEvent.seq))]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(work())
+
+
+def dead_count(database_url: str) -> int:
+    async def work() -> int:
+        db = Database(database_url)
+        try:
+            async with db.read() as session:
+                return (await table.stats(session)).dead  # what dpor_outbox_dead, and its alert, read
+        finally:
+            await db.dispose()
+
+    return asyncio.run(work())
+
+
+def test_discard_sets_dead_rows_aside_for_good_and_audits_it(rows: str) -> None:
+    """A dead row that can never be delivered (its card deleted, its channel gone) kept the dead-rows gauge,
+    and the DporDeadOutboxRows alert, up for good: nothing but SQL could clear it."""
+    assert dead_count(rows) == 2
+    result = dpor_bot(rows, "outbox", "discard", "4")
+    assert (result.exit_code, result.output) == (0, "discarded outbox row 4\n")
+    assert outbox_rows(rows) == [(1, "done", 1), (2, "pending", 2), (3, "dead", 1), (4, "discarded", 8)]
+    assert dead_count(rows) == 1
+    listed = dpor_bot(rows, "outbox", "list").output.splitlines()[1:]
+    assert [line.split()[0] for line in listed] == ["2", "3"]
+    refused = dpor_bot(rows, "outbox", "retry", "4").output
+    assert refused.startswith("error: outbox row 4 is discarded, not dead")
+    result = dpor_bot(rows, "outbox", "discard", "--all-dead")
+    assert (result.exit_code, result.output) == (0, "discarded outbox row 3\n")
+    assert dpor_bot(rows, "outbox", "discard", "--all-dead").output == "no dead outbox rows\n"
+    assert dead_count(rows) == 0
+    events = [e for e in audit_events(rows) if e[1] == "outbox.discarded"]
+    assert [(request_id, data["row"], data["kind"], data["key"]) for _, _, request_id, data in events] == [
+        (2, 4, "card", "card:2"),
+        (None, 3, "notify", "channel:C1"),
+    ]
+    assert events[0][3]["last_error"] == "Slack answered internal_error\nsecond line"
+    assert all(actor.startswith("cli:") for actor, *_ in events), events
+
+
+def test_discard_refuses_what_is_not_a_dead_row(rows: str) -> None:
+    for row_id, status in (("1", "done"), ("2", "pending")):
+        reason = f"outbox row {row_id} is {status}, not dead"
+        result = CliRunner().invoke(cli.cli, ["outbox", "discard", row_id], env={"DATABASE_URL": rows})
+        assert result.exit_code == 1
+        assert result.output.startswith(f"error: {reason}") and len(result.output.splitlines()) == 1
+    result = CliRunner().invoke(cli.cli, ["outbox", "discard", "9"], env={"DATABASE_URL": rows})
+    assert result.exit_code == 1 and result.output.startswith("error: there is no outbox row 9")
+    for args in ([], ["3", "--all-dead"]):
+        result = CliRunner().invoke(cli.cli, ["outbox", "discard", *args], env={"DATABASE_URL": rows})
+        assert result.exit_code == 2, result.output
+    assert [status for _, status, _ in outbox_rows(rows)] == ["done", "pending", "dead", "dead"]
+    assert [e for e in audit_events(rows) if e[1] == "outbox.discarded"] == []
+
+
 def test_outbox_commands_have_help() -> None:
-    for args in (["outbox"], ["outbox", "list"], ["outbox", "retry"]):
+    for args in (["outbox"], ["outbox", "list"], ["outbox", "retry"], ["outbox", "discard"]):
         result = CliRunner().invoke(cli.cli, [*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
