@@ -167,9 +167,27 @@ async def commit(raw: Any) -> None:
     """COMMIT the transaction open on the driver connection `raw` (a `_Connection`) in a thread: the
     driver releases the GIL while SQLite waits for the disk, so the event loop goes on meanwhile.
     SQLAlchemy's own commit afterwards finds no transaction open and sends nothing. The caller must not
-    touch the connection before this returns, nor be cancelled halfway; errors come out as SQLAlchemy's."""
+    touch the connection before this returns; errors come out as SQLAlchemy's.
+
+    A caller cancelled meanwhile (asyncio.run cancels every task as the loop ends) still waits here for
+    the thread, as an inline COMMIT cannot be interrupted either: the thread goes on with the connection
+    whatever the caller does, so returning at once would have it rolled back or handed to the pool under
+    the thread, and the COMMIT's outcome lost to those waiting for it. The cancellation is asked for again
+    once the thread is done: the caller stops at its next await, or its task ends cancelled."""
+    thread = asyncio.get_running_loop().run_in_executor(_COMMITTER, raw.commit)
+    cancelled = False
+    while not thread.done():
+        try:
+            await asyncio.wait((thread,))  # unlike awaiting it, leaves the future alone if cancelled
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()  # the one cancellation, delivered once more: not counted twice (asyncio.timeout)
+        task.cancel()
     try:
-        await asyncio.get_running_loop().run_in_executor(_COMMITTER, raw.commit)
+        thread.result()
     except sqlite3.Error as exc:
         raise DBAPIError.instance("COMMIT", None, exc, sqlite3.Error) from exc
 

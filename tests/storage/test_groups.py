@@ -308,3 +308,33 @@ async def test_a_member_cancelled_during_a_threaded_commit_leaves_its_group_comm
         assert await names(db) == {"1000001", "1000002", "1000003"}
     finally:
         await db.dispose()
+
+
+async def test_a_threaded_commit_cancelled_as_the_loop_ends_waits_for_its_thread(sqlite_url: str) -> None:
+    """asyncio.run cancels every task as the loop ends, the group's COMMIT among them while its thread
+    still commits: the connection is neither rolled back nor handed to the pool under the thread, and the
+    members still waiting learn how the COMMIT went (they waited for ever, their work rolled back)."""
+    db = Database(sqlite_url)
+    disk = _Disk(0.3)
+    try:
+        assert db.groups is not None
+        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
+            disk.spinning = True
+            disk.spin()
+            first = asyncio.create_task(add(db, "1000001"))
+            second = asyncio.create_task(add(db, "1000002"))  # the group's last: it commits
+            while not disk.threads:  # noqa: ASYNC110  polled: the COMMIT's start has no event of its own
+                await asyncio.sleep(0.01)
+            (commit,) = db.groups._closers
+            commit.cancel()
+            await asyncio.sleep(0.05)
+            assert db.engine.pool.checkedout() == 1  # still the thread's
+            await asyncio.wait_for(first, 5)
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            assert commit.cancelled()  # it stops, once the thread is done
+            disk.spinning = False
+        assert await names(db) == {"1000001", "1000002"}
+        assert db.engine.pool.checkedout() == 0
+    finally:
+        await db.dispose()
