@@ -257,6 +257,8 @@ class Database:
             return False
 
     async def dispose(self) -> None:
+        if self.groups is not None:
+            await self.groups.settle()  # a COMMIT still in its thread (storage.groups) ends first
         await self.engine.dispose()
 
 

@@ -41,7 +41,8 @@ class GroupCommit:
         self._gate: asyncio.Lock | None = None
         self._waiting = 0
         self._group: _Group | None = None
-        self._closers: set[asyncio.Task[None]] = set()  # commits and `_commit_left` tasks under way
+        self._closers: set[asyncio.Task[None]] = set()  # `_commit_left` tasks under way
+        self._commits: set[asyncio.Task[None]] = set()  # COMMITs under way in the thread (`_commit`)
         self.commits = 0  # COMMITs issued: tests and the benchmark read it to see groups form
         self.transactions = 0
 
@@ -121,9 +122,17 @@ class GroupCommit:
             await self._finish(group, threaded=False)
             return
         task = asyncio.create_task(self._finish(group, threaded=True), name="dpor-group-commit")
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
         await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Wait for the COMMITs under way in the thread. At shutdown the transaction that issued one may
+        have been cancelled and gone; `Database.dispose` waits for them here, or it would close the engine
+        while the thread still commits, and that connection would go back to the disposed pool afterwards,
+        left open."""
+        while self._commits:
+            await asyncio.wait(set(self._commits))
 
     async def _finish(self, group: _Group, *, threaded: bool) -> None:
         try:

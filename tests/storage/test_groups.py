@@ -301,7 +301,7 @@ async def test_a_member_cancelled_during_a_threaded_commit_leaves_its_group_comm
             disk.spinning = False
         assert len(disk.threads) == 1  # one COMMIT for both
         assert await names(db) == {"1000001", "1000002"}
-        while db.groups is not None and db.groups._closers:  # noqa: ASYNC110
+        while db.groups is not None and db.groups._commits:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         assert db.engine.pool.checkedout() == 0
         await add(db, "1000003")  # the gate works on
@@ -325,7 +325,7 @@ async def test_a_threaded_commit_cancelled_as_the_loop_ends_waits_for_its_thread
             second = asyncio.create_task(add(db, "1000002"))  # the group's last: it commits
             while not disk.threads:  # noqa: ASYNC110  polled: the COMMIT's start has no event of its own
                 await asyncio.sleep(0.01)
-            (commit,) = db.groups._closers
+            (commit,) = db.groups._commits
             commit.cancel()
             await asyncio.sleep(0.05)
             assert db.engine.pool.checkedout() == 1  # still the thread's
@@ -336,5 +336,38 @@ async def test_a_threaded_commit_cancelled_as_the_loop_ends_waits_for_its_thread
             disk.spinning = False
         assert await names(db) == {"1000001", "1000002"}
         assert db.engine.pool.checkedout() == 0
+    finally:
+        await db.dispose()
+
+
+async def test_dispose_waits_for_a_commit_whose_members_were_cancelled(sqlite_url: str) -> None:
+    """At shutdown the requests still running are cancelled, the group's last one during its threaded
+    COMMIT, then the database is closed: the COMMIT ends first, and its connection is closed with the
+    others (it was left open in the disposed pool, the COMMIT still running after `dispose()`)."""
+    db = Database(sqlite_url)
+    disk = _Disk(0.3)
+    used: list[sqlite3.Connection] = []
+
+    def commit(conn: storage_sqlite._Connection) -> None:
+        used.append(conn._conn)
+        disk.commit(conn)
+
+    with patch.object(storage_sqlite._Connection, "commit", commit):
+        disk.spinning = True
+        disk.spin()
+        tasks = [asyncio.create_task(add(db, pid)) for pid in ("1000001", "1000002")]
+        while not disk.threads:  # noqa: ASYNC110  polled: the COMMIT's start has no event of its own
+            await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.dispose()
+        assert disk.turns_during  # the COMMIT is done
+        disk.spinning = False
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        used[0].execute("SELECT 1")
+    db = Database(sqlite_url)
+    try:
+        assert await names(db) == {"1000001", "1000002"}
     finally:
         await db.dispose()
