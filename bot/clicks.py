@@ -89,7 +89,7 @@ def decide(facts: Facts, pol: Policy) -> Verdict:
         )
     count = len(facts.approvers)
     if act == RETRY:
-        _retryable(facts)
+        _retryable(facts, pol)
         return Verdict(RequestStatus.FAILED, RequestStatus.APPLYING, count, final=True)
     if not policy.allowed("request", facts.requester_roles):
         # Whoever asked may no longer ask for this subscription: nobody may carry the request on.
@@ -111,8 +111,9 @@ def decide(facts: Facts, pol: Policy) -> Verdict:
     )
 
 
-def _retryable(facts: Facts) -> None:
-    """A failed request may be applied again only while nothing has moved on since it was approved."""
+def _retryable(facts: Facts, pol: Policy) -> None:
+    """A failed request may be applied again only while nothing has moved on since it was approved, and
+    while it is still approved: by DPOR_REQUIRED_APPROVALS people who are owners now."""
     req, sub = facts.request, facts.subscription
     if facts.open_request is not None:
         raise OpenRequestExists(
@@ -134,6 +135,14 @@ def _retryable(facts: Facts) -> None:
         raise RequestExpired(
             f"Request #{req.id} could be retried until {moment(req.expires_at)}. "
             "Make a new request if this change is still wanted."
+        )
+    if len(facts.approvers) < pol.required_approvals:
+        # An approval counts only while its approver is an owner, at a retry as at the decision: else
+        # one owner could apply, alone, a change approved by others who have since lost the role.
+        raise AlreadyDecided(
+            f"Request #{req.id} has {len(facts.approvers)} of the {pol.required_approvals} approvals it "
+            f"needs from people who are owners of {sub.name} now (an approver's owner role was removed "
+            "since), so it cannot be retried. Make a new request if this change is still wanted."
         )
 
 

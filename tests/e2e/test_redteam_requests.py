@@ -165,3 +165,34 @@ async def test_a_request_whose_requester_lost_the_role_is_withdrawn_not_approved
     assert "request.approved" not in actions
     assert "Cancelled" in str((await h.card(rid)).blocks)
     assert any("withdrawn" in m.text for m in h.slack.messages(ADMIN))
+
+
+@pytest.mark.parametrize("bot_env", [TWO_OF_TWO])
+async def test_a_retry_is_refused_once_an_approver_is_no_longer_an_owner(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 of 2 approve, the apply fails, one approver loses the owner role: the other cannot apply the
+    change alone with a Retry (the approval stopped counting, as it would have before the decision)."""
+    h = harness_any_db
+    refusing_once(monkeypatch)
+    rid = await new_request(h, NEW_PARTNER)
+    await approve_by_both(h, rid)
+    assert (await h.request(rid)).status == "failed"
+    await directory.revoke_role(h.bot.db, OWNER, "owner", "prod", actor="test")
+
+    before = await h.audit_actions()
+    status, _ = await h.click("dpor_retry", rid, OWNER2)
+    assert status == 200
+    await h.settle()
+    assert (await h.request(rid)).status == "failed"
+    answer = h.slack.ephemerals(OWNER2)[-1].text
+    assert "1 of the 2 approvals" in answer and "Make a new request" in answer, answer
+    assert (await h.audit_actions())[len(before) :] == ["approval.denied"]
+    async with h.bot.db.read() as session:
+        assert (await subscription(session, PROD)).partner_id != NEW_PARTNER
+
+    # Given the role back, the approval counts again and the same Retry applies the change.
+    await directory.grant_role(h.bot.db, OWNER, "owner", "prod", actor="test")
+    await h.click("dpor_retry", rid, OWNER2)
+    await h.settle()
+    assert (await h.request(rid)).status == "applied"
