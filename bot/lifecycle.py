@@ -27,6 +27,7 @@ from bot.errors import (
     NotAuthorised,
     OpenRequestExists,
     PartnerAlreadySet,
+    RequestExpired,
     UnknownRequest,
     WrongTeam,
     moment,
@@ -294,7 +295,8 @@ async def cancel(
     reason: str = "",
     operator: bool = False,
 ) -> ChangeRequest:
-    """The requester (or an owner) withdraws a pending request. Refusals write nothing.
+    """The requester (or an owner) withdraws a pending request. Refusals write nothing, but a request past
+    its TTL expires (whoever asks), as it would at the next sweep.
 
     `operator`: an operator at the CLI (`user_id` is `cli:<login>`), who holds the database and so needs
     no role, but must give a reason. A reason, when given, is recorded in the audit event.
@@ -306,34 +308,50 @@ async def cancel(
         await prepare_request(db, pol.roles, user_id, request_id)
     async with db.write() as session:
         req = await load(session, request_id, team_id)
-        if req.status != RequestStatus.PENDING:
-            raise AlreadyDecided(decided_sentence(req))
-        if user_id != req.requester_id and not operator:
-            await policy.check(
-                session,
-                "cancel",
-                user_id,
-                await subscription_of(session, req),
-                roles=pol.roles,
-                refusal=f"Only the requester ({person(req.requester_id)}) or an owner of the subscription "
-                f"can cancel request #{req.id}.",
-                error=NotAuthorised,
+        if is_expired(req, utcnow()):
+            # Past its TTL but not swept yet: it expires now, as at a click on its card, rather than be
+            # recorded as cancelled by someone after it had ended; the answer says so.
+            await expire(session, req, pol)
+            ended = RequestExpired(
+                f"Request #{req.id} expired at {moment(req.expires_at)}; there is nothing to cancel."
             )
-        rows = effects(req)
-        if user_id != req.requester_id:
-            rows.dm(req.requester_id, req.id, "cancelled")
-        await announce(session, pol, req, rows, "cancelled")
-        await record(
+        else:
+            return await _cancel_pending(session, pol, req, user_id, reason, operator)
+    raise ended
+
+
+async def _cancel_pending(
+    session: AsyncSession, pol: Policy, req: ChangeRequest, user_id: str, reason: str, operator: bool
+) -> ChangeRequest:
+    """cancel() inside its transaction, on a request whose TTL has not passed."""
+    if req.status != RequestStatus.PENDING:
+        raise AlreadyDecided(decided_sentence(req))
+    if user_id != req.requester_id and not operator:
+        await policy.check(
             session,
-            req,
-            RequestStatus.PENDING,
-            RequestStatus.CANCELLED,
-            event(req, user_id, "request.cancelled", **({"reason": reason} if reason else {})),
-            rows,
-            decided_by=user_id[:32],  # the column's width; the audit event keeps the whole actor
-            decided_at=utcnow(),
+            "cancel",
+            user_id,
+            await subscription_of(session, req),
+            roles=pol.roles,
+            refusal=f"Only the requester ({person(req.requester_id)}) or an owner of the subscription "
+            f"can cancel request #{req.id}.",
+            error=NotAuthorised,
         )
-        return req
+    rows = effects(req)
+    if user_id != req.requester_id:
+        rows.dm(req.requester_id, req.id, "cancelled")
+    await announce(session, pol, req, rows, "cancelled")
+    await record(
+        session,
+        req,
+        RequestStatus.PENDING,
+        RequestStatus.CANCELLED,
+        event(req, user_id, "request.cancelled", **({"reason": reason} if reason else {})),
+        rows,
+        decided_by=user_id[:32],  # the column's width; the audit event keeps the whole actor
+        decided_at=utcnow(),
+    )
+    return req
 
 
 async def expire_due(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -90,6 +91,24 @@ async def test_cancel_by_requester(harness: Harness) -> None:
     assert (await harness.request(1)).status == "cancelled"
     card = await harness.card(1)
     assert "Cancelled" in json.dumps(card.blocks)
+
+
+@pytest.mark.parametrize("bot_env", [{"DPOR_REQUEST_TTL": "1s"}])
+async def test_cancel_after_the_ttl_expires_the_request_and_says_so(harness_any_db: Harness) -> None:
+    """A request past its TTL that the sweep has not reached yet ended when its TTL passed: `/dpor cancel`
+    expires it (as a click on its card does) and says so, rather than record a cancellation after its end."""
+    h = harness_any_db
+    await h.command(f"set prod {NEW_PARTNER}", ADMIN)
+    await h.card(1)
+    await asyncio.sleep(1.1)
+    _, body = await h.command("cancel 1", ADMIN)
+    assert "expired at" in body["text"] and "is cancelled" not in body["text"], body
+    await h.settle()
+    req = await h.request(1)
+    assert (req.status, req.decided_by) == ("expired", None)
+    actions = await h.audit_actions()
+    assert actions[-1] == "request.expired" and "request.cancelled" not in actions
+    assert "Expired" in json.dumps((await h.card(1)).blocks)
 
 
 async def test_show_list_history_pending(harness: Harness) -> None:
