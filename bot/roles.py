@@ -130,9 +130,11 @@ async def current_owner_approvals(
 
 
 async def prepare_request(db: Database, source: RoleSource, user_id: str, request_id: int | str) -> None:
-    """Before a click's or a cancel's write transaction: the roles of the clicker and of the requester on
-    the request's subscription, made ready (nothing for the bot's own table; a bad ID is left to the
-    transaction, which refuses it in its own words)."""
+    """Before a click's or a cancel's write transaction: the roles of the clicker, of the requester and of
+    those who approved it already on the request's subscription, made ready (nothing for the bot's own
+    table; a bad ID is left to the transaction, which refuses it in its own words). The approvers too: a
+    click counts only the approvals of people who are owners now (`current_owner_approvals`), and asking
+    Azure about them in the transaction would hold the database while ARM answers."""
     if source.name == LOCAL:
         return
     try:
@@ -144,7 +146,8 @@ async def prepare_request(db: Database, source: RoleSource, user_id: str, reques
         if req is None:
             return
         sub_id, requester = req.subscription_id, req.requester_id
-    await source.prepare(user_id, [sub_id], [requester])
+        approvers = [who for who, _ in await request_table.approvals(session, number)]
+    await source.prepare(user_id, [sub_id], [requester, *approvers])
 
 
 @dataclass(frozen=True)

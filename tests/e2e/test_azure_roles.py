@@ -211,6 +211,36 @@ async def test_a_slow_arm_does_not_hold_slacks_answer(database_url: str) -> None
         assert "approval.denied" not in await h.audit_actions()
 
 
+async def test_a_click_reads_the_earlier_approvers_roles_before_its_transaction(database_url: str) -> None:
+    """2 of 2: the second click counts the first approval only if its approver is an owner now. Azure is
+    asked about that approver before the click's transaction, as about the clicker: a slow ARM is answered
+    "try again" with nothing written, not after holding the database for DPOR_AZURE_ROLE_WAIT and then
+    recording a refusal (approval.denied) for a click that was never decided."""
+    fake = azure()
+    fake.page_size = 100  # one page per person: each read takes the delay once
+    async with azure_harness(database_url, fake, DPOR_REQUIRED_APPROVALS="2") as h:
+        rid = await open_request(h, ADMIN)
+        await h.click("dpor_approve", rid, OWNER)
+        await h.settle()
+        assert (await h.request(rid)).status == "pending"
+        cache = h.bot.policy.roles._cache  # type: ignore[attr-defined]
+        for key in [key for key in cache if key[0] == OBJECTS[OWNER]]:
+            del cache[key]  # the first approver's window has passed; the clicker's and requester's not
+        fake.delay = 5.0
+        before = await counts(h)
+        status, _ = await h.click("dpor_approve", rid, OWNER2)
+        assert status == 200
+        assert "Azure has not answered yet" in await last_answer(h, OWNER2)
+        assert (await h.request(rid)).status == "pending"
+        assert await counts(h) == before  # nothing written: no approval.denied either
+        # The read carried on and filled the cache: the same click now decides, with both approvals.
+        await asyncio.sleep(5.5)
+        fake.delay = 0.0
+        await h.click("dpor_approve", rid, OWNER2)
+        await h.settle()
+        assert (await h.request(rid)).status == "applied"
+
+
 async def test_roles_are_not_granted_from_slack(sqlite_url: str) -> None:
     async with azure_harness(sqlite_url, azure()) as h:
         before = await counts(h)
