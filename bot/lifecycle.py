@@ -55,7 +55,6 @@ _PAST = {
     RequestStatus.APPROVED: "approved",
     RequestStatus.APPLYING: "approved (being applied)",
     RequestStatus.APPLIED: "approved and applied",
-    RequestStatus.FAILED: "approved, but applying it failed",
     RequestStatus.REJECTED: "rejected",
     RequestStatus.CANCELLED: "cancelled",
     RequestStatus.EXPIRED: "expired",
@@ -66,6 +65,12 @@ def decided_sentence(req: ChangeRequest) -> str:
     state = _PAST.get(RequestStatus(req.status), req.status)
     when = f" at {moment(req.decided_at)}" if req.decided_at else ""
     by = f" by {person(req.decided_by)}" if req.decided_by and req.status != RequestStatus.EXPIRED else ""
+    if req.status == RequestStatus.FAILED:
+        # Who and when are the approval's: the provider failed the apply, not the person who approved it.
+        return (
+            f"Request #{req.id} was already approved{by}{when}, but applying it failed; its card says "
+            "until when an owner can Retry it."
+        )
     return f"Request #{req.id} was already {state}{by}{when}."
 
 

@@ -196,3 +196,17 @@ async def test_a_retry_is_refused_once_an_approver_is_no_longer_an_owner(
     await h.click("dpor_retry", rid, OWNER2)
     await h.settle()
     assert (await h.request(rid)).status == "applied"
+
+
+async def test_a_refusal_on_a_failed_request_blames_no_approver_for_the_failure(
+    harness_any_db: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/dpor cancel` on a failed request: the approver and the time are the approval's, the failure the
+    provider's; the answer says what remains possible (a Retry on the card)."""
+    h = harness_any_db
+    rid = await failed_once(h, monkeypatch)
+    _, body = await h.command(f"cancel {rid}", ADMIN)
+    text = body["text"]
+    assert f"was already approved by <@{OWNER}> at <!date^" in text, text
+    assert "failed by" not in text and "Retry" in text, text
+    assert (await h.request(rid)).status == "failed"
