@@ -25,7 +25,7 @@ from bot.errors import (
 )
 from bot.providers import NAMES as PROVIDER_NAMES
 from bot.providers import OLD_NAMES
-from bot.text import NOT_UTF8, clean, has_invisible, undecodable
+from bot.text import clean, has_invisible
 from storage import directory as store
 from storage.db import Database
 from storage.models import ALL_SUBSCRIPTIONS, Partner, RoleAssignment, Subscription
@@ -96,8 +96,6 @@ def is_scope_word(text: str) -> bool:
 
 
 def _name(text: str, what: str) -> str:
-    if undecodable(text):
-        raise BadInput(f"The {what} name {NOT_UTF8}.")
     text = " ".join(clean(text).split())
     if not text:
         raise BadInput(f"The {what} name is empty.")
@@ -121,8 +119,6 @@ def _alias(text: str | Keep | None) -> str | Keep | None:
     text = text.strip()
     if not text:
         return None
-    if undecodable(text):
-        raise BadInput(f"The alias {NOT_UTF8}.")
     if has_invisible(text):
         raise BadInput("An alias cannot hold invisible characters (zero-width, direction marks, controls).")
     if not ALIAS.match(text):
@@ -151,8 +147,6 @@ async def resolve_subscription(session: AsyncSession, ref: str) -> Subscription:
                 "An operator adds it with `dpor-bot subscriptions add`."
             )
         return sub
-    if undecodable(ref):  # a lookup with it is a traceback on SQLite, a "database error" on PostgreSQL
-        raise UnknownSubscription(f"The subscription ID or alias {NOT_UTF8}.")
     sub = await store.subscription_by_alias(session, ref)
     if sub is not None:
         return sub

@@ -217,18 +217,9 @@ async def create_request(
                 expires_at=now + pol.request_ttl,
                 card_channel=pol.approval_channel or channel_id,
             )
-            await audit.append(
-                session,
-                event(
-                    req,
-                    user_id,
-                    "request.created",
-                    partner_id=pid,
-                    previous_partner_id=sub.partner_id,
-                    reason=reason,
-                    expires_at=req.expires_at.isoformat(),
-                ),
-            )
+            facts = {"partner_id": pid, "previous_partner_id": sub.partner_id, "reason": reason}
+            entry = event(req, user_id, "request.created", **facts, expires_at=req.expires_at.isoformat())
+            await audit.append(session, entry)
             rows = effects(req)
             req.approvers_reach = await reach.ask_approvers(session, pol, req, rows)
             await rows.flush(session)
@@ -258,36 +249,36 @@ async def announce(
     rows.notify(await notify_targets(session, pol or Policy(), req.subscription_id), req.id, news)
 
 
-async def expire(session: AsyncSession, req: ChangeRequest, pol: Policy | None = None) -> None:
+async def _end(
+    session: AsyncSession,
+    pol: Policy | None,
+    req: ChangeRequest,
+    to: RequestStatus,
+    entry: audit.Entry,
+    *,
+    news: str,
+    dm: str | None,
+    decided_by: str | None = None,
+) -> None:
+    """A pending request ends undecided by its owners (expired, withdrawn, cancelled), in the caller's
+    transaction: the requester's DM (`dm`), the thread and the watching channels (`news`), its event."""
     rows = effects(req)
-    rows.dm(req.requester_id, req.id, "expired")
-    await announce(session, pol, req, rows, "expired")
-    await record(
-        session,
-        req,
-        RequestStatus.PENDING,
-        RequestStatus.EXPIRED,
-        event(req, SYSTEM_ACTOR, "request.expired", expires_at=req.expires_at.isoformat()),
-        rows,
-        decided_at=utcnow(),
-    )
+    if dm:
+        rows.dm(req.requester_id, req.id, dm)
+    await announce(session, pol, req, rows, news)
+    by = {"decided_by": decided_by} if decided_by else {}
+    await record(session, req, RequestStatus.PENDING, to, entry, rows, decided_at=utcnow(), **by)
+
+
+async def expire(session: AsyncSession, req: ChangeRequest, pol: Policy | None = None) -> None:
+    entry = event(req, SYSTEM_ACTOR, "request.expired", expires_at=req.expires_at.isoformat())
+    await _end(session, pol, req, RequestStatus.EXPIRED, entry, news="expired", dm="expired")
 
 
 async def withdraw(session: AsyncSession, req: ChangeRequest, why: str, pol: Policy | None = None) -> None:
     """The bot cancels a pending request nobody may carry on with (its requester lost the right to ask)."""
-    rows = effects(req)
-    rows.dm(req.requester_id, req.id, "withdrawn")
-    await announce(session, pol, req, rows, "voided")
-    await record(
-        session,
-        req,
-        RequestStatus.PENDING,
-        RequestStatus.CANCELLED,
-        event(req, SYSTEM_ACTOR, "request.cancelled", reason=why),
-        rows,
-        decided_by=SYSTEM_ACTOR,
-        decided_at=utcnow(),
-    )
+    entry, cancelled = event(req, SYSTEM_ACTOR, "request.cancelled", reason=why), RequestStatus.CANCELLED
+    await _end(session, pol, req, cancelled, entry, news="voided", dm="withdrawn", decided_by=SYSTEM_ACTOR)
 
 
 async def cancel(
@@ -342,20 +333,10 @@ async def _cancel_pending(
             f"can cancel request #{req.id}.",
             error=NotAuthorised,
         )
-    rows = effects(req)
-    if user_id != req.requester_id:
-        rows.dm(req.requester_id, req.id, "cancelled")
-    await announce(session, pol, req, rows, "cancelled")
-    await record(
-        session,
-        req,
-        RequestStatus.PENDING,
-        RequestStatus.CANCELLED,
-        event(req, user_id, "request.cancelled", **({"reason": reason} if reason else {})),
-        rows,
-        decided_by=user_id[:32],  # the column's width; the audit event keeps the whole actor
-        decided_at=utcnow(),
-    )
+    entry = event(req, user_id, "request.cancelled", **({"reason": reason} if reason else {}))
+    dm = "cancelled" if user_id != req.requester_id else None
+    by = user_id[:32]  # the column's width; the audit event keeps the whole actor
+    await _end(session, pol, req, RequestStatus.CANCELLED, entry, news="cancelled", dm=dm, decided_by=by)
     return req
 
 

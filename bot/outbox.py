@@ -140,21 +140,25 @@ async def undelivered(db: Database, *, dead_only: bool = False) -> list[OutboxMe
         return await table.undelivered(session, statuses)
 
 
+async def _dead(session: AsyncSession, ids: Sequence[int] | None, done: str) -> list[int]:
+    """These rows (every dead row when `ids` is None), each checked dead: refuses, writing nothing, when an
+    id names no row or a row that is not dead (`done`: what is done to dead rows, for the refusal)."""
+    found = await table.statuses_of(session, ids)
+    for row_id in ids or ():
+        if row_id not in found:
+            raise Refusal(f"there is no outbox row {row_id}; `dpor-bot outbox list` shows them")
+        if found[row_id] != table.DEAD:
+            raise Refusal(f"outbox row {row_id} is {found[row_id]}, not dead; only dead rows are {done}")
+    return list(found)
+
+
 async def discard(db: Database, ids: Sequence[int] | None, *, actor: str) -> list[int]:
     """Set dead rows (these ids, or every dead row when `ids` is None) aside for good: a message that can
     never be delivered (its card deleted, its person deactivated, its channel gone) would otherwise keep
     the dead-rows alert firing. Each is audited (`outbox.discarded`: the row, its kind and key, its last
-    error). Refuses, writing nothing, when an id names no row or a row that is not dead."""
+    error)."""
     async with db.write(serial=False) as session:
-        found = await table.statuses_of(session, ids)
-        for row_id in ids or ():
-            if row_id not in found:
-                raise Refusal(f"there is no outbox row {row_id}; `dpor-bot outbox list` shows them")
-            if found[row_id] != table.DEAD:
-                raise Refusal(
-                    f"outbox row {row_id} is {found[row_id]}, not dead; only dead rows are discarded"
-                )
-        rows = await table.discard(session, list(found))
+        rows = await table.discard(session, await _dead(session, ids, "discarded"))
         await audit.append_many(session, [_discarded(row, actor) for row in rows])
         return [row.id for row in rows]
 
@@ -170,17 +174,9 @@ def _discarded(row: OutboxMessage, actor: str) -> audit.Entry:
 
 
 async def requeue(db: Database, ids: Sequence[int] | None = None) -> list[int]:
-    """Give dead rows (these ids, or every dead row when `ids` is None) a fresh set of attempts, due now.
-
-    Refuses, writing nothing, when an id names no row or a row that is not dead.
-    """
+    """Give dead rows (these ids, or every dead row when `ids` is None) a fresh set of attempts, due now."""
     async with db.write(serial=False) as session:
-        found = await table.statuses_of(session, ids)
-        for row_id in ids or ():
-            if row_id not in found:
-                raise Refusal(f"there is no outbox row {row_id}; `dpor-bot outbox list` shows them")
-            if found[row_id] != table.DEAD:
-                raise Refusal(f"outbox row {row_id} is {found[row_id]}, not dead; only dead rows are retried")
+        found = await _dead(session, ids, "retried")
         if found:
-            await table.revive(session, list(found))
-        return list(found)
+            await table.revive(session, found)
+        return found

@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -34,9 +35,7 @@ _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_EXAMPLES = "such as 72h, 30m, 2d, 1h30m or a number of seconds"
 _DURATION_HELP = f"a duration {_DURATION_EXAMPLES}"
-# Ten years: far beyond any sensible setting, and far below what a timedelta holds or what a date can be
-# moved by (`now + DPOR_REQUEST_TTL` past the year 9999 failed every request), so neither overflows.
-_DURATION_MAX = timedelta(days=3650)
+_DURATION_MAX = timedelta(days=3650)  # beyond any sensible setting, below what overflows (`now + TTL`)
 _DURATIONS = ("request_ttl", "provider_timeout", "outbox_poll_interval", "outbox_lease", "sweep_interval")
 _OPTIONAL_DURATIONS = ("remind_after", "reconcile_every")  # these also take off (or 0, or nothing)
 _OFF = ("", "0", "off")
@@ -239,13 +238,9 @@ class Settings(BaseSettings):
     @classmethod
     def _api_url(cls, value: str) -> str:
         value = _http_url(value, "https://slack.com/api/")
-        if "@" in re.split(r"[/?#]", value.partition("://")[2], maxsplit=1)[0]:
-            # slack_sdk sends the token in an Authorization header, and aiohttp refuses a request that
-            # has both (a ValueError at the first call: start-up's auth.test).
-            raise ValueError(
-                "expected an http(s) URL without a user name or password, such as https://slack.com/api/ "
-                "(the bot token is sent in the Authorization header, which cannot be combined with them)"
-            )
+        if urlsplit(value).username is not None:
+            # The token goes in an Authorization header: aiohttp refuses it beside a URL's user and password.
+            raise ValueError("expected an http(s) URL without a user name or password (the token signs in)")
         return value if value.endswith("/") else value + "/"
 
     @field_validator("database_url")

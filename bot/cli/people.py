@@ -10,7 +10,6 @@ import click
 
 from bot import people
 from bot.cli.command import Failed, actor, read_csv, reported, run, settings, slack_user_id, table, when
-from bot.text import NOT_UTF8, undecodable
 
 CSV_COLUMNS = ("slack_user_id", "object_id", "upn")
 HINT = "an object ID (a GUID, such as 0b1f6e6a-2c1d-4f57-9a7e-1f8c2d3e4a5b) nor a UPN (name@contoso.com)"
@@ -23,8 +22,6 @@ def people_group() -> None:
 
 def _identity(text: str) -> people.Link:
     """An object ID as given, or a UPN looked up in Microsoft Graph; anything else refused."""
-    if undecodable(text):
-        raise Failed(f"the object ID or UPN {NOT_UTF8}")
     oid = people.object_id(text)
     if oid is not None:
         return people.Link("", oid)

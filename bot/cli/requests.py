@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import click
 
 from bot import lifecycle
-from bot.cli.command import Failed, actor, run, settings, table, when
+from bot.cli.command import actor, run, settings, table, when
 from bot.policy import Policy
-from bot.text import NOT_UTF8, undecodable
 from storage import requests as store
 from storage.db import Database
 from storage.directory import partner_names
@@ -146,8 +145,6 @@ def requests_cancel(request_id: str, reason: str) -> None:
     The audit log records the operator (cli:<login>) and the reason; the running bot updates the
     request's card and tells the requester.
     """
-    if undecodable(reason):
-        raise Failed(f"the reason {NOT_UTF8}")
     config = settings()
     req = run(
         lambda database: lifecycle.cancel(
