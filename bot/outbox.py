@@ -16,7 +16,7 @@ from bot.errors import Refusal
 from storage import outbox as table
 from storage import requests
 from storage.db import Database
-from storage.models import OutboxMessage
+from storage.models import OutboxMessage, RequestStatus
 
 # Kinds of rows, and what delivering each does:
 CARD = table.CARD  # post the request's approval card, or update it in place
@@ -159,8 +159,25 @@ async def discard(db: Database, ids: Sequence[int] | None, *, actor: str) -> lis
     error)."""
     async with db.write(serial=False) as session:
         rows = await table.discard(session, await _dead(session, ids, "discarded"))
+        for row in rows:  # raising rolls the transaction back: nothing discarded
+            await _refuse_an_open_apply(session, row)
         await audit.append_many(session, [_discarded(row, actor) for row in rows])
         return [row.id for row in rows]
+
+
+async def _refuse_an_open_apply(session: AsyncSession, row: OutboxMessage) -> None:
+    """A dead apply row beside a request still approved or applying (what its death records could not be
+    written): only the row can end that request, which blocks its subscription meanwhile. Discarded, the
+    request would stay open for good with no command left to finish it; `outbox retry` applies it again."""
+    if row.kind != APPLY:
+        return
+    req = await requests.get(session, row.payload["request_id"])
+    if req is not None and req.status in (RequestStatus.APPROVED, RequestStatus.APPLYING):
+        raise Refusal(
+            f"outbox row {row.id} applies request #{req.id}, which is still {req.status}: discarded, it "
+            f"would keep its subscription blocked for good; `dpor-bot outbox retry {row.id}` tries the apply "
+            "again"
+        )
 
 
 def _discarded(row: OutboxMessage, actor: str) -> audit.Entry:

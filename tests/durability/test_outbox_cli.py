@@ -180,3 +180,48 @@ def test_outbox_commands_have_help() -> None:
     for args in (["outbox"], ["outbox", "list"], ["outbox", "retry"], ["outbox", "discard"]):
         result = CliRunner().invoke(cli.cli, [*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+@pytest.mark.parametrize("status", ["approved", "applying"])
+def test_discard_refuses_an_apply_row_whose_request_is_still_open(database_url: str, status: str) -> None:
+    """A dead apply row beside a request still approved or applying (its death's recorder gave up): that
+    request blocks its subscription until the apply ends, and only the row can end it (`outbox retry`).
+    Discarded, the request would stay open for good, with no command left to finish it."""
+    from storage.models import ChangeRequest, Subscription
+
+    async def seed() -> None:
+        db = Database(database_url)
+        try:
+            async with db.write(serial=False) as session:
+                session.add(Subscription(id="00000000-0000-0000-0000-000000000001", name="prod"))
+                await session.flush()
+                session.add(
+                    ChangeRequest(
+                        id=7,
+                        team_id="T1",
+                        subscription_id="00000000-0000-0000-0000-000000000001",
+                        partner_id="1234567",
+                        requester_id="U1",
+                        status=status,
+                        expires_at=utcnow() + timedelta(days=1),
+                    )
+                )
+        finally:
+            await db.dispose()
+
+    asyncio.run(seed())
+    dead_apply = {
+        "kind": "apply",
+        "key": "apply:7",
+        "payload": {"request_id": 7},
+        "status": "dead",
+        "attempts": 9,
+        "last_error": "3 attempts, the last ended without an outcome (its process stopped)",
+    }
+    assert outbox_rows(database_url, [dead_apply]) == [(1, "dead", 9)]
+    for args in (["1"], ["--all-dead"]):
+        result = CliRunner().invoke(cli.cli, ["outbox", "discard", *args], env={"DATABASE_URL": database_url})
+        assert result.exit_code == 1, result.output
+        assert "request #7" in result.output and "outbox retry 1" in result.output, result.output
+    assert outbox_rows(database_url) == [(1, "dead", 9)]
+    assert [e for e in audit_events(database_url) if e[1] == "outbox.discarded"] == []
