@@ -239,8 +239,11 @@ async def undelivered(session: AsyncSession, statuses: Sequence[str]) -> list[Ou
 
 
 async def statuses_of(session: AsyncSession, ids: Sequence[int] | None) -> dict[int, str]:
-    """Status by id of these rows (those that exist), or of every dead row when `ids` is None."""
-    query = select(OutboxMessage.id, OutboxMessage.status).order_by(OutboxMessage.id)
+    """Status by id of these rows (those that exist), or of every dead row when `ids` is None, locked until
+    the transaction ends: `outbox retry` and `outbox discard` write what they checked, so one that reads a
+    row dead while the other is setting it aside waits for it and reads it again (on PostgreSQL; SQLite's
+    writer already runs alone), rather than answer for a row it then leaves as the other left it."""
+    query = select(OutboxMessage.id, OutboxMessage.status).order_by(OutboxMessage.id).with_for_update()
     if ids is None:
         query = query.where(OutboxMessage.status == DEAD)
     else:

@@ -225,3 +225,53 @@ def test_discard_refuses_an_apply_row_whose_request_is_still_open(database_url: 
         assert "request #7" in result.output and "outbox retry 1" in result.output, result.output
     assert outbox_rows(database_url) == [(1, "dead", 9)]
     assert [e for e in audit_events(database_url) if e[1] == "outbox.discarded"] == []
+
+
+def test_a_retry_and_a_discard_of_one_dead_row_at_once_do_not_both_claim_it(
+    rows: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`outbox retry 4` reads row 4 dead, then `outbox discard 4` (another operator, another process) sets it
+    aside before the retry writes: the retry must not answer "requeued outbox row 4" for a row it left
+    discarded (on PostgreSQL the check and the write are one only if the check locks the row)."""
+    from bot import outbox as outbox_module
+
+    checked, discarded = asyncio.Event(), asyncio.Event()
+    real_statuses_of = table.statuses_of
+
+    async def statuses_then_wait(session, ids):  # type: ignore[no-untyped-def]
+        found = await real_statuses_of(session, ids)
+        checked.set()
+        await asyncio.wait_for(discarded.wait(), 2)  # the discard's transaction ends first, unless blocked
+        return found
+
+    async def work() -> tuple[list[int] | str, list[int]]:
+        retrier, discarder = Database(rows), Database(rows)
+        try:
+            monkeypatch.setattr(table, "statuses_of", statuses_then_wait)
+
+            async def retry() -> list[int] | str:
+                try:
+                    return await outbox_module.requeue(retrier, [4])
+                except Exception as exc:  # a refusal, or the discard blocked behind it
+                    return type(exc).__name__
+
+            retried = asyncio.ensure_future(retry())
+            await checked.wait()
+            monkeypatch.setattr(table, "statuses_of", real_statuses_of)
+            discarding = asyncio.ensure_future(outbox_module.discard(discarder, [4], actor="cli:other"))
+            await asyncio.wait({discarding}, timeout=1)  # it ends, or it waits behind the retry's lock
+            discarded.set()
+            result = await retried
+            try:
+                gone = await discarding
+            except Exception:
+                gone = []
+            return result, gone
+        finally:
+            await retrier.dispose()
+            await discarder.dispose()
+
+    requeued, gone = asyncio.run(work())
+    status = dict((row_id, s) for row_id, s, _ in outbox_rows(rows))[4]
+    assert (requeued == [4]) == (status == "pending"), (requeued, gone, status)
+    assert (gone == [4]) == (status == "discarded"), (requeued, gone, status)
