@@ -200,5 +200,12 @@ async def make_world(database_url: str, column: str | None = None, **env: Any) -
 
 
 def when(at: datetime) -> float:
-    """Seconds from now until `at`."""
+    """Seconds from now until `at`: a wait's upper bound (less of it is left each moment)."""
     return (at - utcnow()).total_seconds()
+
+
+def since(at: datetime, started: datetime) -> float:
+    """Seconds from `started` (taken before the delivery that set `at`) until `at`: a wait's lower bound,
+    which a slow moment of the machine between the delivery and the check does not shorten, as it does
+    `when` (a loaded CI machine took 0.8 s there)."""
+    return (at - started).total_seconds()

@@ -17,7 +17,7 @@ from bot import audit
 from bot.providers import ProviderError
 from bot.providers.azure import AzureProvider, _failure
 from bot.settings import ConfigError, load_settings
-from storage.models import AuditEvent, ChangeRequest, OutboxMessage
+from storage.models import AuditEvent, ChangeRequest, OutboxMessage, utcnow
 from tests.bot.providers.conftest import (
     ADMIN,
     NEW,
@@ -27,6 +27,7 @@ from tests.bot.providers.conftest import (
     SUB,
     World,
     make_world,
+    since,
     when,
 )
 from tests.bot.providers.pal import (
@@ -212,10 +213,11 @@ async def test_429_with_retry_after_then_200_is_applied(world: World) -> None:
     rid = await world.approved()
     worker = world.worker()
 
+    started = utcnow()
     await world.drive(worker)
     row = await world.apply_row(rid)
     assert row.status == "pending" and "HTTP 429" in (row.last_error or "")
-    assert 6.0 < when(row.available_at) <= 7.0  # Retry-After, not the exponential backoff
+    assert since(row.available_at, started) > 6.0 and when(row.available_at) <= 7.0  # Retry-After
     assert (await world.request(rid)).status == "applying"
 
     await world.time_passes(rid)
@@ -239,12 +241,14 @@ async def test_500_twice_then_200_backs_off_exponentially(world_any: World) -> N
     worker = world_any.worker()
     waits = []
     for _ in range(2):
+        started = utcnow()
         await world_any.drive(worker)
         row = await world_any.apply_row(rid)
         assert row.status == "pending" and "HTTP 500" in (row.last_error or "")
-        waits.append(when(row.available_at))
+        waits.append((since(row.available_at, started), when(row.available_at)))
         await world_any.time_passes(rid)
-    assert 0.5 < waits[0] <= 2.0 and 1.5 < waits[1] <= 4.0  # backoff(1), backoff(2) with jitter
+    (low1, high1), (low2, high2) = waits  # backoff(1), backoff(2) with jitter
+    assert low1 > 0.5 and high1 <= 2.0 and low2 > 1.5 and high2 <= 4.0
     await world_any.drive(worker)
 
     req = await world_any.request(rid)

@@ -15,10 +15,10 @@ from bot.providers import ProviderError
 from bot.providers.azure_rbac import AzureRbacProvider
 from bot.settings import ConfigError, Settings
 from handlers.messages import drift_text
-from storage.models import ManagedAssignment, PartnerPrincipal, Subscription
+from storage.models import ManagedAssignment, PartnerPrincipal, Subscription, utcnow
 from tests.bot.providers import arm_replay
 from tests.bot.providers.arm_replay import CONTRIBUTOR, MANAGEMENT_GROUP, OWNER, READER, FakeArm, install
-from tests.bot.providers.conftest import NEW, OLD, SUB, World, make_world, when
+from tests.bot.providers.conftest import NEW, OLD, SUB, World, make_world, since, when
 from tests.processes import dpor_bot, ok, refused, table_rows
 
 SCOPE = f"/subscriptions/{SUB}"
@@ -134,10 +134,12 @@ async def test_forbidden_fails_the_request_with_the_missing_permission(world: Wo
 async def test_throttled_apply_waits_for_retry_after(world: World, fake: FakeArm) -> None:
     fake.fail(arm_replay.throttled(30))
     request_id = await world.approved(NEW)
+    started = utcnow()
     await world.drive(world.worker())
     assert (await world.request(request_id)).status == "applying"
     row = await world.apply_row(request_id)
-    assert row.status == "pending" and 29.0 < when(row.available_at) <= 30.0  # Retry-After, not the backoff
+    assert row.status == "pending"
+    assert since(row.available_at, started) > 29.0 and when(row.available_at) <= 30.0  # Retry-After
     await world.time_passes(request_id)
     await world.drive(world.worker())
     assert (await world.request(request_id)).status == "applied"

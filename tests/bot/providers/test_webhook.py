@@ -14,8 +14,8 @@ from sqlalchemy import update
 from bot.providers import Providers
 from bot.settings import ConfigError, Settings
 from storage.db import Database
-from storage.models import Subscription
-from tests.bot.providers.conftest import ADMIN, NEW, NOTIFY, OLD, SUB, World, make_world, when
+from storage.models import Subscription, utcnow
+from tests.bot.providers.conftest import ADMIN, NEW, NOTIFY, OLD, SUB, World, make_world, since, when
 from tests.bot.providers.receiver import SECRET, Receiver, Reply
 
 
@@ -109,10 +109,11 @@ async def test_503_then_200_is_retried_then_applied(database_url: str) -> None:
         async for world in webhook_world(database_url, receiver.url):
             rid = await world.approved()
             worker = world.worker()
+            started = utcnow()
             await world.drive(worker)
             row = await world.apply_row(rid)
             assert row.status == "pending" and "HTTP 503: maintenance" in (row.last_error or "")
-            assert 4.0 < when(row.available_at) <= 5.0
+            assert since(row.available_at, started) > 4.0 and when(row.available_at) <= 5.0
             assert (await world.request(rid)).status == "applying"
 
             await world.time_passes(rid)
