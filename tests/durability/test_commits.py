@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -181,23 +183,37 @@ class Blackhole:
         await asyncio.sleep(0.1)  # the relays see their ends close
 
 
+Holed = tuple[Database, Database, Blackhole, dict[str, Any]]
+
+
+@contextlib.asynccontextmanager
+async def _through_a_hole(database_url: str) -> AsyncIterator[Holed]:
+    """A writer and a listener on PostgreSQL (skipped on SQLite), and the listener's connection arguments
+    through a Blackhole to the server; all closed afterwards."""
+    writer, listener = Database(database_url), Database(database_url)
+    if writer.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    direct = notify._connect_args(listener)
+    hole = Blackhole(direct["host"], direct["port"])
+    try:
+        yield writer, listener, hole, {**direct, "host": "127.0.0.1", "port": await hole.start()}
+    finally:
+        await writer.dispose()
+        await listener.dispose()
+        await hole.close()
+
+
 async def test_a_listener_whose_connection_goes_silent_listens_again(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The LISTEN connection is cut without a word (no FIN, no RST: an idle flow dropped by a NAT, a
     failover): nothing tells the listener, so it must find out by asking. Once it has, it listens on a new
     connection and wakes, and the next commit wakes it again."""
-    writer, listener = Database(database_url), Database(database_url)
-    if writer.is_sqlite:
-        pytest.skip("PostgreSQL only")
-    direct = notify._connect_args(listener)
-    hole = Blackhole(direct["host"], direct["port"])
-    through = {**direct, "host": "127.0.0.1", "port": await hole.start()}
-    monkeypatch.setattr(notify, "_connect_args", lambda _db: through)
-    monkeypatch.setattr(notify, "PING_EVERY", 0.5, raising=False)
-    monkeypatch.setattr(notify, "PING_TIMEOUT", 0.5, raising=False)
-    wakes = Wakes()
-    try:
+    async with _through_a_hole(database_url) as (writer, listener, hole, through):
+        monkeypatch.setattr(notify, "_connect_args", lambda _db: through)
+        monkeypatch.setattr(notify, "PING_EVERY", 0.5, raising=False)
+        monkeypatch.setattr(notify, "PING_TIMEOUT", 0.5, raising=False)
+        wakes = Wakes()
         async with notify.listen(listener, wakes):
             assert await wakes.next()
             hole.silence()
@@ -208,10 +224,6 @@ async def test_a_listener_whose_connection_goes_silent_listens_again(
             async with writer.write(serial=False) as session:
                 await table.insert_rows(session, [ROW])
             assert await wakes.next(1.0)
-    finally:
-        await writer.dispose()
-        await listener.dispose()
-        await hole.close()
 
 
 async def test_a_listener_whose_connection_is_reset_when_asked_listens_again_at_once(
@@ -220,31 +232,21 @@ async def test_a_listener_whose_connection_is_reset_when_asked_listens_again_at_
     """A NAT that forgot an idle flow answers the ping with a reset: the connection is lost during the
     ping rather than between two. It was up, so the listener connects again at once, as when it closes
     between pings, not after the backoff of the failures before it was up."""
-    writer, listener = Database(database_url), Database(database_url)
-    if writer.is_sqlite:
-        pytest.skip("PostgreSQL only")
-    direct = notify._connect_args(listener)
-    hole = Blackhole(direct["host"], direct["port"])
-    through = {**direct, "host": "127.0.0.1", "port": await hole.start()}
-    failures = iter(range(4))  # the server is away at first: the backoff grows to 4 s
+    async with _through_a_hole(database_url) as (_, listener, hole, through):
+        failures = iter(range(4))  # the server is away at first: the backoff grows to 4 s
 
-    def connect_args(_db: Database) -> dict[str, object]:
-        return {**through, "port": 1} if next(failures, None) is not None else through
+        def connect_args(_db: Database) -> dict[str, object]:
+            return {**through, "port": 1} if next(failures, None) is not None else through
 
-    monkeypatch.setattr(notify, "_connect_args", connect_args)
-    monkeypatch.setattr(notify, "BACKOFF_FIRST", 0.25)
-    monkeypatch.setattr(notify, "PING_EVERY", 0.5)
-    wakes = Wakes()
-    try:
+        monkeypatch.setattr(notify, "_connect_args", connect_args)
+        monkeypatch.setattr(notify, "BACKOFF_FIRST", 0.25)
+        monkeypatch.setattr(notify, "PING_EVERY", 0.5)
+        wakes = Wakes()
         async with notify.listen(listener, wakes):
             assert await wakes.next(10.0)  # connected at the fifth try
             hole.reset()  # the next ping, within 0.5 s, is answered with a reset
             assert await wakes.next(2.5)  # connected again, and woke for the rows it may have missed
             assert listener.listening == 1
-    finally:
-        await writer.dispose()
-        await listener.dispose()
-        await hole.close()
 
 
 async def test_a_listener_connects_with_the_drivers_arguments_in_the_url(database_url: str) -> None:

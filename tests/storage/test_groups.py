@@ -5,9 +5,11 @@ process's write lock nor, while other work is ready, a COMMIT waiting for the di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from unittest.mock import patch
 
 import pytest
@@ -226,13 +228,27 @@ class _Disk:
         self.turns = 0
         self.turns_during: list[int] = []
         self.threads: list[threading.Thread] = []
+        self.connections: list[sqlite3.Connection] = []
         self.spinning = False
         self._real = storage_sqlite._Connection.commit
+
+    @contextlib.contextmanager
+    def installed(self, *, busy: bool) -> Iterator[None]:
+        """This disk under the driver's COMMIT; `busy`: the loop kept busy meanwhile (`spin`)."""
+        with patch.object(storage_sqlite._Connection, "commit", lambda conn: self.commit(conn)):
+            self.spinning = busy
+            if busy:
+                self.spin()
+            try:
+                yield
+            finally:
+                self.spinning = False
 
     def commit(self, conn: storage_sqlite._Connection) -> None:
         if not conn._conn.in_transaction:  # SQLAlchemy's commit after a threaded one: nothing to sync
             return
         self.threads.append(threading.current_thread())
+        self.connections.append(conn._conn)
         before = self.turns
         time.sleep(self.seconds)  # the fsync: the GIL is free meanwhile, as the driver frees it
         self.turns_during.append(self.turns - before)
@@ -248,13 +264,10 @@ async def test_while_other_work_is_ready_a_commit_waits_for_the_disk_off_the_loo
     db = Database(sqlite_url)
     disk = _Disk(0.3)
     try:
-        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
-            disk.spinning = True
-            disk.spin()
+        with disk.installed(busy=True):
             started = time.monotonic()
             await add(db, "1234567")
             elapsed = time.monotonic() - started
-            disk.spinning = False
         assert disk.threads and threading.main_thread() not in disk.threads
         assert disk.turns_during[0] > 10  # the loop went on while the disk synced (0 on the loop's thread)
         assert elapsed >= 0.3  # and write() returned only once the COMMIT was done
@@ -270,7 +283,7 @@ async def test_with_nothing_else_ready_a_commit_stays_on_the_loop(sqlite_url: st
     db = Database(sqlite_url)
     disk = _Disk(0.01)
     try:
-        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
+        with disk.installed(busy=False):
             await add(db, "1234567")
         assert disk.threads == [threading.main_thread()]
         assert await names(db) == {"1234567"}
@@ -287,9 +300,7 @@ async def test_a_member_cancelled_during_a_threaded_commit_leaves_its_group_comm
     db = Database(sqlite_url)
     disk = _Disk(0.3)
     try:
-        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
-            disk.spinning = True
-            disk.spin()
+        with disk.installed(busy=True):
             first = asyncio.create_task(add(db, "1000001"))
             second = asyncio.create_task(add(db, "1000002"))
             while not disk.threads:  # noqa: ASYNC110  polled: the COMMIT's start has no event of its own
@@ -298,7 +309,6 @@ async def test_a_member_cancelled_during_a_threaded_commit_leaves_its_group_comm
             await asyncio.wait_for(second, 5)
             with pytest.raises(asyncio.CancelledError):
                 await first
-            disk.spinning = False
         assert len(disk.threads) == 1  # one COMMIT for both
         assert await names(db) == {"1000001", "1000002"}
         while db.groups is not None and db.groups._commits:  # noqa: ASYNC110
@@ -318,9 +328,7 @@ async def test_a_threaded_commit_cancelled_as_the_loop_ends_waits_for_its_thread
     disk = _Disk(0.3)
     try:
         assert db.groups is not None
-        with patch.object(storage_sqlite._Connection, "commit", lambda conn: disk.commit(conn)):
-            disk.spinning = True
-            disk.spin()
+        with disk.installed(busy=True):
             first = asyncio.create_task(add(db, "1000001"))
             second = asyncio.create_task(add(db, "1000002"))  # the group's last: it commits
             while not disk.threads:  # noqa: ASYNC110  polled: the COMMIT's start has no event of its own
@@ -333,7 +341,6 @@ async def test_a_threaded_commit_cancelled_as_the_loop_ends_waits_for_its_thread
             with pytest.raises(asyncio.CancelledError):
                 await second
             assert commit.cancelled()  # it stops, once the thread is done
-            disk.spinning = False
         assert await names(db) == {"1000001", "1000002"}
         assert db.engine.pool.checkedout() == 0
     finally:
@@ -346,15 +353,7 @@ async def test_dispose_waits_for_a_commit_whose_members_were_cancelled(sqlite_ur
     others (it was left open in the disposed pool, the COMMIT still running after `dispose()`)."""
     db = Database(sqlite_url)
     disk = _Disk(0.3)
-    used: list[sqlite3.Connection] = []
-
-    def commit(conn: storage_sqlite._Connection) -> None:
-        used.append(conn._conn)
-        disk.commit(conn)
-
-    with patch.object(storage_sqlite._Connection, "commit", commit):
-        disk.spinning = True
-        disk.spin()
+    with disk.installed(busy=True):
         tasks = [asyncio.create_task(add(db, pid)) for pid in ("1000001", "1000002")]
         while not disk.threads:  # noqa: ASYNC110  polled: the COMMIT's start has no event of its own
             await asyncio.sleep(0.01)
@@ -363,9 +362,8 @@ async def test_dispose_waits_for_a_commit_whose_members_were_cancelled(sqlite_ur
         await asyncio.gather(*tasks, return_exceptions=True)
         await db.dispose()
         assert disk.turns_during  # the COMMIT is done
-        disk.spinning = False
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        used[0].execute("SELECT 1")
+        disk.connections[0].execute("SELECT 1")
     db = Database(sqlite_url)
     try:
         assert await names(db) == {"1000001", "1000002"}
