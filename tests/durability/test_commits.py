@@ -64,14 +64,19 @@ class Wakes:
             self.event.clear()
 
 
+async def add_row(db: Database) -> None:
+    """One outbox row, committed: a NOTIFY on PostgreSQL."""
+    async with db.write(serial=False) as session:
+        await table.insert_rows(session, [ROW])
+
+
 async def test_a_commit_with_outbox_rows_wakes_listeners_and_a_rollback_does_not(database_url: str) -> None:
     writer, listener = Database(database_url), Database(database_url)  # two processes' engines
     wakes = Wakes()
     try:
         async with notify.listen(listener, wakes):
             if listener.is_sqlite:
-                async with writer.write(serial=False) as session:
-                    await table.insert_rows(session, [ROW])
+                await add_row(writer)
                 assert not await wakes.next(0.3)  # SQLite: one process, it wakes its own worker
                 return
             assert await wakes.next()  # once on connecting: rows may have come while nobody listened
@@ -110,8 +115,7 @@ async def test_a_listener_whose_connection_is_cut_reconnects(database_url: str) 
                 )
                 assert cut.scalars().all() == [True]
             assert await wakes.next(3.0)  # reconnected, and woke once in case rows came meanwhile
-            async with writer.write(serial=False) as session:
-                await table.insert_rows(session, [ROW])
+            await add_row(writer)
             assert await wakes.next(1.0)
     finally:
         await writer.dispose()
@@ -217,12 +221,10 @@ async def test_a_listener_whose_connection_goes_silent_listens_again(
         async with notify.listen(listener, wakes):
             assert await wakes.next()
             hole.silence()
-            async with writer.write(serial=False) as session:
-                await table.insert_rows(session, [ROW])
+            await add_row(writer)
             assert await wakes.next(5.0)  # found out, reconnected, and woke for the rows it missed
             assert listener.listening == 1
-            async with writer.write(serial=False) as session:
-                await table.insert_rows(session, [ROW])
+            await add_row(writer)
             assert await wakes.next(1.0)
 
 
@@ -263,8 +265,7 @@ async def test_a_listener_connects_with_the_drivers_arguments_in_the_url(databas
     try:
         async with notify.listen(listener, wakes):
             assert await wakes.next()  # connected
-            async with writer.write(serial=False) as session:
-                await table.insert_rows(session, [ROW])
+            await add_row(writer)
             assert await wakes.next(1.0)
     finally:
         await writer.dispose()
