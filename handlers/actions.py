@@ -22,10 +22,10 @@ from handlers.messages import APPROVE, RETRY
 
 log = logging.getLogger("dpor.actions")
 
-_AFTER_ACK: set[asyncio.Task[None]] = set()  # held until done, so none is collected half-way
+_AFTER_ACK: set[asyncio.Task[Any]] = set()  # held until done, so none is collected half-way
 
 
-def after_ack(work: Coroutine[Any, Any, None]) -> None:
+def after_ack(work: Coroutine[Any, Any, Any]) -> None:
     """Run `work` once the listener has returned: over HTTP, Bolt answers Slack only then, and Slack gives
     up after 3 s (a form shows an error and stays open, a button a warning) though the work was done."""
     task = asyncio.get_running_loop().create_task(work)

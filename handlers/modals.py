@@ -175,7 +175,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         form = forms.reject_form(click.value, from_home=click.from_home)
         if not await forms.open_form(client, body.get("trigger_id", ""), form):
             log.info("the reject form for request %s did not open", click.value[:20])
-            await unopened(ctx, client, click, respond, "Reject")
+            unopened(ctx, client, click, respond, "Reject")
 
     @app.view(REJECT_FORM)
     async def reject_submitted(
@@ -218,16 +218,16 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
                     after_ack(publish_home(ctx, client, user_id, team_id=_team(body) or None))
 
 
-async def unopened(
+def unopened(
     ctx: BotContext, client: AsyncWebClient, click: Click, respond: AsyncRespond, button: str
 ) -> None:
-    """Tell whoever clicked `button` that its form did not open: privately under the card, or on top of
-    the Home (a click there has no channel)."""
+    """Tell whoever clicked `button`, once Slack has its answer, that its form did not open: privately under
+    the card, or on top of the Home (a click there has no channel)."""
     text = UNOPENED.format(button=button)
     if click.from_home:
         after_ack(publish_home(ctx, client, click.user_id, text, team_id=click.team_id or None))
     else:
-        await respond(text=f":no_entry: {text}", response_type="ephemeral", replace_original=False)
+        after_ack(respond(text=f":no_entry: {text}", response_type="ephemeral", replace_original=False))
 
 
 async def _quietly(what: str, found: Awaitable[list[Any]]) -> list[Any]:

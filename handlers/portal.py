@@ -167,7 +167,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             if not await forms.open_form(client, body.get("trigger_id", ""), form):
                 log.info("the %s form for request %s did not open", action_id, click.value[:20])
                 button = "Done in the portal" if action_id == PORTAL_DONE else "Could not"
-                await unopened(ctx, client, click, respond, button)
+                unopened(ctx, client, click, respond, button)
 
         return clicked
 

@@ -29,6 +29,7 @@ from tests.harness import (
     OWNER2,
     PROD,
     Harness,
+    eventually,
 )
 
 
@@ -190,6 +191,7 @@ async def test_a_portal_form_slack_did_not_open_is_said(harness: Harness) -> Non
     before = await h.counts()
     h.slack.fail("views.open", status=200, error="expired_trigger_id")  # the trigger is over 3 s old
     assert (await h.click("dpor_portal_done", rid, OWNER2))[0] == 200
+    await eventually(lambda: bool(h.slack.ephemerals(OWNER2)))  # said once Slack has its answer
     (told,) = [e.text for e in h.slack.ephemerals(OWNER2)]
     assert "did not open" in told and "Click Done in the portal again" in told
     await h.settle()

@@ -10,7 +10,7 @@ import json
 from sqlalchemy import select
 
 from storage.models import AuditEvent
-from tests.harness import ADMIN, NEW_PARTNER, NOTIFY, OWNER, OWNER2, Harness
+from tests.harness import ADMIN, NEW_PARTNER, NOTIFY, OWNER, OWNER2, Harness, eventually
 
 REASON = "Contoso <!channel> is not our MSP & never was"
 SHOWN = "Reason: Contoso &lt;!channel&gt; is not our MSP &amp; never was"
@@ -51,6 +51,7 @@ async def test_a_reject_form_slack_did_not_open_is_said_where_it_was_clicked(har
     h.slack.fail("views.open", status=200, error="expired_trigger_id")
     assert (await h.click("dpor_reject", rid, OWNER))[0] == 200
     assert h.surfaces.modal(OWNER) is None
+    await eventually(lambda: bool(h.slack.ephemerals(OWNER)))  # said once Slack has its answer
     (told,) = [e.text for e in h.slack.ephemerals(OWNER)]
     assert "did not open" in told and "Click Reject again" in told
     # ...and on the Home, on top of the Home, which still offers the request.
