@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import await_
 
 from storage import audit as chain
-from storage import readmodel, sqlite
+from storage import direct, readmodel, sqlite
 from storage.groups import GroupCommit
 
 # A serial write (the default) holds this PostgreSQL advisory lock: the rare writes whose checks read
@@ -73,28 +74,10 @@ def _begin_immediate(conn: Any) -> None:
         sqlite.run(raw, f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-def _lower(text: Any) -> Any:
-    return text.lower() if isinstance(text, str) else text
-
-
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event own BEGIN, so writes can take the lock up front.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on the disk before the caller (and Slack) hears it succeeded; under WAL,
-        # NORMAL could lose the last commits to a power cut. It costs an fsync per commit (~0.3 ms here),
-        # shared by the transactions of a group (storage.groups).
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-        # SQLite's own lower() folds ASCII only, so the typeahead's case-blind search (storage.search)
-        # missed `Électricité` for `élec`; Python's, as PostgreSQL's in a UTF-8 locale, folds every letter.
-        # Under a name of its own: it costs a Python call per row, and only a needle beyond ASCII needs it.
-        dbapi_connection.create_function(sqlite.LOWER, 1, _lower, deterministic=True)
+        sqlite.configure(dbapi_connection.driver_connection.driver, BUSY_TIMEOUT_MS)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -144,6 +127,11 @@ class Database:
         # Partners, roles and watches in memory, checked against the version row on each use.
         self.model = readmodel.ReadModel()
         self.groups: GroupCommit | None = None
+        # SQLite: the connection read sessions read from directly (storage.direct), opened at the first
+        # read. (A database in memory, where another connection would see another database, takes no
+        # pool arguments: `Database` refuses it.)
+        self._direct_url = engine_url if self.is_sqlite else None
+        self._direct: direct.Reader | None = None
         self._seal_lock: asyncio.Lock | None = None
         self._seal_wanted = self._seal_done = 0
         self._seal_ids: set[int] = set()
@@ -172,6 +160,10 @@ class Database:
         session = self._reader()
         try:
             readmodel.attach(session, self.model, once=True)
+            if self._direct_url is not None:
+                reader = self._direct or self._open_direct()
+                if reader is not None:
+                    session.info[direct.CONNECTION] = reader
             yield session
         finally:
             await session.close()
@@ -256,9 +248,31 @@ class Database:
         except Exception:
             return False
 
+    def _open_direct(self) -> direct.Reader | None:
+        """The connection direct reads use, opened as the pool opens one (the URL's arguments, the same
+        PRAGMAs) but outside it, kept until `dispose`; never in a transaction (the driver's autocommit,
+        as every read). Opening a local file takes microseconds: done on the loop. If it cannot be
+        opened, this read goes through the pool and the next one tries again."""
+        dialect = self.engine.dialect
+        args, kwargs = dialect.create_connect_args(self._direct_url)
+        try:
+            conn = sqlite3.connect(*args, **{**kwargs, "check_same_thread": False})
+            try:
+                sqlite.configure(conn, BUSY_TIMEOUT_MS)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error:
+            return None
+        self._direct = direct.Reader(conn, dialect)
+        return self._direct
+
     async def dispose(self) -> None:
         if self.groups is not None:
             await self.groups.settle()  # a COMMIT still in its thread (storage.groups) ends first
+        reader, self._direct = self._direct, None
+        if reader is not None:
+            reader.conn.close()
         await self.engine.dispose()
 
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, Select, and_, bindparam, exists, func, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage import prepared
+from storage import direct, prepared
 from storage.models import ChangeRequest, OutboxMessage, is_postgresql, utcnow
 from storage.notify import notify_outbox
 
@@ -202,12 +202,16 @@ async def hold_channel(session: AsyncSession, channel: str, until: datetime) -> 
 
 async def newest_waiting(session: AsyncSession, key: str, kind: str) -> int | None:
     """The id of the newest waiting row of this key and kind (a card delivery covers up to it)."""
+    reader = direct.reader(session)
+    if reader is not None:
+        return direct.rows(reader, _NEWEST_WAITING_DIRECT, {"key": key, "kind": kind})[0][0]
     return await session.scalar(_NEWEST_WAITING, {"key": key, "kind": kind})
 
 
 _NEWEST_WAITING = select(func.max(_OUTBOX.c.id)).where(
     _OUTBOX.c.key == bindparam("key"), _OUTBOX.c.kind == bindparam("kind"), _OUTBOX.c.status == PENDING
 )
+_NEWEST_WAITING_DIRECT = direct.Query(_NEWEST_WAITING)
 
 
 async def cover(session: AsyncSession, key: str, kind: str, after: int, upto: int) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage import prepared
+from storage import direct, prepared
 from storage.models import OPEN_STATUSES, AuditEvent, ChangeRequest, Partner, Subscription
 
 T = TypeVar("T")
@@ -91,21 +91,41 @@ async def subscription_overview(
     session: AsyncSession, ref: str
 ) -> tuple[Subscription, str | None, ChangeRequest | None] | None:
     """A subscription by ID or alias, its partner's name and its open request, in one statement."""
-    row = (await session.execute(_OVERVIEW, {"id": ref.lower(), "alias": ref})).first()
+    params = {"id": ref.lower(), "alias": ref}
+    reader = direct.reader(session)
+    if reader is not None:
+        found = direct.rows(reader, _OVERVIEW_DIRECT, params)
+        if not found:
+            return None
+        values, width = found[0], _SUBSCRIPTION.width
+        open_request = values[width + 1 :]
+        return (
+            _SUBSCRIPTION.build(values[:width]),
+            values[width],
+            _REQUEST.build(open_request) if open_request[0] is not None else None,
+        )
+    row = (await session.execute(_OVERVIEW, params)).first()
     return (row[0], row[1], row[2]) if row else None
 
 
-_OVERVIEW = (  # built once: `show` runs it at every call
-    select(Subscription, Partner.name, ChangeRequest)
-    .outerjoin(Partner, Partner.partner_id == Subscription.partner_id)
-    .outerjoin(
-        ChangeRequest,
-        (ChangeRequest.subscription_id == Subscription.id)
-        & prepared.one_of(ChangeRequest.status, OPEN_STATUSES),
+def _overview(*columns: Any) -> Select[Any]:
+    return (
+        select(*columns)
+        .outerjoin(Partner, Partner.partner_id == Subscription.partner_id)
+        .outerjoin(
+            ChangeRequest,
+            (ChangeRequest.subscription_id == Subscription.id)
+            & prepared.one_of(ChangeRequest.status, OPEN_STATUSES),
+        )
+        .where((Subscription.id == bindparam("id")) | (Subscription.alias == bindparam("alias")))
+        .limit(1)
     )
-    .where((Subscription.id == bindparam("id")) | (Subscription.alias == bindparam("alias")))
-    .limit(1)
-)
+
+
+# Built once: `show` runs it at every call.
+_OVERVIEW = _overview(Subscription, Partner.name, ChangeRequest)
+_SUBSCRIPTION, _REQUEST = direct.Entity(Subscription), direct.Entity(ChangeRequest)
+_OVERVIEW_DIRECT = direct.Query(_overview(*_SUBSCRIPTION.columns, Partner.name, *_REQUEST.columns))
 
 
 async def request_events(session: AsyncSession, request_id: int) -> list[AuditEvent]:

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import direct
 from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, ReadModelVersion, RoleAssignment
 
 _MODEL = "dpor_read_model"  # where a session carries its Database's ReadModel (session.info)
 _ONCE = "dpor_read_model_seen"  # a read session's snapshot, once it has looked (see `attach`)
 _VERSION = select(ReadModelVersion.__table__.c.version).where(ReadModelVersion.__table__.c.id == 1)
+_VERSION_DIRECT = direct.Query(_VERSION)
 
 
 @dataclass
@@ -65,7 +67,12 @@ class ReadModel:
         self.loads = 0  # how many times the tables were read: tests and the benchmark look
 
     async def snapshot(self, session: AsyncSession) -> Snapshot:
-        version = (await session.execute(_VERSION)).scalar()
+        reader = direct.reader(session)
+        if reader is not None:
+            found = direct.rows(reader, _VERSION_DIRECT, {})
+            version = found[0][0] if found else None
+        else:
+            version = (await session.execute(_VERSION)).scalar()
         if version is None or version != self._snapshot.version:
             self._snapshot = await _load(session, version)
             self.loads += 1

@@ -10,7 +10,7 @@ from sqlalchemy import insert as insert_into
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from storage import directory, prepared
+from storage import direct, directory, prepared
 from storage.models import (
     OPEN_STATUSES,
     Approval,
@@ -37,12 +37,27 @@ async def with_subscription(
 ) -> tuple[ChangeRequest, Subscription | None] | None:
     """A request and its subscription in one statement (what a card and an apply read first); the
     subscription is None if its row is gone (a foreign key keeps it, but an apply still falls back)."""
+    reader = direct.reader(session)
+    if reader is not None:
+        found = direct.rows(reader, _WITH_SUBSCRIPTION_DIRECT, {"id": request_id})
+        if not found:
+            return None
+        values, width = found[0], _REQUEST_ENTITY.width
+        sub = _SUBSCRIPTION_ENTITY.build(values[width:]) if values[width] is not None else None
+        return _REQUEST_ENTITY.build(values[:width]), sub
     row = (await session.execute(_WITH_SUBSCRIPTION, {"id": request_id})).first()
     return (row[0], row[1]) if row is not None else None
 
 
 _WITH_SUBSCRIPTION = (
     select(ChangeRequest, Subscription)
+    .outerjoin(Subscription, Subscription.id == ChangeRequest.subscription_id)
+    .where(ChangeRequest.id == bindparam("id"))
+)
+_REQUEST_ENTITY = direct.Entity(ChangeRequest)
+_SUBSCRIPTION_ENTITY = direct.Entity(Subscription)
+_WITH_SUBSCRIPTION_DIRECT = direct.Query(
+    select(*_REQUEST_ENTITY.columns, *_SUBSCRIPTION_ENTITY.columns)
     .outerjoin(Subscription, Subscription.id == ChangeRequest.subscription_id)
     .where(ChangeRequest.id == bindparam("id"))
 )
@@ -112,6 +127,7 @@ _APPROVED_BY = (
     .where(_APPROVALS.request_id == bindparam("request_id"), _APPROVALS.decision == "approve")
     .order_by(_APPROVALS.id)
 )
+_APPROVED_BY_DIRECT = direct.Query(_APPROVED_BY)
 
 
 async def decision_of(session: AsyncSession, request_id: int, user_id: str) -> str | None:
@@ -130,6 +146,9 @@ _ADD_DECISION = insert_into(Approval.__table__)  # built once; an ORM add and fl
 
 async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, datetime]]:
     """Every approval (who, when), in order: what a decided card lists."""
+    reader = direct.reader(session)
+    if reader is not None:
+        return [(who, at) for who, at in direct.rows(reader, _APPROVED_BY_DIRECT, {"request_id": request_id})]
     rows = await session.execute(_APPROVED_BY, {"request_id": request_id})
     return [(who, at) for who, at in rows]
 

@@ -65,6 +65,11 @@ class _Connection:
         self._tx = _Done()
 
     @property
+    def driver(self) -> sqlite3.Connection:
+        """The `sqlite3` connection itself (storage.direct reads from it)."""
+        return self._conn
+
+    @property
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 
@@ -151,6 +156,28 @@ class _DBAPI(AsyncAdapt_aiosqlite_dbapi):
         # The pool may close a connection from the garbage collector's thread; nothing else crosses.
         kw["check_same_thread"] = False
         return _Adapted(self, _Connection(sqlite3.connect(*arg, **kw)))
+
+
+def _lower(text: Any) -> Any:
+    return text.lower() if isinstance(text, str) else text
+
+
+def configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """What every connection to the database runs first (the pool's, and storage.direct's reader)."""
+    # Autocommit on the driver: SQLAlchemy's "begin" event owns BEGIN (storage.db), so writes can take
+    # the lock up front, and a read holds no transaction between its statements.
+    conn.isolation_level = None
+    conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on the disk before the caller (and Slack) hears it succeeded; under WAL,
+    # NORMAL could lose the last commits to a power cut. It costs an fsync per commit (~0.3 ms here),
+    # shared by the transactions of a group (storage.groups).
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    # SQLite's own lower() folds ASCII only, so the typeahead's case-blind search (storage.search)
+    # missed `Électricité` for `élec`; Python's, as PostgreSQL's in a UTF-8 locale, folds every letter.
+    # Under a name of its own: it costs a Python call per row, and only a needle beyond ASCII needs it.
+    conn.create_function(LOWER, 1, _lower, deterministic=True)
 
 
 # The thread COMMITs run in (`commit`): one, since a process has one writer at a time (storage.groups).
