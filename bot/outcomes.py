@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.outbox import AfterCommit, Recorder
 from storage import outbox as table
-from storage.db import Database, unsealed
+from storage.db import Database, savepoint, unsealed
 from storage.models import OutboxMessage
 
 log = logging.getLogger("dpor.worker")
@@ -93,7 +93,7 @@ class Outcomes:
 
     async def _write_one(self, session: AsyncSession, outcome: _Outcome) -> table.Settled | Exception:
         try:
-            async with session.begin_nested():
+            async with savepoint(session):
                 after = await outcome.record(session) if outcome.record is not None else None
                 row, status = outcome.row, outcome.status
                 # With the row's key: whether rows of it wait (the worker claims again only if so).

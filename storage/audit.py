@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import direct
 from storage.models import AuditEvent, AuditPending, is_postgresql, utcnow
 
 log = logging.getLogger("dpor.audit")
@@ -147,6 +148,10 @@ _ENDS = {
 
 
 async def _end(session: AsyncSession, newest: bool) -> Link | None:
+    lane = direct.lane(session)
+    if lane is not None:
+        found = direct.rows(lane, direct.query(_ENDS[newest]), {})
+        return Link(*found[0]) if found else None
     row = (await session.execute(_ENDS[newest])).first()
     return Link(row.seq, row.hash, row.key_id) if row else None
 
@@ -203,6 +208,10 @@ async def _chain(session: AsyncSession, events: Sequence[Unplaced], key: bytes) 
             }
         )
         prev = digest
+    lane = direct.lane(session)
+    if lane is not None:
+        direct.insert(lane, AuditEvent.__table__, rows)
+        return
     await session.execute(_INSERT_EVENTS, rows)
 
 

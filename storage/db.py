@@ -276,6 +276,15 @@ class Database:
         await self.engine.dispose()
 
 
+@asynccontextmanager
+async def savepoint(session: AsyncSession) -> AsyncIterator[None]:
+    """A SAVEPOINT inside a write, rolled back alone on an exception. Begun at once, not at the session's
+    next statement: the statements run straight on the connection (storage.direct) must be inside it."""
+    async with session.begin_nested():
+        await session.connection()
+        yield
+
+
 def unsealed(session: AsyncSession) -> list[int]:
     """The audit events a `write(seal=False)` committed that wait for the sealer (PostgreSQL)."""
     return list(session.info.get(chain.UNSEALED) or ())

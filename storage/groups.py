@@ -14,20 +14,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from storage import sqlite
+from storage import direct, sqlite
 
 # A group commits after this many transactions even while more wait: bounds the first one's wait.
 MAX_GROUP = 64
 
 
 class _Group:
-    __slots__ = ("committed", "conn", "size")
+    __slots__ = ("committed", "conn", "direct", "size")
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, raw: Any) -> None:
         self.conn = conn
+        # Its connection's driver, where its transactions' hot statements run directly (storage.direct).
+        self.direct = direct.Reader(raw.driver, conn.dialect)
         self.size = 0
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -64,13 +67,15 @@ class GroupCommit:
                 conn = await self._engine.connect()
                 try:
                     await conn.begin()  # BEGIN IMMEDIATE (storage.db)
+                    raw = (await conn.get_raw_connection()).driver_connection
                 except BaseException:
                     await conn.close()
                     raise
-                group = self._group = _Group(conn)
+                group = self._group = _Group(conn, raw)
             session = AsyncSession(
                 bind=group.conn, join_transaction_mode="create_savepoint", expire_on_commit=False
             )
+            session.info[direct.WRITER] = group.direct
             self._prepare(session)
         except BaseException:
             self._gate.release()
@@ -78,6 +83,9 @@ class GroupCommit:
         try:
             try:
                 async with session.begin():  # SAVEPOINT; RELEASE, or ROLLBACK TO on an exception
+                    # The SAVEPOINT now, not at the session's first statement: the statements run straight
+                    # on the connection (storage.direct) must be inside it, to roll back with it.
+                    await session.connection()
                     yield session
             finally:
                 await session.close()

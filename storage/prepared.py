@@ -9,12 +9,14 @@ cache's lookup and the driver. Selects that are always the same are module const
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, literal, update
+from sqlalchemy import ColumnElement, Table, Update, bindparam, literal, update
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import direct
 
 
 def one_of(column: Any, values: tuple[Any, ...]) -> ColumnElement[bool]:
@@ -48,6 +50,9 @@ async def update_where(
 ) -> int:
     """UPDATE `table` SET `values` WHERE each column of `where` equals its value; the rows it changed."""
     statement = _update(table, tuple(sorted(where)), tuple(sorted(values)), None)
+    lane = direct.lane(session)
+    if lane is not None:
+        return direct.count(lane, direct.query(statement), _params(where, values))
     result: Any = await session.execute(statement, _params(where, values))
     return int(result.rowcount)
 
@@ -64,11 +69,17 @@ async def update_returning(
     values: Mapping[str, Any],
     returning: tuple[Any, ...] | None = None,
     params: Mapping[str, Any] | None = None,
-) -> Row[Any] | None:
+) -> Sequence[Any] | None:
     """`update_where` that returns the row as it is after the UPDATE (one row: `where` names a key), or
-    None when no row matched. Only where `can_return`. `returning`: other columns or expressions to
-    return instead (each the same object at every call: the statement is built once for it), with the
-    bind parameters they add in `params`."""
+    None when no row matched: its values in the order of the table's columns, or of `returning`. Only
+    where `can_return`. `returning`: other columns or expressions to return instead (each the same
+    object at every call: the statement is built once for it), with the bind parameters they add in
+    `params`."""
     columns = tuple(table.c) if returning is None else returning
     statement = _update(table, tuple(sorted(where)), tuple(sorted(values)), columns)
-    return (await session.execute(statement, {**_params(where, values), **(params or {})})).first()
+    given = {**_params(where, values), **(params or {})}
+    lane = direct.lane(session)
+    if lane is not None:
+        found = direct.rows(lane, direct.query(statement), given)
+        return found[0] if found else None
+    return (await session.execute(statement, given)).first()

@@ -67,9 +67,9 @@ class ReadModel:
         self.loads = 0  # how many times the tables were read: tests and the benchmark look
 
     async def snapshot(self, session: AsyncSession) -> Snapshot:
-        reader = direct.reader(session)
-        if reader is not None:
-            found = direct.rows(reader, _VERSION_DIRECT, {})
+        lane = direct.lane(session)
+        if lane is not None:
+            found = direct.rows(lane, _VERSION_DIRECT, {})
             version = found[0][0] if found else None
         else:
             version = (await session.execute(_VERSION)).scalar()

@@ -95,7 +95,10 @@ async def insert(session: AsyncSession, **values: Any) -> ChangeRequest:
 
 
 _REQUESTS = ChangeRequest.__table__
-_COLUMNS = [(prop.key, prop.columns[0]) for prop in inspect(ChangeRequest).column_attrs]
+# Each attribute and where its column comes in a row of the table (what `move`'s RETURNING gives).
+_COLUMNS = [
+    (prop.key, list(_REQUESTS.c).index(prop.columns[0])) for prop in inspect(ChangeRequest).column_attrs
+]
 
 
 async def move(session: AsyncSession, req: ChangeRequest, expected: str, new: str, **values: Any) -> bool:
@@ -112,9 +115,8 @@ async def move(session: AsyncSession, req: ChangeRequest, expected: str, new: st
     if row is None:
         await session.refresh(req)
         return False
-    mapping = row._mapping
-    for key, column in _COLUMNS:
-        set_committed_value(req, key, mapping[column])
+    for key, position in _COLUMNS:
+        set_committed_value(req, key, row[position])
     return True
 
 
@@ -132,13 +134,21 @@ _APPROVED_BY_DIRECT = direct.Query(_APPROVED_BY)
 
 async def decision_of(session: AsyncSession, request_id: int, user_id: str) -> str | None:
     """What this person already decided on the request (approve or reject), if anything."""
-    return await session.scalar(_DECISION_OF, {"request_id": request_id, "user_id": user_id})
+    params = {"request_id": request_id, "user_id": user_id}
+    lane = direct.lane(session)
+    if lane is not None:
+        found = direct.rows(lane, direct.query(_DECISION_OF), params)
+        return found[0][0] if found else None
+    return await session.scalar(_DECISION_OF, params)
 
 
 async def add_decision(session: AsyncSession, request_id: int, user_id: str, decision: str) -> None:
-    await session.execute(
-        _ADD_DECISION, {"request_id": request_id, "approver_id": user_id, "decision": decision}
-    )
+    row = {"request_id": request_id, "approver_id": user_id, "decision": decision}
+    lane = direct.lane(session)
+    if lane is not None:
+        direct.insert(lane, Approval.__table__, [row])
+        return
+    await session.execute(_ADD_DECISION, row)
 
 
 _ADD_DECISION = insert_into(Approval.__table__)  # built once; an ORM add and flush cost several times more
@@ -146,9 +156,9 @@ _ADD_DECISION = insert_into(Approval.__table__)  # built once; an ORM add and fl
 
 async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, datetime]]:
     """Every approval (who, when), in order: what a decided card lists."""
-    reader = direct.reader(session)
-    if reader is not None:
-        return [(who, at) for who, at in direct.rows(reader, _APPROVED_BY_DIRECT, {"request_id": request_id})]
+    lane = direct.lane(session)
+    if lane is not None:
+        return [(who, at) for who, at in direct.rows(lane, _APPROVED_BY_DIRECT, {"request_id": request_id})]
     rows = await session.execute(_APPROVED_BY, {"request_id": request_id})
     return [(who, at) for who, at in rows]
 

@@ -384,6 +384,10 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
         n = row.payload["n"]
 
         async def record(session: AsyncSession) -> Callable[[], None]:
+            # First a row of its own (on SQLite straight on the connection: storage.direct), so the
+            # SAVEPOINT must have begun before any statement went through the session.
+            later = {"kind": "notice", "key": f"r{n}", "available_at": utcnow() + timedelta(days=1)}
+            await outbox_table.insert_rows(session, [later])
             await directory.insert_partner(session, f"{n:07d}", f"Partner {n}")
             if n == 3:
                 raise RuntimeError("recorder broke")
@@ -413,8 +417,11 @@ async def test_outcomes_that_end_together_share_a_transaction_and_fail_alone(
             await worker.stop()
     async with db.read() as session:
         partners = set((await session.scalars(select(Partner.partner_id))).all())
-        failed = (await session.scalars(select(OutboxMessage).where(OutboxMessage.status == "pending"))).all()
+        pending = select(OutboxMessage).where(OutboxMessage.status == "pending")
+        waiting = (await session.scalars(pending)).all()
+    failed = [r for r in waiting if r.key.startswith("k")]
     assert {f"{n:07d}" for n in range(10) if n != 3} <= partners and "0000003" not in partners
+    assert sorted(r.key for r in waiting if r.key.startswith("r")) == [f"r{n}" for n in range(10) if n != 3]
     assert [r.payload["n"] for r in failed] == [3]
     assert failed[0].claimed_by is None and failed[0].available_at > utcnow()  # a backoff, not the lease
     assert "could not be recorded: RuntimeError: recorder broke" in (failed[0].last_error or "")
