@@ -185,7 +185,9 @@ class OutboxWorker:
                     await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
 
     async def _claim(self, limit: int) -> list[OutboxMessage]:
-        async with self.db.write(serial=False) as session:
+        # Not durable: a claim lost to a power cut only lets the rows be claimed again (they are delivered
+        # at least once), and it is on the disk with the next durable commit anyway.
+        async with self.db.write(serial=False, durable=False) as session:
             rows = await table.claim(
                 session,
                 self.name,
@@ -214,7 +216,7 @@ class OutboxWorker:
             if not ids:
                 continue
             try:
-                async with self.db.write(serial=False) as session:
+                async with self.db.write(serial=False, durable=False) as session:
                     await table.renew(session, ids, self.name, self.lease)
             except Exception:
                 log.warning("could not renew the lease of outbox rows %s", ids, exc_info=True)

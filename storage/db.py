@@ -44,6 +44,9 @@ POOL_SIZE = 30
 POOL_OVERFLOW = 10
 
 
+# A PostgreSQL write that need not wait for the disk (`Database.write(durable=False)`).
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
+
 # How long a write waits for another process's write lock (the CLI, another tool) before it fails.
 WRITE_LOCK_WAIT = 30.0
 # SQLite's own busy handler blocks the thread it runs on, here the event loop: keep it short. A read
@@ -169,7 +172,9 @@ class Database:
             await session.close()
 
     @asynccontextmanager
-    async def write(self, *, serial: bool = True, seal: bool = True) -> AsyncIterator[AsyncSession]:
+    async def write(
+        self, *, serial: bool = True, seal: bool = True, durable: bool = True
+    ) -> AsyncIterator[AsyncSession]:
         """A transaction that commits on success and rolls back on any exception.
 
         On SQLite it runs in a group of the transactions that arrive together (storage.groups): one
@@ -178,15 +183,23 @@ class Database:
         SERIAL_LOCK_KEY); the audit events it wrote are chained by the sealer before `write()` returns,
         unless `seal` is False: then the caller seals them (`seal(unsealed(session))`), and a seal that
         fails is not mistaken for a failed commit.
+
+        `durable=False`, for a write whose loss to a power cut (never to a crash of the process) costs
+        nothing, as a claim of outbox rows (delivered at least once anyway) or a replay guard's sighting
+        (the request's own write, durable, follows it): its COMMIT does not wait for the disk (SQLite:
+        a group of its own kind, storage.groups; PostgreSQL: `synchronous_commit` off for it). It is on
+        the disk with the next durable commit.
         """
         if self.groups is not None:
-            async with self.groups.transaction() as session:
+            async with self.groups.transaction(durable=durable) as session:
                 yield session
             self._committed(session)
             return
         async with self._writer() as session:
             async with session.begin():
                 self._carry_key(session)
+                if not durable:
+                    await session.execute(_ASYNC_COMMIT)
                 if serial:
                     lock = text("SELECT pg_advisory_xact_lock(:key)")
                     await session.execute(lock, {"key": SERIAL_LOCK_KEY})

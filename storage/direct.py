@@ -82,13 +82,15 @@ def query(statement: Executable) -> Query:
 
 
 class Reader:
-    """A driver connection held for direct reads, and the dialect whose type processors read its rows."""
+    """A driver connection held for direct reads, and the dialect whose type processors read its rows;
+    `raw`: the pool's wrapper of it, for a write's group (storage.groups)."""
 
-    __slots__ = ("conn", "dialect")
+    __slots__ = ("conn", "dialect", "raw")
 
-    def __init__(self, conn: sqlite3.Connection, dialect: Dialect) -> None:
+    def __init__(self, conn: sqlite3.Connection, dialect: Dialect, raw: Any = None) -> None:
         self.conn = conn
         self.dialect = dialect
+        self.raw = raw
 
 
 def reader(session: AsyncSession) -> Reader | None:

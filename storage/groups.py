@@ -25,12 +25,13 @@ MAX_GROUP = 64
 
 
 class _Group:
-    __slots__ = ("committed", "conn", "direct", "size")
+    __slots__ = ("committed", "conn", "direct", "durable", "size")
 
-    def __init__(self, conn: AsyncConnection, raw: Any) -> None:
+    def __init__(self, conn: AsyncConnection, raw: Any, durable: bool) -> None:
         self.conn = conn
+        self.durable = durable
         # Its connection's driver, where its transactions' hot statements run directly (storage.direct).
-        self.direct = direct.Reader(raw.driver, conn.dialect)
+        self.direct = direct.Reader(raw.driver, conn.dialect, raw)
         self.size = 0
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -50,7 +51,9 @@ class GroupCommit:
         self.transactions = 0
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[AsyncSession]:
+        """`durable=False`: a transaction whose loss to a power cut costs nothing (a claim, a lease, a
+        replay guard's sighting) may commit without waiting for the disk; see `_open`."""
         if self._gate is None:
             self._gate = asyncio.Lock()
         self._waiting += 1
@@ -63,15 +66,11 @@ class GroupCommit:
         self._waiting -= 1
         try:
             group = self._group
+            if group is not None and durable and not group.durable:
+                await self._commit(group)  # a durable transaction never joins a group that skips the disk
+                group = None
             if group is None:
-                conn = await self._engine.connect()
-                try:
-                    await conn.begin()  # BEGIN IMMEDIATE (storage.db)
-                    raw = (await conn.get_raw_connection()).driver_connection
-                except BaseException:
-                    await conn.close()
-                    raise
-                group = self._group = _Group(conn, raw)
+                group = self._group = await self._open(durable)
             session = AsyncSession(
                 bind=group.conn, join_transaction_mode="create_savepoint", expire_on_commit=False
             )
@@ -96,6 +95,26 @@ class GroupCommit:
         self.transactions += 1
         await self._leave(group)
         await asyncio.shield(group.committed)
+
+    async def _open(self, durable: bool) -> _Group:
+        """A new group: a connection in BEGIN IMMEDIATE. A group of transactions none of which needs it
+        durable commits with `synchronous=NORMAL` (SQLite lets a connection change it only between
+        transactions): no fsync. Under WAL its frames reach the disk with the next durable COMMIT's
+        fsync, which covers the whole log before it, and a `kill -9` loses nothing either way; only a
+        power cut before that can lose them. Transactions that need durability open groups of their own
+        (`transaction`), and every group's connection goes back to the pool with `synchronous=FULL`."""
+        conn = await self._engine.connect()
+        try:
+            raw = (await conn.get_raw_connection()).driver_connection
+            if not durable:
+                sqlite.run(raw, "PRAGMA synchronous=NORMAL")
+            await conn.begin()  # BEGIN IMMEDIATE (storage.db)
+        except BaseException:
+            if not durable:
+                await conn.invalidate()  # never back to the pool with synchronous=NORMAL
+            await conn.close()
+            raise
+        return _Group(conn, raw, durable)
 
     async def _leave(self, group: _Group) -> None:
         """Hand the group to the next transaction waiting at the gate, or commit it."""
@@ -162,6 +181,11 @@ class GroupCommit:
         else:
             self.commits += 1
             group.committed.set_result(None)
+            if not group.durable:
+                try:
+                    sqlite.run(group.direct.raw, "PRAGMA synchronous=FULL")
+                except Exception:
+                    await group.conn.invalidate()  # never back to the pool with synchronous=NORMAL
         finally:
             await group.conn.close()
 

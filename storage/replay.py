@@ -63,7 +63,10 @@ async def _insert_new(db: Database, rows: list[tuple[str, datetime, object]]) ->
     transaction forgets the digests no window can accept any more."""
     global _pruned_at
     values = [{"digest": digest, "signed_at": signed_at} for digest, signed_at, _ in rows]
-    async with db.write(serial=False) as session:
+    # Not durable: whether a signature is new is decided by the INSERT, under the write lock, whatever the
+    # disk; a power cut could forget the newest sightings only until a durable commit (a request's own
+    # write, which comes after its sighting) covers them.
+    async with db.write(serial=False, durable=False) as session:
         # One statement compiled once per engine, its rows sent as a batch ("insertmanyvalues").
         new = set((await session.execute(_INSERT_SQLITE if db.is_sqlite else _INSERT_PG, values)).scalars())
         if time.monotonic() - _pruned_at >= PRUNE_EVERY:

@@ -1,6 +1,8 @@
 """Group commit on SQLite (storage/groups.py): transactions that arrive together share one COMMIT, a
 failing one rolls back alone, a failed COMMIT fails every member, and neither waiting for another
-process's write lock nor, while other work is ready, a COMMIT waiting for the disk stops the event loop."""
+process's write lock nor, while other work is ready, a COMMIT waiting for the disk stops the event loop;
+a write that need not be durable skips the fsync in a group of its own kind (and, on PostgreSQL, turns
+synchronous_commit off)."""
 
 from __future__ import annotations
 
@@ -367,5 +369,69 @@ async def test_dispose_waits_for_a_commit_whose_members_were_cancelled(sqlite_ur
     db = Database(sqlite_url)
     try:
         assert await names(db) == {"1000001", "1000002"}
+    finally:
+        await db.dispose()
+
+
+async def synchronous(session: object) -> int:
+    return int((await session.execute(text("PRAGMA synchronous"))).scalar_one())  # type: ignore[attr-defined]
+
+
+async def test_a_write_that_need_not_be_durable_commits_without_waiting_for_the_disk(sqlite_url: str) -> None:
+    """Its group commits with synchronous=NORMAL (no fsync; the next durable COMMIT's fsync covers it);
+    a durable write never joins such a group but opens its own with FULL, and every connection goes back
+    to the pool with FULL."""
+    db = Database(sqlite_url)
+    groups = db.groups
+    assert groups is not None
+    seen: dict[str, int] = {}
+    entered = asyncio.Event()
+
+    async def claim() -> None:
+        async with db.write(serial=False, durable=False) as session:
+            await directory.insert_partner(session, "1000001", "Claimed")
+            seen["claim"] = await synchronous(session)
+            entered.set()
+            await asyncio.sleep(0.01)  # the durable write arrives at the gate meanwhile
+
+    async def durable() -> None:
+        await entered.wait()
+        async with db.write() as session:
+            await directory.insert_partner(session, "1000002", "Durable")
+            seen["durable"] = await synchronous(session)
+
+    try:
+        before = groups.commits
+        await asyncio.gather(claim(), durable())
+        assert seen == {"claim": 1, "durable": 2}  # NORMAL, FULL: two groups
+        assert groups.commits - before == 2
+        assert await names(db) == {"1000001", "1000002"}
+        # A write that need not be durable may join a durable group: it then waits for the disk too.
+        async with db.write() as session:
+            inner = asyncio.ensure_future(_not_durable(db, seen))
+            await asyncio.sleep(0)
+            seen["outer"] = await synchronous(session)
+        await inner
+        assert (seen["outer"], seen["joined"]) == (2, 2)
+        for _ in range(3):  # whichever connection the pool hands out next
+            async with db.write() as session:
+                assert await synchronous(session) == 2
+    finally:
+        await db.dispose()
+
+
+async def _not_durable(db: Database, seen: dict[str, int]) -> None:
+    async with db.write(durable=False) as session:
+        seen["joined"] = await synchronous(session)
+
+
+async def test_a_write_that_need_not_be_durable_on_postgresql_turns_synchronous_commit_off(
+    pg_url: str,
+) -> None:
+    db = Database(pg_url)
+    try:
+        for durable, expected in ((False, "off"), (True, "on")):
+            async with db.write(durable=durable) as session:
+                assert (await session.execute(text("SHOW synchronous_commit"))).scalar_one() == expected
     finally:
         await db.dispose()
