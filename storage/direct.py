@@ -106,7 +106,14 @@ def lane(session: AsyncSession) -> Reader | None:
     if found is not None:
         return found
     found = session.info.get(WRITER)
-    if found is not None and session.sync_session._is_clean():
+    if found is None:
+        return None
+    # Only inside the session's own transaction while it is active: not once a failed flush has rolled it
+    # back (SQLAlchemy refuses every statement then), nor once the write has ended (the connection may be
+    # committing in the thread, or another group's).
+    sync = session.sync_session
+    transaction = sync._transaction
+    if transaction is not None and transaction.is_active and sync._is_clean():
         return found
     return None
 

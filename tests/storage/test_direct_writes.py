@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 
 from bot.directory import SubscriptionRow, upsert_subscriptions
 from storage import audit, direct, prepared, requests
@@ -170,3 +170,27 @@ async def test_a_change_not_yet_flushed_is_written_before_any_direct_statement(d
     async with db.read() as session:
         found = await requests.with_subscription(session, rid)
     assert found is not None and found[0].partner_id == "7654321"
+
+
+async def test_after_a_failed_flush_a_direct_statement_writes_nothing(db: Database) -> None:
+    """A flush that fails rolls the session's transaction back (on SQLite its SAVEPOINT): SQLAlchemy then
+    refuses every statement until the block ends. A statement run directly must not go on writing
+    behind its back, into a transaction its group commits as if this write had succeeded."""
+    async with db.write() as session:
+        session.add(Partner(partner_id="7654321", name="Fabrikam"))
+    with pytest.raises(InvalidRequestError):  # what SQLAlchemy says of any later statement
+        async with db.write() as session:
+            session.add(Partner(partner_id="7654321", name="Fabrikam again"))
+            with pytest.raises(IntegrityError):
+                await session.flush()
+            await table.insert_rows(session, [{"kind": "dm", "key": "dm:after-the-rollback"}])
+    async with db.read() as session:
+        assert (await session.scalars(select(OutboxMessage.key))).all() == []
+
+
+async def test_a_write_that_has_ended_has_no_lane(db: Database) -> None:
+    """Once `write()` returns, its group's connection is no longer the session's: it may be committing in
+    the thread (storage.groups), back in the pool, or another group's."""
+    async with db.write() as session:
+        assert (direct.lane(session) is not None) == db.is_sqlite
+    assert direct.lane(session) is None
