@@ -140,24 +140,27 @@ def _statement(compiled: _Compiled, params: Mapping[str, Any]) -> tuple[str, lis
     return expanded.statement, values
 
 
-def _run(reader: Reader, compiled: _Compiled, params: Mapping[str, Any]) -> sqlite3.Cursor:
+def _run(reader: Reader, compiled: _Compiled, params: Mapping[str, Any], fetch: bool) -> Any:
+    """The statement's rows (`fetch`) or the rows it changed. The rows are fetched inside: SQLite reads a
+    SELECT's first row at execute and the others as they are fetched, and an error may come on any."""
     sql, values = _statement(compiled, params)
     try:
-        return reader.conn.execute(sql, values)
+        cursor = reader.conn.execute(sql, values)
+        return cursor.fetchall() if fetch else cursor.rowcount
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
 
 
 def count(reader: Reader, query: Query, params: Mapping[str, Any]) -> int:
     """Run an UPDATE or a DELETE; the rows it changed."""
-    return _run(reader, query.compiled(reader.dialect), params).rowcount
+    return int(_run(reader, query.compiled(reader.dialect), params, fetch=False))
 
 
 def rows(reader: Reader, query: Query, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """`query`'s rows (a SELECT's, or what a RETURNING returns), each value as SQLAlchemy would give it.
     Errors come out as SQLAlchemy's."""
     compiled = query.compiled(reader.dialect)
-    found = _run(reader, compiled, params).fetchall()
+    found: list[tuple[Any, ...]] = _run(reader, compiled, params, fetch=True)
     processors = compiled.results
     if not any(processors):
         return found

@@ -9,8 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, inspect, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import event, func, inspect, literal, select, union_all, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bot.directory import SubscriptionRow, add_partner, grant_role, upsert_subscriptions
 from storage import direct, outbox, queries, readmodel, requests
@@ -154,3 +154,19 @@ async def test_dispose_closes_the_direct_connection_and_a_later_read_opens_anoth
     async with db.read() as session:
         assert direct.reader(session) not in (None, reader)
         assert [who for who, _ in await requests.approvals(session, rid)] == ["UOWNER"]
+
+
+async def test_a_direct_read_fails_as_sqlalchemys_error_whichever_row_fails(db: Database) -> None:
+    """SQLite reads a SELECT's first row at execute and the others as they are fetched: an error on a later
+    row (here abs() overflowing on the second) comes out as SQLAlchemy's, as it does through the session."""
+    if not db.is_sqlite:
+        pytest.skip("SQLite only")
+    numbers = union_all(select(literal(1).label("n")), select(literal(-(2**63)).label("n"))).subquery()
+    statement = select(func.abs(numbers.c.n))
+    async with db.read() as session:
+        reader = direct.reader(session)
+        assert reader is not None
+        with pytest.raises(OperationalError, match="integer overflow"):
+            await session.execute(statement)
+        with pytest.raises(OperationalError, match="integer overflow"):
+            direct.rows(reader, direct.Query(statement), {})
