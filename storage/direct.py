@@ -143,12 +143,21 @@ def _statement(compiled: _Compiled, params: Mapping[str, Any]) -> tuple[str, lis
 def _run(reader: Reader, compiled: _Compiled, params: Mapping[str, Any], fetch: bool) -> Any:
     """The statement's rows (`fetch`) or the rows it changed. The rows are fetched inside: SQLite reads a
     SELECT's first row at execute and the others as they are fetched, and an error may come on any."""
-    sql, values = _statement(compiled, params)
+    try:
+        sql, values = _statement(compiled, params)
+    except Exception as exc:
+        raise _refused(compiled.sql, params, exc) from exc
     try:
         cursor = reader.conn.execute(sql, values)
         return cursor.fetchall() if fetch else cursor.rowcount
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
+
+
+def _refused(sql: str, params: Any, exc: Exception) -> Exception:
+    """A value a type's processor refused (a naive time, a payload JSON cannot write), or a parameter
+    missing: SQLAlchemy's StatementError, as the same statement through the session raises."""
+    return DBAPIError.instance(sql, params, exc, sqlite3.Error)
 
 
 def count(reader: Reader, query: Query, params: Mapping[str, Any]) -> int:
@@ -203,7 +212,10 @@ def insert(reader: Reader, table: Table, rows: Sequence[Mapping[str, Any]]) -> N
     default (`default=`), computed for each row as SQLAlchemy does, or its server default."""
     shape = _insert_shape(table, tuple(sorted(rows[0])))
     compiled = shape.query.compiled(reader.dialect)
-    batch = [_values(compiled, shape.complete(row)) for row in rows]
+    try:
+        batch = [_values(compiled, shape.complete(row)) for row in rows]
+    except Exception as exc:
+        raise _refused(compiled.sql, rows, exc) from exc
     try:
         reader.conn.executemany(compiled.sql, batch)
     except sqlite3.Error as exc:

@@ -7,12 +7,12 @@ SQLAlchemy's errors, and step aside while the session holds a change not yet flu
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError, InvalidRequestError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 
 from bot.directory import SubscriptionRow, upsert_subscriptions
 from storage import audit, direct, prepared, requests
@@ -194,3 +194,18 @@ async def test_a_write_that_has_ended_has_no_lane(db: Database) -> None:
     async with db.write() as session:
         assert (direct.lane(session) is not None) == db.is_sqlite
     assert direct.lane(session) is None
+
+
+async def test_a_value_its_type_refuses_fails_as_sqlalchemys_error(db: Database, path: str) -> None:
+    """A bind processor's error (a naive time for a UTCDateTime column) is SQLAlchemy's StatementError
+    through the session; so it is when the statement runs directly, and nothing is written."""
+    rid = await a_request(db)
+    naive = datetime(2026, 1, 1)
+    with pytest.raises(StatementError, match="naive datetime"):
+        async with db.write() as session:
+            await table.insert_rows(session, [{"kind": "dm", "key": "dm:U1", "available_at": naive}])
+    with pytest.raises(StatementError, match="naive datetime"):
+        async with db.write() as session:
+            await prepared.update_where(session, ChangeRequest.__table__, {"id": rid}, {"reminded_at": naive})
+    async with db.read() as session:
+        assert (await session.scalars(select(OutboxMessage))).all() == []
