@@ -104,7 +104,8 @@ def lane(session: AsyncSession) -> Reader | None:
     write session's own connection while nothing of the session waits to be flushed; else None."""
     found = session.info.get(CONNECTION)
     if found is not None:
-        return found
+        # A read writes nothing; should anything be added to it, the session flushes it itself first.
+        return found if session.sync_session._is_clean() else None
     found = session.info.get(WRITER)
     if found is None:
         return None
