@@ -220,14 +220,13 @@ async def newest_waiting(session: AsyncSession, key: str, kind: str) -> int | No
     """The id of the newest waiting row of this key and kind (a card delivery covers up to it)."""
     lane = direct.lane(session)
     if lane is not None:
-        return direct.rows(lane, _NEWEST_WAITING_DIRECT, {"key": key, "kind": kind})[0][0]
+        return direct.rows(lane, direct.query(_NEWEST_WAITING), {"key": key, "kind": kind})[0][0]
     return await session.scalar(_NEWEST_WAITING, {"key": key, "kind": kind})
 
 
 _NEWEST_WAITING = select(func.max(_OUTBOX.c.id)).where(
     _OUTBOX.c.key == bindparam("key"), _OUTBOX.c.kind == bindparam("kind"), _OUTBOX.c.status == PENDING
 )
-_NEWEST_WAITING_DIRECT = direct.Query(_NEWEST_WAITING)
 
 
 async def cover(session: AsyncSession, key: str, kind: str, after: int, upto: int) -> None:

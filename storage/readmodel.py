@@ -27,7 +27,6 @@ from storage.models import ALL_SUBSCRIPTIONS, ChannelWatch, Partner, ReadModelVe
 _MODEL = "dpor_read_model"  # where a session carries its Database's ReadModel (session.info)
 _ONCE = "dpor_read_model_seen"  # a read session's snapshot, once it has looked (see `attach`)
 _VERSION = select(ReadModelVersion.__table__.c.version).where(ReadModelVersion.__table__.c.id == 1)
-_VERSION_DIRECT = direct.Query(_VERSION)
 
 
 @dataclass
@@ -69,7 +68,7 @@ class ReadModel:
     async def snapshot(self, session: AsyncSession) -> Snapshot:
         lane = direct.lane(session)
         if lane is not None:
-            found = direct.rows(lane, _VERSION_DIRECT, {})
+            found = direct.rows(lane, direct.query(_VERSION), {})
             version = found[0][0] if found else None
         else:
             version = (await session.execute(_VERSION)).scalar()

@@ -129,7 +129,6 @@ _APPROVED_BY = (
     .where(_APPROVALS.request_id == bindparam("request_id"), _APPROVALS.decision == "approve")
     .order_by(_APPROVALS.id)
 )
-_APPROVED_BY_DIRECT = direct.Query(_APPROVED_BY)
 
 
 async def decision_of(session: AsyncSession, request_id: int, user_id: str) -> str | None:
@@ -156,10 +155,13 @@ _ADD_DECISION = insert_into(Approval.__table__)  # built once; an ORM add and fl
 
 async def approvals(session: AsyncSession, request_id: int) -> list[tuple[str, datetime]]:
     """Every approval (who, when), in order: what a decided card lists."""
+    params = {"request_id": request_id}
     lane = direct.lane(session)
-    if lane is not None:
-        return [(who, at) for who, at in direct.rows(lane, _APPROVED_BY_DIRECT, {"request_id": request_id})]
-    rows = await session.execute(_APPROVED_BY, {"request_id": request_id})
+    rows = (
+        direct.rows(lane, direct.query(_APPROVED_BY), params)
+        if lane
+        else await session.execute(_APPROVED_BY, params)
+    )
     return [(who, at) for who, at in rows]
 
 
@@ -275,7 +277,6 @@ _RECORD_CARD = (
 async def record_card(session: AsyncSession, request_id: int, channel: str, ts: str) -> None:
     """Where Slack posted the request's card (set once: a later post never moves it)."""
     await session.execute(_RECORD_CARD, {"request_id": request_id, "channel": channel, "ts": ts})
-
 
 
 async def set_partner(session: AsyncSession, subscription_id: str, partner_id: str, at: datetime) -> None:

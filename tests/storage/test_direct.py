@@ -16,37 +16,27 @@ from bot.directory import SubscriptionRow, add_partner, grant_role, upsert_subsc
 from storage import direct, outbox, queries, readmodel, requests
 from storage.db import Database
 from storage.models import ChangeRequest, Subscription, utcnow
+from tests.storage.test_requests import SUB, new_request
 
-SUB = "11111111-2222-3333-4444-555555555555"
 OTHER = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 
 
 async def a_decided_request(db: Database) -> int:
     """A request with every kind of column filled: JSON, times, approvals, a waiting card row."""
-    await upsert_subscriptions(
-        db, [SubscriptionRow(SUB, "Production", "prod"), SubscriptionRow(OTHER, "Staging", None)], actor="t"
-    )
+    rid = await new_request(db, reason="Renewal — ünïcode")
+    await upsert_subscriptions(db, [SubscriptionRow(OTHER, "Staging", None)], actor="t")
     await add_partner(db, "1234567", "Contoso <Ltd> & Sons", actor="t")
     await grant_role(db, "UOWNER", "owner", "prod", actor="t")
     async with db.write() as session:
-        req = await requests.insert(
-            session,
-            team_id="T1",
-            subscription_id=SUB,
-            partner_id="1234567",
-            requester_id="UADMIN",
-            reason="Renewal — ünïcode",
-            expires_at=utcnow() + timedelta(days=1),
-        )
-        await requests.add_decision(session, req.id, "UOWNER", "approve")
-        await requests.add_decision(session, req.id, "UOTHER", "reject")
+        await requests.add_decision(session, rid, "UOWNER", "approve")
+        await requests.add_decision(session, rid, "UOTHER", "reject")
         values = {"result": {"partner_id": "1234567", "nested": [1, None]}, "decided_by": "UOWNER"}
-        await session.execute(update(ChangeRequest).where(ChangeRequest.id == req.id).values(**values))
+        await session.execute(update(ChangeRequest).where(ChangeRequest.id == rid).values(**values))
         partner = {"partner_id": "1234567", "partner_set_at": utcnow()}
         await session.execute(update(Subscription).where(Subscription.id == SUB).values(**partner))
-        rows = [{"kind": "card", "key": f"request:{req.id}", "payload": {"request_id": req.id}}] * 2
+        rows = [{"kind": "card", "key": f"request:{rid}", "payload": {"request_id": rid}}] * 2
         await outbox.insert_rows(session, rows)
-        return req.id
+    return rid
 
 
 def columns(instance: Any) -> dict[str, Any]:
@@ -150,7 +140,7 @@ async def test_dispose_closes_the_direct_connection_and_a_later_read_opens_anoth
     assert reader is not None
     await db.dispose()
     with pytest.raises(DBAPIError):
-        direct.rows(reader, requests._APPROVED_BY_DIRECT, {"request_id": rid})
+        direct.rows(reader, direct.query(requests._APPROVED_BY), {"request_id": rid})
     async with db.read() as session:
         assert direct.reader(session) not in (None, reader)
         assert [who for who, _ in await requests.approvals(session, rid)] == ["UOWNER"]

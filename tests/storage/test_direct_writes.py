@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 
-from bot.directory import SubscriptionRow, upsert_subscriptions
 from storage import audit, direct, prepared, requests
 from storage import outbox as table
 from storage.db import Database
 from storage.models import AuditEvent, ChangeRequest, OutboxMessage, Partner, utcnow
+from tests.storage.test_requests import SUB
+from tests.storage.test_requests import new_request as a_request
 
-SUB = "11111111-2222-3333-4444-555555555555"
 KEY = b"k" * 32
 LEASE = timedelta(minutes=1)
 
@@ -36,20 +36,6 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 def columns(instance: Any, *leave_out: str) -> dict[str, Any]:
     keys = [prop.key for prop in inspect(type(instance)).column_attrs if prop.key not in leave_out]
     return {key: getattr(instance, key) for key in keys}
-
-
-async def a_request(db: Database) -> int:
-    await upsert_subscriptions(db, [SubscriptionRow(SUB, "Production", "prod")], actor="t")
-    async with db.write() as session:
-        req = await requests.insert(
-            session,
-            team_id="T1",
-            subscription_id=SUB,
-            partner_id="1234567",
-            requester_id="UADMIN",
-            expires_at=utcnow() + timedelta(days=1),
-        )
-        return req.id
 
 
 async def test_a_write_runs_its_hot_statements_on_its_own_connection(db: Database) -> None:

@@ -6,6 +6,7 @@ in one statement. On both engines."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event, update
@@ -18,7 +19,8 @@ from storage.models import ChangeRequest, utcnow
 SUB = "11111111-2222-3333-4444-555555555555"
 
 
-async def new_request(db: Database) -> int:
+async def new_request(db: Database, **values: Any) -> int:
+    """A pending request for SUB (`values`: other columns); its number."""
     await upsert_subscriptions(db, [SubscriptionRow(SUB, "Production", "prod")], actor="test")
     async with db.write() as session:
         req = await requests.insert(
@@ -28,6 +30,7 @@ async def new_request(db: Database) -> int:
             partner_id="1234567",
             requester_id="UADMIN",
             expires_at=utcnow() + timedelta(days=1),
+            **values,
         )
         return req.id
 
