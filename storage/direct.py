@@ -1,4 +1,5 @@
-"""Reads straight from SQLite's driver: the hot reads of `show` and of every card, DM and notice.
+"""SQLite's hot statements straight to its driver: the reads of `show` and of every card, DM and notice,
+and a write's hot statements inside its group's transaction.
 
 A read through SQLAlchemy's async session costs about 0.2 ms before its first statement (a connection
 from the pool, the session's transaction, its close) and 50-100 us a statement (the session, the
@@ -82,15 +83,14 @@ def query(statement: Executable) -> Query:
 
 
 class Reader:
-    """A driver connection held for direct reads, and the dialect whose type processors read its rows;
-    `raw`: the pool's wrapper of it, for a write's group (storage.groups)."""
+    """A driver connection statements run on directly, and the dialect whose type processors turn their
+    parameters and rows."""
 
-    __slots__ = ("conn", "dialect", "raw")
+    __slots__ = ("conn", "dialect")
 
-    def __init__(self, conn: sqlite3.Connection, dialect: Dialect, raw: Any = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, dialect: Dialect) -> None:
         self.conn = conn
         self.dialect = dialect
-        self.raw = raw
 
 
 def reader(session: AsyncSession) -> Reader | None:
@@ -120,18 +120,23 @@ def lane(session: AsyncSession) -> Reader | None:
 
 
 def _values(compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
-    given = {**compiled.defaults, **params} if compiled.defaults else params
+    given = _given(compiled, params)
     return [
         given[name] if bind is None else bind(given[name])
         for name, bind in zip(compiled.names, compiled.binds, strict=True)
     ]
 
 
+def _given(compiled: _Compiled, params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The call's parameters with the values fixed when the statement was built."""
+    return {**compiled.defaults, **params} if compiled.defaults else params
+
+
 def _statement(compiled: _Compiled, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
     """The SQL to send and its parameters, each through its type's processor."""
     if not compiled.expanding:
         return compiled.sql, _values(compiled, params)
-    given = {**compiled.defaults, **params} if compiled.defaults else params
+    given = _given(compiled, params)
     expanded = compiled.compiled.construct_expanded_state(given)
     processors = {**compiled.processors, **expanded.processors}
     values = [

@@ -25,13 +25,14 @@ MAX_GROUP = 64
 
 
 class _Group:
-    __slots__ = ("committed", "conn", "direct", "durable", "size")
+    __slots__ = ("committed", "conn", "direct", "durable", "raw", "size")
 
     def __init__(self, conn: AsyncConnection, raw: Any, durable: bool) -> None:
         self.conn = conn
+        self.raw = raw  # its connection's driver wrapper (storage.sqlite): PRAGMAs go straight to it
         self.durable = durable
         # Its connection's driver, where its transactions' hot statements run directly (storage.direct).
-        self.direct = direct.Reader(raw.driver, conn.dialect, raw)
+        self.direct = direct.Reader(raw.driver, conn.dialect)
         self.size = 0
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -164,8 +165,7 @@ class GroupCommit:
     async def _finish(self, group: _Group, *, threaded: bool) -> None:
         try:
             if threaded:
-                raw = (await group.conn.get_raw_connection()).driver_connection
-                await sqlite.commit(raw)
+                await sqlite.commit(group.raw)
             await group.conn.commit()  # after a threaded COMMIT, SQLAlchemy's bookkeeping only
         except Exception as exc:
             # SQLite leaves the transaction open after a failed COMMIT (a deferred constraint, a full
@@ -183,7 +183,7 @@ class GroupCommit:
             group.committed.set_result(None)
             if not group.durable:
                 try:
-                    sqlite.run(group.direct.raw, "PRAGMA synchronous=FULL")
+                    sqlite.run(group.raw, "PRAGMA synchronous=FULL")
                 except Exception:
                     await group.conn.invalidate()  # never back to the pool with synchronous=NORMAL
         finally:
